@@ -1,0 +1,3 @@
+from betty_mcp.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""The application state behind every transport: settings, catalog, runner and tools.
+
+Built explicitly and passed in; nothing global. ``reload()`` re-reads the sources and tells
+whether what clients see changed.
+
+    app = BettyApp(load_settings())
+    tool = app.tool("api_validate")
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from betty_mcp.catalog import Catalog, load_catalog
+from betty_mcp.config import Settings
+from betty_mcp.runner import SkillRunner
+from betty_mcp.tools import Tool
+from betty_mcp.tools.skills import SkillRunTool, SkillsListTool, SkillTool
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+log = logging.getLogger(__name__)
+
+
+class BettyApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runner = SkillRunner(settings)
+        self.builtin_tools: dict[str, Tool] = {t.spec.name: t for t in (SkillsListTool(self), SkillRunTool(self))}
+        self.catalog = Catalog()
+        self.tools: dict[str, Tool] = {}
+        self._validators: dict[int, tuple[dict[str, Any], Validator]] = {}
+        self.reload()
+
+    def reload(self) -> bool:
+        """Re-read every source; True when tools, schemas or resources changed."""
+        catalog = load_catalog(self.settings, reserved_tool_names=frozenset(self.builtin_tools))
+        changed = catalog.fingerprint() != self.catalog.fingerprint()
+        for problem in catalog.problems:
+            log.warning("%s", problem)
+        self.catalog = catalog
+        self._validators = {}
+        self.tools = {**self.builtin_tools, **{n: SkillTool(self, s) for n, s in catalog.tools.items()}}
+        return changed
+
+    def tool(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def _validator(self, schema: dict[str, Any]) -> Validator:
+        """Compiled once per schema object; the cache holds the schema, so ids are never reused."""
+        cached = self._validators.get(id(schema))
+        if cached is None:
+            from jsonschema import Draft202012Validator  # off the start-up path
+
+            cached = self._validators[id(schema)] = (schema, Draft202012Validator(schema))
+        return cached[1]
+
+    def validate_arguments(self, schema: dict[str, Any], arguments: Any) -> str | None:
+        """A person-readable list of what is wrong with ``arguments``, or None when they are valid."""
+        errors = sorted(self._validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
+        if not errors:
+            return None
+        return "; ".join(_describe(e, schema) for e in errors[:10])
+
+
+def _describe(error: Any, schema: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        prefix = f"in '{where}': " if where else ""
+        return f"{prefix}missing required argument '{missing}'"
+    if error.validator == "additionalProperties" and not where:
+        accepted = ", ".join(schema.get("properties", {})) or "none"
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        return f"unknown argument(s) {', '.join(repr(e) for e in extra)}; accepted: {accepted}"
+    if error.validator == "type" and not where:
+        return f"arguments must be an object, got {type(error.instance).__name__}"
+    return f"argument '{where}': {error.message}" if where else error.message

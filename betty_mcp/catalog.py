@@ -1,0 +1,313 @@
+"""The catalog: every skill and agent found in the configured sources, plus what was wrong.
+
+Sources, in precedence order (the first to define a name wins; later ones are reported as
+shadowed): user folders (``--skills-dir``/``--agents-dir``), a Betty checkout
+(``--betty-home``), then the skills and agents bundled with betty-mcp. A broken manifest
+is recorded as a problem and skipped; it never stops the server. The catalog knows
+nothing about MCP beyond the tool-name rules hosts impose.
+
+    catalog = load_catalog(settings)
+    catalog.skills["api.validate"].input_schema
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from betty_mcp.config import Settings
+from betty_mcp.errors import ManifestError
+from betty_mcp.manifests import (
+    TYPE_ALIASES,
+    AgentManifest,
+    Param,
+    SkillManifest,
+    load_agent_manifest,
+    load_skill_manifest,
+)
+
+Source = Literal["user", "betty-home", "bundled"]
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# Claude Code names a tool mcp__<server>__<tool> and caps the whole at 64 characters.
+HOST_PREFIX = "mcp__betty__"
+MAX_TOOL_NAME = 64 - len(HOST_PREFIX)
+DOC_FILES = ("SKILL.md", "README.md")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Literal["error", "warning"]
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}" if self.message.startswith(self.path) else (
+            f"{self.severity}: {self.path}: {self.message}"
+        )
+
+
+@dataclass(frozen=True)
+class Skill:
+    manifest: SkillManifest
+    directory: Path
+    source: Source
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def tool_name(self) -> str:
+        return tool_name_for(self.manifest.name)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "skill.yaml"
+
+    @property
+    def handler(self) -> Path:
+        return self.directory / self.manifest.handler
+
+    @property
+    def params(self) -> list[Param]:
+        return self.manifest.params
+
+    @property
+    def docs(self) -> Path | None:
+        return next((self.directory / n for n in DOC_FILES if (self.directory / n).is_file()), None)
+
+    @property
+    def project_root(self) -> Path:
+        """The root a handler's own conventions are relative to (its checkout for a Betty home)."""
+        return self.directory.parent.parent
+
+
+@dataclass(frozen=True)
+class Agent:
+    manifest: AgentManifest
+    directory: Path
+    source: Source
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "agent.yaml"
+
+
+@dataclass
+class Catalog:
+    skills: dict[str, Skill] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # Betty names of the skills that get their own MCP tool, by tool name.
+    tools: dict[str, Skill] = field(default_factory=dict)
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever what a client sees (tools, schemas, resources) changes."""
+        return (
+            tuple((s.name, s.manifest.model_dump_json(), s.docs) for s in self.skills.values()),
+            tuple((a.name, a.manifest.model_dump_json()) for a in self.agents.values()),
+            tuple(self.tools),
+        )
+
+
+def tool_name_for(betty_name: str) -> str:
+    return betty_name.replace(".", "_")
+
+
+def bundled_root() -> Path:
+    """``betty_mcp/_bundled`` in an installed wheel; the checkout's root when run from source."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_bundled"
+    return installed if installed.is_dir() else package.parent
+
+
+def skill_sources(settings: Settings) -> list[tuple[Source, Path]]:
+    sources: list[tuple[Source, Path]] = [("user", d) for d in settings.skills_dirs]
+    if settings.betty_home:
+        sources.append(("betty-home", settings.betty_home / "skills"))
+    if settings.bundled:
+        sources.append(("bundled", bundled_root() / "skills"))
+    return sources
+
+
+def agent_sources(settings: Settings) -> list[tuple[Source, Path]]:
+    sources: list[tuple[Source, Path]] = [("user", d) for d in settings.agents_dirs]
+    if settings.betty_home:
+        sources.append(("betty-home", settings.betty_home / "agents"))
+    if settings.bundled:
+        sources.append(("bundled", bundled_root() / "agents"))
+    return sources
+
+
+def input_schema(params: list[Param]) -> dict[str, Any]:
+    """JSON Schema 2020-12 (MCP's default dialect) for a skill's inputs."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {p.name: p.json_schema() for p in params},
+        "additionalProperties": False,
+    }
+    required = [p.name for p in params if p.required and p.default is None]
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def output_schema(manifest: SkillManifest) -> dict[str, Any] | None:
+    """A schema for the normalised result, only when every declared output has a JSON type.
+
+    Properties are not required: handlers may omit an output, and clients reject a result
+    that breaks a declared schema, so only what the manifest really promises is declared.
+    """
+    outputs = manifest.typed_outputs
+    if not outputs:
+        return None
+    properties: dict[str, Any] = {"ok": {"type": "boolean"}, "status": {"type": "string"}}
+    for out in outputs:
+        json_type = TYPE_ALIASES.get((out.type or "").lower())
+        if json_type is None or out.type in ("file", "path", "filepath", "enum"):
+            return None
+        properties[out.name] = {"type": json_type, **({"description": out.description} if out.description else {})}
+    return {"type": "object", "properties": properties, "required": ["ok"]}
+
+
+def _scan(root: Path, filename: str) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p / filename for p in root.iterdir() if (p / filename).is_file())
+
+
+def _selected(name: str, settings: Settings) -> bool:
+    sel = settings.tools
+    included = any(fnmatch.fnmatchcase(name, pat) for pat in sel.include)
+    return included and not any(fnmatch.fnmatchcase(name, pat) for pat in sel.exclude)
+
+
+def load_catalog(settings: Settings, reserved_tool_names: frozenset[str] = frozenset()) -> Catalog:
+    catalog = Catalog()
+    for source, root in skill_sources(settings):
+        if source != "bundled" and not root.is_dir():
+            catalog.problems.append(Problem("error", str(root), "skills folder does not exist"))
+        for path in _scan(root, "skill.yaml"):
+            _add_skill(catalog, path, source)
+    for source, root in agent_sources(settings):
+        if source == "user" and not root.is_dir():
+            catalog.problems.append(Problem("error", str(root), "agents folder does not exist"))
+        for path in _scan(root, "agent.yaml"):
+            _add_agent(catalog, path, source)
+    _assign_tools(catalog, settings, reserved_tool_names)
+    _check_agent_skills(catalog)
+    return catalog
+
+
+def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
+    try:
+        manifest = load_skill_manifest(path)
+    except ManifestError as exc:
+        catalog.problems.append(Problem("error", str(path), str(exc)))
+        return
+    directory = path.parent
+    if manifest.name != directory.name:
+        catalog.problems.append(
+            Problem("warning", str(path), f"name '{manifest.name}' differs from its folder '{directory.name}'")
+        )
+    if not (directory / manifest.handler).is_file():
+        catalog.problems.append(
+            Problem("error", str(path), f"handler '{manifest.handler}' not found in {directory}")
+        )
+        return
+    existing = catalog.skills.get(manifest.name)
+    if existing is not None:
+        same_source = existing.source == source
+        catalog.problems.append(
+            Problem(
+                "error" if same_source else "warning",
+                str(path),
+                f"skill '{manifest.name}' is also defined in {existing.manifest_path}"
+                + ("; the first one is kept" if same_source else f" ({existing.source}), which takes precedence"),
+            )
+        )
+        return
+    catalog.skills[manifest.name] = Skill(
+        manifest=manifest,
+        directory=directory,
+        source=source,
+        input_schema=input_schema(manifest.params),
+        output_schema=output_schema(manifest),
+    )
+
+
+def _add_agent(catalog: Catalog, path: Path, source: Source) -> None:
+    try:
+        manifest = load_agent_manifest(path)
+    except ManifestError as exc:
+        catalog.problems.append(Problem("error", str(path), str(exc)))
+        return
+    existing = catalog.agents.get(manifest.name)
+    if existing is not None:
+        catalog.problems.append(
+            Problem(
+                "error" if existing.source == source else "warning",
+                str(path),
+                f"agent '{manifest.name}' is also defined in {existing.manifest_path}, which is kept",
+            )
+        )
+        return
+    catalog.agents[manifest.name] = Agent(manifest=manifest, directory=path.parent, source=source)
+
+
+def _assign_tools(catalog: Catalog, settings: Settings, reserved: frozenset[str]) -> None:
+    """Map Betty names to tool names, reporting names hosts would reject and collisions."""
+    seen: dict[str, Skill] = {}
+    for skill in catalog.skills.values():
+        name = skill.tool_name
+        if not TOOL_NAME.match(name) or len(name) > MAX_TOOL_NAME:
+            catalog.problems.append(
+                Problem(
+                    "warning",
+                    str(skill.manifest_path),
+                    f"tool name '{name}' is not valid for MCP hosts (letters, digits, '_' and '-', at most "
+                    f"{MAX_TOOL_NAME} characters); reach it through skill_run",
+                )
+            )
+            continue
+        if name in reserved:
+            catalog.problems.append(
+                Problem("warning", str(skill.manifest_path), f"tool name '{name}' is a built-in tool; use skill_run")
+            )
+            continue
+        other = seen.setdefault(name, skill)
+        if other is not skill:
+            catalog.problems.append(
+                Problem(
+                    "error",
+                    str(skill.manifest_path),
+                    f"'{skill.name}' and '{other.name}' both map to tool name '{name}'; only '{other.name}' "
+                    "gets the tool, use skill_run for the other",
+                )
+            )
+            continue
+        if skill.manifest.status in settings.tools.statuses and _selected(skill.name, settings):
+            catalog.tools[name] = skill
+
+
+def _check_agent_skills(catalog: Catalog) -> None:
+    for agent in catalog.agents.values():
+        missing = [s for s in agent.manifest.skills_available if s not in catalog.skills]
+        if missing:
+            catalog.problems.append(
+                Problem(
+                    "warning",
+                    str(agent.manifest_path),
+                    f"agent '{agent.name}' lists skills that do not exist: {', '.join(missing)}",
+                )
+            )

@@ -1,0 +1,312 @@
+"""The ``betty-mcp`` command: serve, and inspect or run skills and agents from a terminal.
+
+Output is for people by default; ``--json`` gives output for scripts. With no command,
+``betty-mcp`` serves MCP over stdio, which is what hosts launch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from betty_mcp.config import TOKEN_ENV, Settings, load_settings
+from betty_mcp.errors import BettyError
+
+app = typer.Typer(
+    name="betty-mcp",
+    help="Betty skills as MCP tools, plus any LLM.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+skills_app = typer.Typer(help="List, show and run skills.", no_args_is_help=True)
+agents_app = typer.Typer(help="List and show agents.", no_args_is_help=True)
+app.add_typer(skills_app, name="skills")
+app.add_typer(agents_app, name="agents")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="betty.yaml to use (else $BETTY_CONFIG, ./betty.yaml, ~/.config/betty-mcp/betty.yaml).")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Folder skills work in (default: the current one).")]
+SkillsDirOpt = Annotated[list[Path] | None, typer.Option("--skills-dir", help="Extra skills folder (repeatable).")]
+AgentsDirOpt = Annotated[list[Path] | None, typer.Option("--agents-dir", help="Extra agents folder (repeatable).")]
+BettyHomeOpt = Annotated[Path | None, typer.Option("--betty-home", help="Serve an existing Betty checkout as it is.")]
+NoBundledOpt = Annotated[bool, typer.Option("--no-bundled", help="Leave out the skills and agents bundled with betty-mcp.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level for stderr.")]
+
+
+def _settings(config: Path | None, workspace: Path | None, skills_dir: list[Path] | None,
+              agents_dir: list[Path] | None, betty_home: Path | None, no_bundled: bool, **extra: Any) -> Settings:
+    return load_settings(
+        config,
+        workspace=workspace,
+        skills_dirs=skills_dir,
+        agents_dirs=agents_dir,
+        betty_home=betty_home,
+        bundled=False if no_bundled else None,
+        **extra,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _build_app(settings: Settings) -> Any:
+    from betty_mcp.app import BettyApp
+
+    return BettyApp(settings)
+
+
+@app.callback(invoke_without_command=True)
+def root(ctx: typer.Context) -> None:
+    """With no command, serve MCP over stdio."""
+    if ctx.invoked_subcommand is None:
+        serve(None, None, None, None, None, False, False, "127.0.0.1", 8765, None, None, None, None, "warning")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="HTTP bind address; non-loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    token: Annotated[str | None, typer.Option(help=f"Bearer token for HTTP (or ${TOKEN_ENV}).")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Extra Host header value accepted over HTTP, e.g. 'mcp.example.com:443'.")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Glob of skills that get their own tool (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob of skills without their own tool (repeatable).")] = None,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve MCP (stdio by default, or streamable HTTP with --http)."""
+    import anyio
+
+    _setup_logging(log_level)
+    try:
+        settings = _settings(config, workspace, skills_dir, agents_dir, betty_home, no_bundled,
+                             include=include, exclude=exclude)
+        betty = _build_app(settings)
+        if http:
+            from betty_mcp.transports import serve_http
+
+            anyio.run(lambda: serve_http(betty, host=host, port=port, token=token or os.environ.get(TOKEN_ENV),
+                                         allowed_hosts=allowed_host or []))
+        else:
+            from betty_mcp.transports import serve_stdio
+
+            anyio.run(serve_stdio, betty)
+    except BettyError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@skills_app.command("list")
+def skills_list(
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    all_statuses: Annotated[bool, typer.Option("--all", help="Include draft, deprecated and archived skills.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List skills with their tool names."""
+    betty = _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled)
+    statuses = betty.settings.tools.statuses
+    skills = [s for s in betty.catalog.skills.values() if all_statuses or s.manifest.status in statuses]
+    if as_json:
+        _print_json([{"name": s.name, "tool": s.tool_name if s.tool_name in betty.catalog.tools else None,
+                      "version": s.manifest.version, "status": s.manifest.status, "source": s.source,
+                      "description": s.manifest.description.strip()} for s in skills])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("skill", "tool", "version", "status", "description", box=None)
+    for s in sorted(skills, key=lambda s: s.name):
+        tool = s.tool_name if s.tool_name in betty.catalog.tools else "-"
+        table.add_row(s.name, tool, s.manifest.version, s.manifest.status, s.manifest.description.strip()[:70])
+    Console().print(table)
+    _print_problems(betty)
+
+
+@skills_app.command("show")
+def skills_show(
+    name: str,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one skill: manifest facts, tool name and input schema."""
+    betty = _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled)
+    skill = betty.catalog.skills.get(name)
+    if skill is None:
+        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    info = {
+        "name": skill.name, "tool": skill.tool_name, "version": skill.manifest.version,
+        "status": skill.manifest.status, "source": skill.source, "directory": str(skill.directory),
+        "handler": str(skill.handler), "description": skill.manifest.description.strip(),
+        "input_schema": skill.input_schema, "output_schema": skill.output_schema,
+    }
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
+        typer.echo(f"{key}: {shown}")
+
+
+def _parse_pairs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    """``key=value`` pairs; values of non-string inputs are read as JSON (``n=3``, ``tags=["a"]``)."""
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"argument '{pair}' is not key=value")
+        declared = schema.get("properties", {}).get(key, {}).get("type")
+        if declared == "string":
+            arguments[key] = value
+            continue
+        try:
+            arguments[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key] = value
+    return arguments
+
+
+@skills_app.command("run")
+def skills_run(
+    name: str,
+    pairs: Annotated[list[str] | None, typer.Argument(help="Arguments as key=value.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a skill the way the server would, and print its result; exits 1 when it fails."""
+    import anyio
+
+    betty = _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled)
+    skill = betty.catalog.skills.get(name)
+    if skill is None:
+        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    arguments = _parse_pairs(pairs or [], skill.input_schema)
+    problems = betty.validate_arguments(skill.input_schema, arguments)
+    if problems:
+        _fail(f"invalid arguments for {name}: {problems}")
+    result = anyio.run(betty.runner.run, skill, arguments)
+    if as_json:
+        _print_json(result.structured)
+    else:
+        typer.echo(json.dumps(result.structured, indent=2, ensure_ascii=False, default=str))
+        typer.echo(f"{'ok' if result.ok else 'FAILED'} in {result.duration_ms:.0f} ms", err=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@agents_app.command("list")
+def agents_list(
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List agents with their skills and reasoning mode."""
+    betty = _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled)
+    agents = sorted(betty.catalog.agents.values(), key=lambda a: a.name)
+    if as_json:
+        _print_json([_agent_info(a, betty) for a in agents])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("agent", "mode", "skills", "description", box=None)
+    for a in agents:
+        table.add_row(a.name, a.manifest.reasoning_mode, ", ".join(a.manifest.skills_available),
+                      a.manifest.description.strip()[:60])
+    Console().print(table)
+    _print_problems(betty)
+
+
+def _agent_info(agent: Any, betty: Any) -> dict[str, Any]:
+    m = agent.manifest
+    return {
+        "name": agent.name, "version": m.version, "status": m.status, "reasoning_mode": m.reasoning_mode,
+        "skills_available": m.skills_available,
+        "missing_skills": [s for s in m.skills_available if s not in betty.catalog.skills],
+        "llm_config": m.llm_config.model_dump(exclude_none=True) if m.llm_config else None,
+        "llm_preference": m.llm_preference, "description": m.description.strip(), "source": agent.source,
+    }
+
+
+@agents_app.command("show")
+def agents_show(
+    name: str,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one agent."""
+    betty = _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled)
+    agent = betty.catalog.agents.get(name)
+    if agent is None:
+        _fail(f"no agent named '{name}'; see 'betty-mcp agents list'")
+    info = _agent_info(agent, betty)
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path] | None, typer.Argument(help="skill.yaml/agent.yaml files or folders; default: every configured source.")] = None,
+    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate manifests; exits 1 when anything is invalid."""
+    from betty_mcp.validation import validate_paths, validate_sources
+
+    if paths:
+        report = validate_paths(paths)
+    else:
+        report = validate_sources(_load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled).catalog)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+def _load(config: Path | None, workspace: Path | None, skills_dir: list[Path] | None,
+          agents_dir: list[Path] | None, betty_home: Path | None, no_bundled: bool) -> Any:
+    _setup_logging("error")
+    try:
+        return _build_app(_settings(config, workspace, skills_dir, agents_dir, betty_home, no_bundled))
+    except BettyError as exc:
+        _fail(str(exc))
+
+
+def _print_problems(betty: Any) -> None:
+    for problem in betty.catalog.problems:
+        typer.echo(str(problem), err=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,85 @@
+"""MCP resources: skill and agent manifests, skill docs, and saved outputs of large results.
+
+    betty://skills/api.validate           the manifest (YAML)
+    betty://skills/api.validate/SKILL.md  its documentation
+    betty://agents/api.designer           an agent's manifest
+    betty://outputs/<id>                  the full result of a call whose result was cut
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import mcp_types as types
+
+if TYPE_CHECKING:
+    from betty_mcp.app import BettyApp
+
+_OUTPUT_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+class Resources:
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    def list(self) -> list[types.Resource]:
+        found: list[types.Resource] = []
+        for skill in self.app.catalog.skills.values():
+            found.append(types.Resource(
+                uri=f"betty://skills/{skill.name}",
+                name=f"skill {skill.name}",
+                title=f"{skill.name} manifest",
+                description=skill.manifest.description.strip()[:300] or None,
+                mime_type="application/yaml",
+            ))
+            if skill.docs is not None:
+                found.append(types.Resource(
+                    uri=f"betty://skills/{skill.name}/{skill.docs.name}",
+                    name=f"skill {skill.name} docs",
+                    title=f"{skill.name} {skill.docs.name}",
+                    mime_type="text/markdown",
+                ))
+        for agent in self.app.catalog.agents.values():
+            found.append(types.Resource(
+                uri=f"betty://agents/{agent.name}",
+                name=f"agent {agent.name}",
+                title=f"{agent.name} manifest",
+                description=agent.manifest.description.strip()[:300] or None,
+                mime_type="application/yaml",
+            ))
+        return found
+
+    def templates(self) -> list[types.ResourceTemplate]:
+        return [
+            types.ResourceTemplate(
+                uri_template="betty://outputs/{id}",
+                name="skill output",
+                description="The full result of a skill call whose result was too large to return inline.",
+                mime_type="application/json",
+            )
+        ]
+
+    def read(self, uri: str) -> types.TextResourceContents | None:
+        kind, _, rest = uri.removeprefix("betty://").partition("/")
+        if kind == "skills":
+            name, _, doc = rest.partition("/")
+            skill = self.app.catalog.skills.get(name)
+            if skill is None:
+                return None
+            if not doc:
+                return _text(uri, skill.manifest_path.read_text(encoding="utf-8"), "application/yaml")
+            if skill.docs is not None and doc == skill.docs.name:
+                return _text(uri, skill.docs.read_text(encoding="utf-8"), "text/markdown")
+            return None
+        if kind == "agents":
+            agent = self.app.catalog.agents.get(rest)
+            return _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml") if agent else None
+        if kind == "outputs" and _OUTPUT_ID.match(rest):
+            path = self.app.settings.runs_dir / "outputs" / f"{rest}.json"
+            return _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
+        return None
+
+
+def _text(uri: str, text: str, mime: str) -> types.TextResourceContents:
+    return types.TextResourceContents(uri=uri, text=text, mime_type=mime)

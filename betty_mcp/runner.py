@@ -1,0 +1,246 @@
+"""Running a skill: one subprocess per call, in its own process group, bounded and killable.
+
+The whole group is killed on timeout, on cancellation and after the handler exits (so no
+grandchild outlives a call). Concurrency is bounded by a capacity limiter. A result too
+large for a host is cut to a preview; the full output is kept under the workspace's run
+folder and referenced from the result.
+
+    runner = SkillRunner(settings)
+    result = await runner.run(skill, {"spec_path": "openapi.yaml"})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from betty_mcp.catalog import Skill
+from betty_mcp.config import Settings
+from betty_mcp.envelope import last_json_document, normalise
+from betty_mcp.errors import ArgumentsError
+from betty_mcp.invocation import build_invocation, check_paths
+from betty_mcp.secrets import scrub
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], Awaitable[None]]
+HEARTBEAT_SECONDS = 5.0
+KILL_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class SkillResult:
+    ok: bool
+    structured: dict[str, Any]
+    text: str
+    exit_code: int | None = None
+    duration_ms: float = 0.0
+    output_file: Path | None = None
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass
+class _Captured:
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr_tail: bytearray = field(default_factory=bytearray)
+    overflow: bool = False
+
+
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class SkillRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
+
+    async def run(self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None) -> SkillResult:
+        """Run ``skill`` with already schema-validated ``arguments``; never raises for handler failures."""
+        try:
+            check_paths(skill, arguments, self.settings)
+            invocation = build_invocation(skill, arguments, self.settings)
+        except ArgumentsError as exc:
+            return self._failure(str(exc), code="invalid_arguments")
+        timeout = skill.manifest.mcp.timeout_seconds or self.settings.limits.skill_timeout_seconds
+        async with self._limiter:
+            started = time.perf_counter()
+            captured, exit_code, timed_out = await self._execute(invocation, timeout, skill, progress)
+            duration_ms = (time.perf_counter() - started) * 1000
+        result = self._interpret(skill, captured, exit_code, timed_out, timeout)
+        result.duration_ms = duration_ms
+        return result
+
+    async def _execute(
+        self, invocation: Any, timeout: float, skill: Skill, progress: Progress | None
+    ) -> tuple[_Captured, int | None, bool]:
+        captured = _Captured()
+        limits = self.settings.limits
+        process: Process = await anyio.open_process(
+            invocation.argv,
+            stdin=-1 if invocation.stdin is not None else -3,  # PIPE or DEVNULL
+            cwd=invocation.cwd,
+            env=invocation.env,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_stdout, process.stdout, captured, limits.max_output_bytes, process)
+                tg.start_soon(self._read_stderr, process.stderr, captured, limits.stderr_tail_chars)
+                if invocation.stdin is not None and process.stdin is not None:
+                    tg.start_soon(self._feed_stdin, process, invocation.stdin)
+                heartbeat = anyio.CancelScope()
+                if progress is not None:
+                    tg.start_soon(self._heartbeat, heartbeat, progress, skill.name)
+                with anyio.move_on_after(timeout) as deadline:
+                    await process.wait()
+                timed_out = deadline.cancelled_caught
+                heartbeat.cancel()
+                # Kill what is left of the group: on timeout the handler, always its stray children,
+                # whose open pipes would otherwise keep the readers waiting.
+                _kill_group(process.pid)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap(process)
+        return captured, None if timed_out else process.returncode, timed_out
+
+    @staticmethod
+    async def _reap(process: Process) -> None:
+        if process.returncode is None:
+            _kill_group(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(KILL_GRACE_SECONDS):
+                await process.wait()
+        _kill_group(process.pid)
+        if process.returncode is None:
+            await process.wait()
+        await process.aclose()
+
+    @staticmethod
+    async def _read_stdout(stream: ByteReceiveStream | None, captured: _Captured, cap: int, process: Process) -> None:
+        if stream is None:
+            return
+        async for chunk in stream:
+            if len(captured.stdout) + len(chunk) > cap:
+                captured.overflow = True
+                _kill_group(process.pid)
+                return
+            captured.stdout += chunk
+
+    @staticmethod
+    async def _read_stderr(stream: ByteReceiveStream | None, captured: _Captured, keep: int) -> None:
+        if stream is None:
+            return
+        async for chunk in stream:
+            captured.stderr_tail += chunk
+            if len(captured.stderr_tail) > 2 * keep + 4096:
+                del captured.stderr_tail[: len(captured.stderr_tail) - keep]
+
+    @staticmethod
+    async def _feed_stdin(process: Process, data: bytes) -> None:
+        assert process.stdin is not None
+        try:
+            await process.stdin.send(data)
+            await process.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the handler exited without reading its input; its own result says why
+
+    @staticmethod
+    async def _heartbeat(scope: anyio.CancelScope, progress: Progress, name: str) -> None:
+        started = time.monotonic()
+        with scope:
+            while True:
+                await anyio.sleep(HEARTBEAT_SECONDS)
+                await progress(f"{name}: running for {time.monotonic() - started:.0f}s")
+
+    def _interpret(
+        self, skill: Skill, captured: _Captured, exit_code: int | None, timed_out: bool, timeout: float
+    ) -> SkillResult:
+        limits = self.settings.limits
+        stdout = captured.stdout.decode("utf-8", errors="replace")
+        stderr = scrub(captured.stderr_tail.decode("utf-8", errors="replace")[-limits.stderr_tail_chars:])
+        if timed_out:
+            return self._failure(
+                f"skill '{skill.name}' timed out after {timeout:g}s and was killed",
+                code="timeout", stderr=stderr, stdout=stdout,
+            )
+        if captured.overflow:
+            return self._failure(
+                f"skill '{skill.name}' printed more than {limits.max_output_bytes} bytes and was killed",
+                code="output_too_large", stderr=stderr, stdout=stdout,
+            )
+        assert exit_code is not None
+        doc = last_json_document(stdout)
+        if doc is None:
+            if exit_code == 0:
+                message = f"skill '{skill.name}' exited 0 but printed no JSON result on stdout"
+            else:
+                last_line = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
+                message = f"skill '{skill.name}' failed with exit code {exit_code}" + (
+                    f": {last_line.strip()[:300]}" if last_line else ""
+                )
+            return self._failure(message, code="no_result", exit_code=exit_code, stderr=stderr, stdout=stdout)
+        structured = normalise(doc, exit_code)
+        if not structured["ok"]:
+            structured.setdefault("errors", [{"code": "failed", "message": f"exit code {exit_code}"}])
+            if exit_code != 0:
+                structured["exit_code"] = exit_code
+            if stderr.strip():
+                structured["stderr_tail"] = stderr
+        return self._finish(structured, exit_code=exit_code, stdout=stdout)
+
+    def _failure(self, message: str, *, code: str, exit_code: int | None = None,
+                 stderr: str = "", stdout: str = "") -> SkillResult:
+        structured: dict[str, Any] = {"ok": False, "status": "failed", "errors": [{"code": code, "message": message}]}
+        if exit_code is not None:
+            structured["exit_code"] = exit_code
+        if stderr.strip():
+            structured["stderr_tail"] = stderr
+        if stdout.strip():
+            structured["stdout_head"] = scrub(stdout[:1000])
+        return self._finish(structured, exit_code=exit_code, stdout=stdout)
+
+    def _finish(self, structured: dict[str, Any], *, exit_code: int | None, stdout: str) -> SkillResult:
+        """Cap the result for hosts; keep the full output in the run folder when anything is cut."""
+        raw = json.dumps(structured, ensure_ascii=False, default=str)
+        text = scrub(raw)
+        if text != raw:
+            structured = json.loads(text)
+        result = SkillResult(ok=structured["ok"], structured=structured, text=text, exit_code=exit_code)
+        cap = self.settings.limits.max_result_chars
+        if len(text) <= cap and len(stdout) <= cap:
+            return result
+        folder = self.settings.runs_dir / "outputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{result.call_id}.json"
+        path.write_text(text, encoding="utf-8")
+        (folder / f"{result.call_id}.stdout.txt").write_text(scrub(stdout), encoding="utf-8")
+        reference = {"output_file": str(path), "output_resource": f"betty://outputs/{result.call_id}"}
+        if len(text) > cap:
+            structured = {
+                "ok": structured["ok"],
+                "status": structured["status"],
+                "truncated": True,
+                "output_chars": len(text),
+                "preview": text[: cap // 2],
+                **({} if structured["ok"] else {"errors": structured.get("errors", [])[:20]}),
+            }
+        structured = {**structured, **reference}
+        result.structured = structured
+        result.text = json.dumps(structured, ensure_ascii=False, default=str)
+        result.output_file = path
+        return result
