@@ -18,6 +18,9 @@ from betty_mcp.manifests import Status, describe_validation_error, read_yaml
 
 CONFIG_ENV = "BETTY_CONFIG"
 TOKEN_ENV = "BETTY_MCP_TOKEN"
+# The server's settings, as JSON, in every handler's environment: skills that run other skills
+# (workflow.run) or write where the server watches (skill.create) see what the server sees.
+SETTINGS_ENV = "BETTY_MCP_SETTINGS"
 
 
 class ToolSelection(BaseModel):
@@ -63,6 +66,12 @@ class Settings(BaseModel):
         """Where path arguments may point: the workspace, the allowed roots, a served Betty checkout."""
         extra = [self.betty_home] if self.betty_home else []
         return [self.workspace, *self.allowed_roots, *extra]
+
+
+def settings_from_env() -> Settings:
+    """The serving process's settings inside a handler; flags-free defaults when run by hand."""
+    raw = os.environ.get(SETTINGS_ENV)
+    return Settings.model_validate_json(raw) if raw else load_settings()
 
 
 def find_config_file(explicit: Path | None) -> Path | None:

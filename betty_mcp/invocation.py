@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from betty_mcp.catalog import Skill
-from betty_mcp.config import Settings
+from betty_mcp.config import SETTINGS_ENV, Settings
 from betty_mcp.errors import ArgumentsError, PathOutsideWorkspace
 from betty_mcp.secrets import without_secrets
 from betty_mcp.skillkit import ALLOWED_ROOTS_ENV, WORKSPACE_ENV
@@ -96,6 +96,7 @@ def child_environment(skill: Skill, settings: Settings) -> dict[str, str]:
     env = without_secrets(os.environ, keep=skill.manifest.mcp.env)
     env[WORKSPACE_ENV] = str(settings.workspace)
     env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
+    env[SETTINGS_ENV] = settings.model_dump_json()
     env.setdefault("PYTHONIOENCODING", "utf-8")
     if skill.source == "betty-home":
         root = str(skill.project_root)

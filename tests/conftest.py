@@ -1,0 +1,106 @@
+"""Shared fixtures: a workspace, and real MCP clients talking to a real server process.
+
+    async with stdio_client(workspace, mode="legacy") as client:   # 2025-11-25 handshake
+    async with stdio_client(workspace, mode="auto") as client:     # lands on 2026-07-28
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_SKILLS = ROOT / "tests" / "fixtures" / "skills"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+OPENAPI_DIR = SHARED_DATA / "openapi"
+ERAS = ["legacy", "auto"]  # 2025-11-25 handshake, and 2026-07-28 (what "auto" negotiates)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    return ws
+
+
+def server_args(workspace: Path, *extra: str, fixtures: bool = True) -> list[str]:
+    args = ["-m", "betty_mcp", "serve", "--workspace", str(workspace), "--log-level", "warning"]
+    if fixtures:
+        args += ["--skills-dir", str(FIXTURE_SKILLS)]
+    return [*args, *extra]
+
+
+@asynccontextmanager
+async def stdio_client(
+    workspace: Path, *extra: str, mode: str = "auto", fixtures: bool = True, env: dict[str, str] | None = None
+) -> AsyncIterator[Client]:
+    """A real MCP client driving ``python -m betty_mcp serve`` over stdio."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=server_args(workspace, *extra, fixtures=fixtures),
+        cwd=str(workspace),
+        env={**os.environ, **(env or {})},
+    )
+    async with Client(params, mode=mode, read_timeout_seconds=60) as client:  # type: ignore[arg-type]
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def http_server(workspace: Path, *extra: str, host: str = "127.0.0.1", env: dict[str, str] | None = None,
+                fixtures: bool = True) -> Iterator[str]:
+    """``betty-mcp serve --http`` in a subprocess; yields its MCP URL once it accepts connections."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, *server_args(workspace, "--http", "--host", host, "--port", str(port), *extra,
+                                      fixtures=fixtures)],
+        cwd=workspace, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection((host, port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("HTTP server did not start in 30 s")
+        yield f"http://{host}:{port}/mcp"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
