@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""agent.define: validate an agent.yaml with the loader's models and Betty's rules, then register it.
+
+Beyond the model (which checks ``reasoning_mode`` and field types): every skill in
+``skills_available`` must exist in the catalog and be active, ``llm_config``/``llm_preference``
+must name known providers, ``error_handling`` must be sane, and the version semantic. Every
+problem is reported, each as one message; any problem means nothing is registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+from typing import Any
+
+from betty_mcp.registry import Registry, RegistryError, load_manifest, parse_version
+from betty_mcp.skillkit import SkillError, run, workspace, workspace_path
+from betty_mcp.skillkit import parser as make_parser
+
+BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama", "openai_compatible", "embedded", "local")
+RETRY_STRATEGIES = (
+    "none", "immediate", "fixed", "fixed_delay", "constant", "linear", "linear_backoff", "exponential",
+    "exponential_backoff",
+)
+MAX_RETRIES = 10
+MAX_TIMEOUT_SECONDS = 3600
+
+
+def known_providers(settings: Any) -> list[str]:
+    """Providers configured in ``llm_router.providers`` (mapping keys or named items) plus the built-ins."""
+    configured = (settings.llm_router or {}).get("providers") or {}
+    if isinstance(configured, dict):
+        names = [str(k) for k in configured]
+    else:
+        names = [str(p["name"]) for p in configured if isinstance(p, dict) and p.get("name")]
+    return [*names, *(p for p in BUILTIN_PROVIDERS if p not in names)]
+
+
+def skill_problems(manifest: Any, catalog: Any, source: str) -> list[dict[str, Any]]:
+    problems = []
+    for index, name in enumerate(manifest.skills_available):
+        skill = catalog.skills.get(name)
+        where = f"{source}: skills_available.{index}"
+        if skill is None:
+            close = difflib.get_close_matches(name, list(catalog.skills), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            problems.append({"code": "unknown_skill", "skill": name,
+                             "message": f"{where}: skill '{name}' does not exist in the catalog{hint}"})
+        elif skill.manifest.status != "active":
+            problems.append({"code": "inactive_skill", "skill": name,
+                             "message": f"{where}: skill '{name}' is {skill.manifest.status}, not active "
+                                        f"({skill.manifest_path})"})
+    return problems
+
+
+def provider_problems(manifest: Any, providers: list[str], source: str) -> list[dict[str, Any]]:
+    named = []
+    if manifest.llm_config is not None:
+        named += [(f"llm_config.{field}", getattr(manifest.llm_config, field))
+                  for field in ("primary_provider", "fallback_provider")]
+    named.append(("llm_preference", manifest.llm_preference))
+    return [
+        {"code": "unknown_provider", "provider": value,
+         "message": f"{source}: {field}: unknown provider '{value}'; known: {', '.join(providers)}"}
+        for field, value in named if value is not None and value not in providers
+    ]
+
+
+def error_handling_problems(manifest: Any, source: str) -> list[dict[str, Any]]:
+    handling = manifest.error_handling
+    problems = []
+    if not 0 <= handling.max_retries <= MAX_RETRIES:
+        problems.append(f"max_retries: {handling.max_retries} is out of range 0..{MAX_RETRIES}")
+    if handling.timeout_seconds is not None and handling.timeout_seconds > MAX_TIMEOUT_SECONDS:
+        problems.append(f"timeout_seconds: {handling.timeout_seconds:g} is above {MAX_TIMEOUT_SECONDS} (one hour)")
+    strategy = handling.retry_strategy
+    if strategy is not None and strategy not in RETRY_STRATEGIES:
+        problems.append(f"retry_strategy: unknown strategy '{strategy}'; use one of {', '.join(RETRY_STRATEGIES)}")
+    return [{"code": "bad_error_handling", "message": f"{source}: error_handling.{p}"} for p in problems]
+
+
+def handle(args: argparse.Namespace) -> dict[str, Any]:
+    from betty_mcp.catalog import load_catalog
+    from betty_mcp.config import settings_from_env
+
+    path = workspace_path(args.manifest_path, must_exist=True, kind="manifest_path")
+    if path.is_dir():
+        path = path / "agent.yaml"
+        if not path.is_file():
+            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without an agent.yaml", code="not_found")
+    if path.name == "skill.yaml":
+        raise SkillError(f"{path} is a skill manifest; use skill.define", code="wrong_kind")
+    raw, manifest = load_manifest("agents", path)
+    source = str(path)
+    settings = settings_from_env()
+    problems = [
+        *_version_problem(manifest.version, source),
+        *skill_problems(manifest, load_catalog(settings), source),
+        *provider_problems(manifest, known_providers(settings), source),
+        *error_handling_problems(manifest, source),
+    ]
+    summary: dict[str, Any] = {
+        "name": manifest.name, "version": manifest.version, "status": manifest.status, "manifest_path": source,
+        "skills": manifest.skills_available, "reasoning_mode": manifest.reasoning_mode,
+        "warnings": _warnings(manifest, path), "dry_run": args.dry_run,
+    }
+    if problems:
+        return {"ok": False, "valid": False, "errors": problems, **summary}
+    result: dict[str, Any] = {"valid": True, **summary, "registered": False, "action": "not_registered"}
+    if args.register:
+        registration = Registry(workspace()).register("agents", raw, dry_run=args.dry_run)
+        result.update(registration.as_dict(), registered=registration.written)
+    return result
+
+
+def _version_problem(version: str, source: str) -> list[dict[str, Any]]:
+    try:
+        parse_version(version, subject=f"{source}: version")
+    except RegistryError as exc:
+        return [exc.as_error()]
+    return []
+
+
+def _warnings(manifest: Any, path: Path) -> list[str]:
+    warnings = []
+    if manifest.name != path.parent.name:
+        warnings.append(f"{path}: name: '{manifest.name}' differs from its folder '{path.parent.name}'")
+    if not manifest.skills_available:
+        warnings.append(f"{path}: skills_available: the agent lists no skills")
+    return warnings
+
+
+parser = make_parser("Validate an agent.yaml and register it in registry/agents.json.")
+parser.add_argument("manifest_path", help="the agent.yaml (or its folder)")
+parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
+                    help="register the agent after validating it (default: yes)")
+parser.add_argument("--dry_run", action="store_true", help="report what registering would do, write nothing")
+
+if __name__ == "__main__":
+    run(handle, parser)
