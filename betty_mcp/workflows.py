@@ -272,7 +272,9 @@ def _has_reference(value: Any) -> bool:
 # -- argument checks ------------------------------------------------------------------------
 
 
-def argument_problems(schema: dict[str, Any], arguments: dict[str, Any], *, unresolved: bool = False) -> list[str]:
+def argument_problems(
+    schema: dict[str, Any], arguments: dict[str, Any], *, unresolved: bool = False
+) -> list[str]:
     """What is wrong with ``arguments`` for ``schema`` (JSON Schema 2020-12), one line each.
 
     With ``unresolved``, arguments may still hold references: a value that is one whole
@@ -418,7 +420,8 @@ def _check_references(
                     f"{ref.text}: no step has id '{ref.root}' (steps: {known})", step.id, "bad_reference",
                 ))
             elif positions[ref.root] >= index:
-                when = "itself" if positions[ref.root] == index else f"step {positions[ref.root] + 1}, which runs later"
+                later = positions[ref.root] + 1
+                when = "itself" if later == index + 1 else f"step {later}, which runs later"
                 report.errors.append(Issue(
                     f"{ref.text}: step '{step.id}' (step {index + 1}) refers to {when}; a step can only use "
                     "the results of earlier steps", step.id, "bad_reference",
@@ -427,16 +430,18 @@ def _check_references(
                 _check_declared_output(report, step, ref, steps[positions[ref.root]], catalog)
 
 
-def _check_declared_output(report: Report, step: Step, ref: Reference, source: Step, catalog: Catalog) -> None:
-    """Warn when the referenced skill declares its outputs and the field is not one of them."""
+def _check_declared_output(
+    report: Report, step: Step, ref: Reference, source: Step, catalog: Catalog
+) -> None:
+    """Warn when the referenced skill types its outputs (an output schema) and the field is not one."""
     skill = catalog.skills.get(source.skill or "")
-    if skill is None or not skill.manifest.typed_outputs:
+    if skill is None or skill.output_schema is None:
         return
-    declared = ["ok", "status", *(o.name for o in skill.manifest.typed_outputs)]
+    declared = skill.output_schema["properties"]
     if ref.path[0] not in declared:
         report.warnings.append(Issue(
             f"{ref.text}: skill '{skill.name}' does not declare an output '{ref.path[0]}' "
-            f"(declared: {', '.join(declared[2:])}); the step fails if its result lacks it",
+            f"(declared: {', '.join(declared)}); the step fails if its result lacks it",
             step.id, "undeclared_output",
         ))
 
@@ -450,7 +455,8 @@ def _check_skill_step(report: Report, step: Step, catalog: Catalog, settings: Se
         return
     if skill.manifest.status not in settings.tools.statuses:
         report.errors.append(Issue(
-            f"skill '{skill.name}' is {skill.manifest.status}; add it to tools.statuses in betty.yaml to run it",
+            f"skill '{skill.name}' is {skill.manifest.status}; add that status to tools.statuses in "
+            "betty.yaml to run it",
             step.id, "skill_not_runnable",
         ))
     for problem in argument_problems(skill.input_schema, step.arguments, unresolved=True):

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp.client import Client
@@ -47,7 +48,8 @@ def server_args(workspace: Path, *extra: str, fixtures: bool = True) -> list[str
 
 @asynccontextmanager
 async def stdio_client(
-    workspace: Path, *extra: str, mode: str = "auto", fixtures: bool = True, env: dict[str, str] | None = None
+    workspace: Path, *extra: str, mode: str = "auto", fixtures: bool = True, env: dict[str, str] | None = None,
+    **client_options: Any,
 ) -> AsyncIterator[Client]:
     """A real MCP client driving ``python -m betty_mcp serve`` over stdio."""
     params = StdioServerParameters(
@@ -56,7 +58,7 @@ async def stdio_client(
         cwd=str(workspace),
         env={**os.environ, **(env or {})},
     )
-    async with Client(params, mode=mode, read_timeout_seconds=60) as client:  # type: ignore[arg-type]
+    async with Client(params, mode=mode, read_timeout_seconds=60, **client_options) as client:  # type: ignore[arg-type]
         yield client
 
 
@@ -71,6 +73,7 @@ def http_server(workspace: Path, *extra: str, host: str = "127.0.0.1", env: dict
                 fixtures: bool = True) -> Iterator[str]:
     """``betty-mcp serve --http`` in a subprocess; yields its MCP URL once it accepts connections."""
     port = free_port()
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # tests only ever connect over loopback
     proc = subprocess.Popen(
         [sys.executable, *server_args(workspace, "--http", "--host", host, "--port", str(port), *extra,
                                       fixtures=fixtures)],
@@ -82,13 +85,13 @@ def http_server(workspace: Path, *extra: str, host: str = "127.0.0.1", env: dict
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
             try:
-                with socket.create_connection((host, port), timeout=0.2):
+                with socket.create_connection((local, port), timeout=0.2):
                     break
             except OSError:
                 time.sleep(0.05)
         else:
             raise RuntimeError("HTTP server did not start in 30 s")
-        yield f"http://{host}:{port}/mcp"
+        yield f"http://{local}:{port}/mcp"
     finally:
         proc.terminate()
         try:
