@@ -40,6 +40,10 @@ _STRING_INPUT = re.compile(
 )
 
 
+_PARAM_KEYS = {"name", "type", "required", "optional", "description", "default", "enum", "options", "values",
+               "choices", "allowed_values", "items", "is_path"}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -63,6 +67,10 @@ class Param(BaseModel):
     def _normalise(cls, raw: Any) -> Any:
         if isinstance(raw, str):
             return _parse_string_input(raw)
+        if isinstance(raw, dict) and len(raw) == 1 and not set(raw) & _PARAM_KEYS:
+            # Unquoted YAML turns "- epic_file (string, required): Path" into a one-key mapping.
+            ((key, value),) = raw.items()
+            return _parse_string_input(f"{key}: {value}" if value is not None else str(key))
         if not isinstance(raw, dict):
             raise ValueError(f"an input must be a mapping or a string, not {type(raw).__name__}")
         data = dict(raw)
