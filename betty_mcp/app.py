@@ -28,7 +28,9 @@ class BettyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runner = SkillRunner(settings)
-        self.builtin_tools: dict[str, Tool] = {t.spec.name: t for t in (SkillsListTool(self), SkillRunTool(self))}
+        self.builtin_tools: dict[str, Tool] = {
+            t.spec.name: t for t in (SkillsListTool(self), SkillRunTool(self))
+        }
         self.catalog = Catalog()
         self.tools: dict[str, Tool] = {}
         self._validators: dict[int, tuple[dict[str, Any], Validator]] = {}

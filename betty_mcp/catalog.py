@@ -45,8 +45,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.severity}: {self.message}" if self.message.startswith(self.path) else (
-            f"{self.severity}: {self.path}: {self.message}"
+        return (
+            f"{self.severity}: {self.message}"
+            if self.message.startswith(self.path)
+            else (f"{self.severity}: {self.path}: {self.message}")
         )
 
 
@@ -176,7 +178,10 @@ def output_schema(manifest: SkillManifest) -> dict[str, Any] | None:
         json_type = TYPE_ALIASES.get((out.type or "").lower())
         if json_type is None or out.type in ("file", "path", "filepath", "enum"):
             return None
-        properties[out.name] = {"type": json_type, **({"description": out.description} if out.description else {})}
+        properties[out.name] = {
+            "type": json_type,
+            **({"description": out.description} if out.description else {}),
+        }
     return {"type": "object", "properties": properties, "required": ["ok"]}
 
 
@@ -218,7 +223,9 @@ def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
     directory = path.parent
     if manifest.name != directory.name:
         catalog.problems.append(
-            Problem("warning", str(path), f"name '{manifest.name}' differs from its folder '{directory.name}'")
+            Problem(
+                "warning", str(path), f"name '{manifest.name}' differs from its folder '{directory.name}'"
+            )
         )
     if not (directory / manifest.handler).is_file():
         catalog.problems.append(
@@ -233,7 +240,11 @@ def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
                 "error" if same_source else "warning",
                 str(path),
                 f"skill '{manifest.name}' is also defined in {existing.manifest_path}"
-                + ("; the first one is kept" if same_source else f" ({existing.source}), which takes precedence"),
+                + (
+                    "; the first one is kept"
+                    if same_source
+                    else f" ({existing.source}), which takes precedence"
+                ),
             )
         )
         return
@@ -282,7 +293,11 @@ def _assign_tools(catalog: Catalog, settings: Settings, reserved: frozenset[str]
             continue
         if name in reserved:
             catalog.problems.append(
-                Problem("warning", str(skill.manifest_path), f"tool name '{name}' is a built-in tool; use skill_run")
+                Problem(
+                    "warning",
+                    str(skill.manifest_path),
+                    f"tool name '{name}' is a built-in tool; use skill_run",
+                )
             )
             continue
         other = seen.setdefault(name, skill)

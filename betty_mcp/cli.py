@@ -30,18 +30,41 @@ agents_app = typer.Typer(help="List and show agents.", no_args_is_help=True)
 app.add_typer(skills_app, name="skills")
 app.add_typer(agents_app, name="agents")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="betty.yaml to use (else $BETTY_CONFIG, ./betty.yaml, ~/.config/betty-mcp/betty.yaml).")]
-WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Folder skills work in (default: the current one).")]
-SkillsDirOpt = Annotated[list[Path] | None, typer.Option("--skills-dir", help="Extra skills folder (repeatable).")]
-AgentsDirOpt = Annotated[list[Path] | None, typer.Option("--agents-dir", help="Extra agents folder (repeatable).")]
-BettyHomeOpt = Annotated[Path | None, typer.Option("--betty-home", help="Serve an existing Betty checkout as it is.")]
-NoBundledOpt = Annotated[bool, typer.Option("--no-bundled", help="Leave out the skills and agents bundled with betty-mcp.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="betty.yaml to use (else $BETTY_CONFIG, ./betty.yaml, ~/.config/betty-mcp/betty.yaml).",
+    ),
+]
+WorkspaceOpt = Annotated[
+    Path | None, typer.Option("--workspace", help="Folder skills work in (default: the current one).")
+]
+SkillsDirOpt = Annotated[
+    list[Path] | None, typer.Option("--skills-dir", help="Extra skills folder (repeatable).")
+]
+AgentsDirOpt = Annotated[
+    list[Path] | None, typer.Option("--agents-dir", help="Extra agents folder (repeatable).")
+]
+BettyHomeOpt = Annotated[
+    Path | None, typer.Option("--betty-home", help="Serve an existing Betty checkout as it is.")
+]
+NoBundledOpt = Annotated[
+    bool, typer.Option("--no-bundled", help="Leave out the skills and agents bundled with betty-mcp.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level for stderr.")]
 
 
-def _settings(config: Path | None, workspace: Path | None, skills_dir: list[Path] | None,
-              agents_dir: list[Path] | None, betty_home: Path | None, no_bundled: bool, **extra: Any) -> Settings:
+def _settings(
+    config: Path | None,
+    workspace: Path | None,
+    skills_dir: list[Path] | None,
+    agents_dir: list[Path] | None,
+    betty_home: Path | None,
+    no_bundled: bool,
+    **extra: Any,
+) -> Settings:
     return load_settings(
         config,
         workspace=workspace,
@@ -76,7 +99,9 @@ def _build_app(settings: Settings) -> Any:
 def root(ctx: typer.Context) -> None:
     """With no command, serve MCP over stdio."""
     if ctx.invoked_subcommand is None:
-        serve(None, None, None, None, None, False, False, "127.0.0.1", 8765, None, None, None, None, "warning")
+        serve(
+            None, None, None, None, None, False, False, "127.0.0.1", 8765, None, None, None, None, "warning"
+        )
 
 
 @app.command()
@@ -91,9 +116,18 @@ def serve(
     host: Annotated[str, typer.Option(help="HTTP bind address; non-loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
     token: Annotated[str | None, typer.Option(help=f"Bearer token for HTTP (or ${TOKEN_ENV}).")] = None,
-    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Extra Host header value accepted over HTTP, e.g. 'mcp.example.com:443'.")] = None,
-    include: Annotated[list[str] | None, typer.Option(help="Glob of skills that get their own tool (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob of skills without their own tool (repeatable).")] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host", help="Extra Host header value accepted over HTTP, e.g. 'mcp.example.com:443'."
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Glob of skills that get their own tool (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of skills without their own tool (repeatable).")
+    ] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve MCP (stdio by default, or streamable HTTP with --http)."""
@@ -101,14 +135,29 @@ def serve(
 
     _setup_logging(log_level)
     try:
-        settings = _settings(config, workspace, skills_dir, agents_dir, betty_home, no_bundled,
-                             include=include, exclude=exclude)
+        settings = _settings(
+            config,
+            workspace,
+            skills_dir,
+            agents_dir,
+            betty_home,
+            no_bundled,
+            include=include,
+            exclude=exclude,
+        )
         betty = _build_app(settings)
         if http:
             from betty_mcp.transports import serve_http
 
-            anyio.run(lambda: serve_http(betty, host=host, port=port, token=token or os.environ.get(TOKEN_ENV),
-                                         allowed_hosts=allowed_host or []))
+            anyio.run(
+                lambda: serve_http(
+                    betty,
+                    host=host,
+                    port=port,
+                    token=token or os.environ.get(TOKEN_ENV),
+                    allowed_hosts=allowed_host or [],
+                )
+            )
         else:
             from betty_mcp.transports import serve_stdio
 
@@ -121,9 +170,15 @@ def serve(
 
 @skills_app.command("list")
 def skills_list(
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
-    all_statuses: Annotated[bool, typer.Option("--all", help="Include draft, deprecated and archived skills.")] = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
+    all_statuses: Annotated[
+        bool, typer.Option("--all", help="Include draft, deprecated and archived skills.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List skills with their tool names."""
@@ -131,9 +186,19 @@ def skills_list(
     statuses = betty.settings.tools.statuses
     skills = [s for s in betty.catalog.skills.values() if all_statuses or s.manifest.status in statuses]
     if as_json:
-        _print_json([{"name": s.name, "tool": s.tool_name if s.tool_name in betty.catalog.tools else None,
-                      "version": s.manifest.version, "status": s.manifest.status, "source": s.source,
-                      "description": s.manifest.description.strip()} for s in skills])
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "tool": s.tool_name if s.tool_name in betty.catalog.tools else None,
+                    "version": s.manifest.version,
+                    "status": s.manifest.status,
+                    "source": s.source,
+                    "description": s.manifest.description.strip(),
+                }
+                for s in skills
+            ]
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -141,7 +206,9 @@ def skills_list(
     table = Table("skill", "tool", "version", "status", "description", box=None)
     for s in sorted(skills, key=lambda s: s.name):
         tool = s.tool_name if s.tool_name in betty.catalog.tools else "-"
-        table.add_row(s.name, tool, s.manifest.version, s.manifest.status, s.manifest.description.strip()[:70])
+        table.add_row(
+            s.name, tool, s.manifest.version, s.manifest.status, s.manifest.description.strip()[:70]
+        )
     Console().print(table)
     _print_problems(betty)
 
@@ -149,8 +216,12 @@ def skills_list(
 @skills_app.command("show")
 def skills_show(
     name: str,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one skill: manifest facts, tool name and input schema."""
@@ -159,10 +230,16 @@ def skills_show(
     if skill is None:
         _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
     info = {
-        "name": skill.name, "tool": skill.tool_name, "version": skill.manifest.version,
-        "status": skill.manifest.status, "source": skill.source, "directory": str(skill.directory),
-        "handler": str(skill.handler), "description": skill.manifest.description.strip(),
-        "input_schema": skill.input_schema, "output_schema": skill.output_schema,
+        "name": skill.name,
+        "tool": skill.tool_name,
+        "version": skill.manifest.version,
+        "status": skill.manifest.status,
+        "source": skill.source,
+        "directory": str(skill.directory),
+        "handler": str(skill.handler),
+        "description": skill.manifest.description.strip(),
+        "input_schema": skill.input_schema,
+        "output_schema": skill.output_schema,
     }
     if as_json:
         _print_json(info)
@@ -194,8 +271,12 @@ def _parse_pairs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
 def skills_run(
     name: str,
     pairs: Annotated[list[str] | None, typer.Argument(help="Arguments as key=value.")] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a skill the way the server would, and print its result; exits 1 when it fails."""
@@ -220,8 +301,12 @@ def skills_run(
 
 @agents_app.command("list")
 def agents_list(
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List agents with their skills and reasoning mode."""
@@ -235,8 +320,12 @@ def agents_list(
 
     table = Table("agent", "mode", "skills", "description", box=None)
     for a in agents:
-        table.add_row(a.name, a.manifest.reasoning_mode, ", ".join(a.manifest.skills_available),
-                      a.manifest.description.strip()[:60])
+        table.add_row(
+            a.name,
+            a.manifest.reasoning_mode,
+            ", ".join(a.manifest.skills_available),
+            a.manifest.description.strip()[:60],
+        )
     Console().print(table)
     _print_problems(betty)
 
@@ -244,19 +333,28 @@ def agents_list(
 def _agent_info(agent: Any, betty: Any) -> dict[str, Any]:
     m = agent.manifest
     return {
-        "name": agent.name, "version": m.version, "status": m.status, "reasoning_mode": m.reasoning_mode,
+        "name": agent.name,
+        "version": m.version,
+        "status": m.status,
+        "reasoning_mode": m.reasoning_mode,
         "skills_available": m.skills_available,
         "missing_skills": [s for s in m.skills_available if s not in betty.catalog.skills],
         "llm_config": m.llm_config.model_dump(exclude_none=True) if m.llm_config else None,
-        "llm_preference": m.llm_preference, "description": m.description.strip(), "source": agent.source,
+        "llm_preference": m.llm_preference,
+        "description": m.description.strip(),
+        "source": agent.source,
     }
 
 
 @agents_app.command("show")
 def agents_show(
     name: str,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one agent."""
@@ -274,9 +372,16 @@ def agents_show(
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path] | None, typer.Argument(help="skill.yaml/agent.yaml files or folders; default: every configured source.")] = None,
-    config: ConfigOpt = None, workspace: WorkspaceOpt = None, skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None, betty_home: BettyHomeOpt = None, no_bundled: NoBundledOpt = False,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="skill.yaml/agent.yaml files or folders; default: every configured source."),
+    ] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    betty_home: BettyHomeOpt = None,
+    no_bundled: NoBundledOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate manifests; exits 1 when anything is invalid."""
@@ -285,7 +390,9 @@ def validate(
     if paths:
         report = validate_paths(paths)
     else:
-        report = validate_sources(_load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled).catalog)
+        report = validate_sources(
+            _load(config, workspace, skills_dir, agents_dir, betty_home, no_bundled).catalog
+        )
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -294,8 +401,14 @@ def validate(
     raise typer.Exit(1 if report.errors else 0)
 
 
-def _load(config: Path | None, workspace: Path | None, skills_dir: list[Path] | None,
-          agents_dir: list[Path] | None, betty_home: Path | None, no_bundled: bool) -> Any:
+def _load(
+    config: Path | None,
+    workspace: Path | None,
+    skills_dir: list[Path] | None,
+    agents_dir: list[Path] | None,
+    betty_home: Path | None,
+    no_bundled: bool,
+) -> Any:
     _setup_logging("error")
     try:
         return _build_app(_settings(config, workspace, skills_dir, agents_dir, betty_home, no_bundled))

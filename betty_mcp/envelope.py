@@ -30,7 +30,7 @@ def last_json_document(text: str) -> Any:
     while pos > 0:
         pos = stripped.rfind("\n", 0, pos)
         start = pos + 1
-        line_start = stripped[start:start + 1]
+        line_start = stripped[start : start + 1]
         if line_start in ("{", "["):
             try:
                 value, stop = _DECODER.raw_decode(stripped, start)

@@ -19,7 +19,13 @@ from betty_mcp.errors import ArgumentsError, PathOutsideWorkspace
 from betty_mcp.secrets import without_secrets
 from betty_mcp.skillkit import ALLOWED_ROOTS_ENV, WORKSPACE_ENV
 
-INTERPRETERS = {"python": sys.executable, "python3": sys.executable, "bash": "bash", "sh": "sh", "node": "node"}
+INTERPRETERS = {
+    "python": sys.executable,
+    "python3": sys.executable,
+    "bash": "bash",
+    "sh": "sh",
+    "node": "node",
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,9 @@ def betty_argv(skill: Skill, arguments: dict[str, Any]) -> list[str]:
     """Required inputs positional in declared order; optional ones ``--name value``; booleans as flags."""
     options = skill.manifest.mcp
     params = skill.params
-    positional = options.positional if options.positional is not None else [p.name for p in params if p.required]
+    positional = (
+        options.positional if options.positional is not None else [p.name for p in params if p.required]
+    )
     argv = [_as_text(arguments[name]) for name in positional if name in arguments]
     for param in params:
         if param.name in positional or param.name not in arguments or arguments[param.name] is None:
@@ -116,5 +124,8 @@ def build_invocation(skill: Skill, arguments: dict[str, Any], settings: Settings
     else:
         command += betty_argv(skill, arguments)
     return Invocation(
-        argv=command, env=child_environment(skill, settings), cwd=working_directory(skill, settings), stdin=stdin
+        argv=command,
+        env=child_environment(skill, settings),
+        cwd=working_directory(skill, settings),
+        stdin=stdin,
     )

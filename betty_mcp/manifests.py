@@ -23,14 +23,28 @@ M = TypeVar("M", bound=BaseModel)
 # Manifest type names (Betty's and Python's) -> JSON Schema types. "path"/"file" are strings
 # that name a file: the runner checks them against the workspace.
 TYPE_ALIASES: dict[str, str] = {
-    "string": "string", "str": "string", "text": "string",
-    "boolean": "boolean", "bool": "boolean",
-    "integer": "integer", "int": "integer",
-    "number": "number", "float": "number", "double": "number",
-    "array": "array", "list": "array",
-    "object": "object", "dict": "object", "map": "object", "json": "object",
+    "string": "string",
+    "str": "string",
+    "text": "string",
+    "boolean": "boolean",
+    "bool": "boolean",
+    "integer": "integer",
+    "int": "integer",
+    "number": "number",
+    "float": "number",
+    "double": "number",
+    "array": "array",
+    "list": "array",
+    "object": "object",
+    "dict": "object",
+    "map": "object",
+    "json": "object",
     "enum": "string",
-    "path": "string", "file": "string", "filepath": "string", "directory": "string", "dir": "string",
+    "path": "string",
+    "file": "string",
+    "filepath": "string",
+    "directory": "string",
+    "dir": "string",
 }
 PATH_TYPES = {"path", "file", "filepath", "directory", "dir"}
 PATH_NAME = re.compile(r"(^|_)(path|paths|file|files|dir|directory|folder)$")
@@ -40,8 +54,21 @@ _STRING_INPUT = re.compile(
 )
 
 
-_PARAM_KEYS = {"name", "type", "required", "optional", "description", "default", "enum", "options", "values",
-               "choices", "allowed_values", "items", "is_path"}
+_PARAM_KEYS = {
+    "name",
+    "type",
+    "required",
+    "optional",
+    "description",
+    "default",
+    "enum",
+    "options",
+    "values",
+    "choices",
+    "allowed_values",
+    "items",
+    "is_path",
+}
 
 
 class _Model(BaseModel):
@@ -77,7 +104,9 @@ class Param(BaseModel):
         declared = data.get("type")
         if declared is not None:
             if not isinstance(declared, str) or declared.lower() not in TYPE_ALIASES:
-                raise ValueError(f"unknown type {declared!r}; use one of {', '.join(sorted(set(TYPE_ALIASES)))}")
+                raise ValueError(
+                    f"unknown type {declared!r}; use one of {', '.join(sorted(set(TYPE_ALIASES)))}"
+                )
             data["type"] = TYPE_ALIASES[declared.lower()]
             data["is_path"] = data.get("is_path") or declared.lower() in PATH_TYPES
         for key in ("options", "values", "choices", "allowed_values"):
@@ -126,7 +155,10 @@ def _parse_string_input(text: str) -> dict[str, Any]:
     if not match:
         raise ValueError(f"cannot read input {text!r}; write 'name (type, required): description'")
     data: dict[str, Any] = {
-        "name": match["name"], "type": "string", "description": match["text"] or "", "required": True,
+        "name": match["name"],
+        "type": "string",
+        "description": match["text"] or "",
+        "required": True,
     }
     for token in (t.strip().lower() for t in (match["meta"] or "").split(",")):
         if not token:
@@ -320,7 +352,7 @@ def read_yaml(path: Path) -> Any:
         raise ManifestError(f"{path}: cannot read: {exc}") from None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""

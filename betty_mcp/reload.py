@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 
 async def watch_sources(app: BettyApp, on_change: Callable[[], Awaitable[None]]) -> None:
     """Reload ``app`` whenever a watched folder changes; call ``on_change`` when clients would see it."""
-    folders = sorted({str(root) for _, root in [*skill_sources(app.settings), *agent_sources(app.settings)]
-                      if root.is_dir()})
+    folders = sorted(
+        {
+            str(root)
+            for _, root in [*skill_sources(app.settings), *agent_sources(app.settings)]
+            if root.is_dir()
+        }
+    )
     if not folders:
         return
     log.info("watching %s for changes", ", ".join(folders))

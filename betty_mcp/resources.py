@@ -1,9 +1,9 @@
 """MCP resources: skill and agent manifests, skill docs, and saved outputs of large results.
 
-    betty://skills/api.validate           the manifest (YAML)
-    betty://skills/api.validate/SKILL.md  its documentation
-    betty://agents/api.designer           an agent's manifest
-    betty://outputs/<id>                  the full result of a call whose result was cut
+betty://skills/api.validate           the manifest (YAML)
+betty://skills/api.validate/SKILL.md  its documentation
+betty://agents/api.designer           an agent's manifest
+betty://outputs/<id>                  the full result of a call whose result was cut
 """
 
 from __future__ import annotations
@@ -26,28 +26,34 @@ class Resources:
     def list(self) -> list[types.Resource]:
         found: list[types.Resource] = []
         for skill in self.app.catalog.skills.values():
-            found.append(types.Resource(
-                uri=f"betty://skills/{skill.name}",
-                name=f"skill {skill.name}",
-                title=f"{skill.name} manifest",
-                description=skill.manifest.description.strip()[:300] or None,
-                mime_type="application/yaml",
-            ))
+            found.append(
+                types.Resource(
+                    uri=f"betty://skills/{skill.name}",
+                    name=f"skill {skill.name}",
+                    title=f"{skill.name} manifest",
+                    description=skill.manifest.description.strip()[:300] or None,
+                    mime_type="application/yaml",
+                )
+            )
             if skill.docs is not None:
-                found.append(types.Resource(
-                    uri=f"betty://skills/{skill.name}/{skill.docs.name}",
-                    name=f"skill {skill.name} docs",
-                    title=f"{skill.name} {skill.docs.name}",
-                    mime_type="text/markdown",
-                ))
+                found.append(
+                    types.Resource(
+                        uri=f"betty://skills/{skill.name}/{skill.docs.name}",
+                        name=f"skill {skill.name} docs",
+                        title=f"{skill.name} {skill.docs.name}",
+                        mime_type="text/markdown",
+                    )
+                )
         for agent in self.app.catalog.agents.values():
-            found.append(types.Resource(
-                uri=f"betty://agents/{agent.name}",
-                name=f"agent {agent.name}",
-                title=f"{agent.name} manifest",
-                description=agent.manifest.description.strip()[:300] or None,
-                mime_type="application/yaml",
-            ))
+            found.append(
+                types.Resource(
+                    uri=f"betty://agents/{agent.name}",
+                    name=f"agent {agent.name}",
+                    title=f"{agent.name} manifest",
+                    description=agent.manifest.description.strip()[:300] or None,
+                    mime_type="application/yaml",
+                )
+            )
         return found
 
     def templates(self) -> list[types.ResourceTemplate]:
@@ -74,10 +80,16 @@ class Resources:
             return None
         if kind == "agents":
             agent = self.app.catalog.agents.get(rest)
-            return _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml") if agent else None
+            return (
+                _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml")
+                if agent
+                else None
+            )
         if kind == "outputs" and _OUTPUT_ID.match(rest):
             path = self.app.settings.runs_dir / "outputs" / f"{rest}.json"
-            return _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
+            return (
+                _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
+            )
         return None
 
 

@@ -11,10 +11,13 @@ folder and referenced from the result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import selectors
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,20 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+import anyio.to_thread
 
 from betty_mcp.catalog import Skill
 from betty_mcp.config import Settings
 from betty_mcp.envelope import last_json_document, normalise
 from betty_mcp.errors import ArgumentsError
-from betty_mcp.invocation import build_invocation, check_paths
+from betty_mcp.invocation import Invocation, build_invocation, check_paths
 from betty_mcp.secrets import scrub
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
 HEARTBEAT_SECONDS = 5.0
-KILL_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -57,11 +59,58 @@ class _Captured:
     overflow: bool = False
 
 
-def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _collect(
+    process: subprocess.Popen[bytes], stdin: bytes | None, captured: _Captured, cap: int, keep: int
+) -> None:
+    """Feed stdin and drain stdout (capped) and stderr (its tail) until both close.
+
+    Once the handler has exited, whatever is left of its process group is killed: a stray
+    grandchild holding the pipes open must not keep the call waiting.
+    """
+    assert process.stdout is not None and process.stderr is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, "out")
+        selector.register(process.stderr, selectors.EVENT_READ, "err")
+        pending = memoryview(stdin) if stdin is not None else None
+        if process.stdin is not None:
+            if pending:
+                os.set_blocking(process.stdin.fileno(), False)
+                selector.register(process.stdin, selectors.EVENT_WRITE, "in")
+            else:
+                process.stdin.close()
+        while selector.get_map():
+            events = selector.select(timeout=0.2)
+            if not events and process.poll() is not None:
+                _kill_group(process.pid)
+            for key, _ in events:
+                if key.data == "in":
+                    try:
+                        written = os.write(key.fd, pending[:65536])  # type: ignore[index]
+                    except BrokenPipeError:
+                        written = len(pending)  # type: ignore[arg-type]
+                    pending = pending[written:]  # type: ignore[index]
+                    if not pending:
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+                elif key.data == "err":
+                    captured.stderr_tail += chunk
+                    if len(captured.stderr_tail) > 2 * keep + 4096:
+                        del captured.stderr_tail[: len(captured.stderr_tail) - keep]
+                elif len(captured.stdout) + len(chunk) > cap:
+                    captured.overflow = True
+                    _kill_group(process.pid)
+                else:
+                    captured.stdout += chunk
 
 
 class SkillRunner:
@@ -69,7 +118,9 @@ class SkillRunner:
         self.settings = settings
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
 
-    async def run(self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None) -> SkillResult:
+    async def run(
+        self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None
+    ) -> SkillResult:
         """Run ``skill`` with already schema-validated ``arguments``; never raises for handler failures."""
         try:
             check_paths(skill, arguments, self.settings)
@@ -86,102 +137,73 @@ class SkillRunner:
         return result
 
     async def _execute(
-        self, invocation: Any, timeout: float, skill: Skill, progress: Progress | None
+        self, invocation: Invocation, timeout: float, skill: Skill, progress: Progress | None
     ) -> tuple[_Captured, int | None, bool]:
-        captured = _Captured()
+        """Spawn, then collect output in a worker thread (cheaper per call than asyncio's pipes).
+
+        Timeout and cancellation kill the process group, which closes the pipes and ends the thread.
+        """
         limits = self.settings.limits
-        process: Process = await anyio.open_process(
+        process = subprocess.Popen(
             invocation.argv,
-            stdin=-1 if invocation.stdin is not None else -3,  # PIPE or DEVNULL
+            stdin=subprocess.PIPE if invocation.stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             cwd=invocation.cwd,
             env=invocation.env,
             start_new_session=True,
         )
+        captured = _Captured()
         timed_out = False
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_stdout, process.stdout, captured, limits.max_output_bytes, process)
-                tg.start_soon(self._read_stderr, process.stderr, captured, limits.stderr_tail_chars)
-                if invocation.stdin is not None and process.stdin is not None:
-                    tg.start_soon(self._feed_stdin, process, invocation.stdin)
-                heartbeat = anyio.CancelScope()
-                if progress is not None:
-                    tg.start_soon(self._heartbeat, heartbeat, progress, skill.name)
-                with anyio.move_on_after(timeout) as deadline:
-                    await process.wait()
-                timed_out = deadline.cancelled_caught
-                heartbeat.cancel()
-                # Kill what is left of the group: on timeout the handler, always its stray children,
-                # whose open pipes would otherwise keep the readers waiting.
-                _kill_group(process.pid)
+            with anyio.move_on_after(timeout) as deadline:
+                async with anyio.create_task_group() as tg:
+                    if progress is not None:
+                        tg.start_soon(self._heartbeat, progress, skill.name)
+                    await anyio.to_thread.run_sync(
+                        _collect,
+                        process,
+                        invocation.stdin,
+                        captured,
+                        limits.max_output_bytes,
+                        limits.stderr_tail_chars,
+                        abandon_on_cancel=True,
+                    )
+                    tg.cancel_scope.cancel()
+            timed_out = deadline.cancelled_caught
         finally:
+            _kill_group(process.pid)
             with anyio.CancelScope(shield=True):
-                await self._reap(process)
+                if process.poll() is None:
+                    await anyio.to_thread.run_sync(process.wait)
         return captured, None if timed_out else process.returncode, timed_out
 
     @staticmethod
-    async def _reap(process: Process) -> None:
-        if process.returncode is None:
-            _kill_group(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(KILL_GRACE_SECONDS):
-                await process.wait()
-        _kill_group(process.pid)
-        if process.returncode is None:
-            await process.wait()
-        await process.aclose()
-
-    @staticmethod
-    async def _read_stdout(stream: ByteReceiveStream | None, captured: _Captured, cap: int, process: Process) -> None:
-        if stream is None:
-            return
-        async for chunk in stream:
-            if len(captured.stdout) + len(chunk) > cap:
-                captured.overflow = True
-                _kill_group(process.pid)
-                return
-            captured.stdout += chunk
-
-    @staticmethod
-    async def _read_stderr(stream: ByteReceiveStream | None, captured: _Captured, keep: int) -> None:
-        if stream is None:
-            return
-        async for chunk in stream:
-            captured.stderr_tail += chunk
-            if len(captured.stderr_tail) > 2 * keep + 4096:
-                del captured.stderr_tail[: len(captured.stderr_tail) - keep]
-
-    @staticmethod
-    async def _feed_stdin(process: Process, data: bytes) -> None:
-        assert process.stdin is not None
-        try:
-            await process.stdin.send(data)
-            await process.stdin.aclose()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # the handler exited without reading its input; its own result says why
-
-    @staticmethod
-    async def _heartbeat(scope: anyio.CancelScope, progress: Progress, name: str) -> None:
+    async def _heartbeat(progress: Progress, name: str) -> None:
         started = time.monotonic()
-        with scope:
-            while True:
-                await anyio.sleep(HEARTBEAT_SECONDS)
-                await progress(f"{name}: running for {time.monotonic() - started:.0f}s")
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            await progress(f"{name}: running for {time.monotonic() - started:.0f}s")
 
     def _interpret(
         self, skill: Skill, captured: _Captured, exit_code: int | None, timed_out: bool, timeout: float
     ) -> SkillResult:
         limits = self.settings.limits
         stdout = captured.stdout.decode("utf-8", errors="replace")
-        stderr = scrub(captured.stderr_tail.decode("utf-8", errors="replace")[-limits.stderr_tail_chars:])
+        stderr = scrub(captured.stderr_tail.decode("utf-8", errors="replace")[-limits.stderr_tail_chars :])
         if timed_out:
             return self._failure(
                 f"skill '{skill.name}' timed out after {timeout:g}s and was killed",
-                code="timeout", stderr=stderr, stdout=stdout,
+                code="timeout",
+                stderr=stderr,
+                stdout=stdout,
             )
         if captured.overflow:
             return self._failure(
                 f"skill '{skill.name}' printed more than {limits.max_output_bytes} bytes and was killed",
-                code="output_too_large", stderr=stderr, stdout=stdout,
+                code="output_too_large",
+                stderr=stderr,
+                stdout=stdout,
             )
         assert exit_code is not None
         doc = last_json_document(stdout)
@@ -203,9 +225,14 @@ class SkillRunner:
                 structured["stderr_tail"] = stderr
         return self._finish(structured, exit_code=exit_code, stdout=stdout)
 
-    def _failure(self, message: str, *, code: str, exit_code: int | None = None,
-                 stderr: str = "", stdout: str = "") -> SkillResult:
-        structured: dict[str, Any] = {"ok": False, "status": "failed", "errors": [{"code": code, "message": message}]}
+    def _failure(
+        self, message: str, *, code: str, exit_code: int | None = None, stderr: str = "", stdout: str = ""
+    ) -> SkillResult:
+        structured: dict[str, Any] = {
+            "ok": False,
+            "status": "failed",
+            "errors": [{"code": code, "message": message}],
+        }
         if exit_code is not None:
             structured["exit_code"] = exit_code
         if stderr.strip():

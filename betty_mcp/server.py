@@ -11,6 +11,7 @@ protocol misuse a JSON-RPC error with a message a person can act on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -19,7 +20,12 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourcesListChanged, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -99,7 +105,9 @@ class BettyServer(Server[Any]):
         self._remember(ctx)
         return types.ListToolsResult(tools=[_mcp_tool(t) for t in self.app.tools.values()])
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         self._remember(ctx)
         tool = self.app.tool(params.name)
         if tool is None:
@@ -113,10 +121,8 @@ class BettyServer(Server[Any]):
             return _mcp_result(ToolResult.error(f"invalid arguments for {params.name}: {problems}"))
 
         async def report(progress: float, message: str) -> None:
-            try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await ctx.session.report_progress(progress, None, message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
 
         try:
             result = await tool.call(arguments, CallContext(report=report))
@@ -124,7 +130,9 @@ class BettyServer(Server[Any]):
             raise
         except Exception as exc:  # a bug of ours: say so, keep the traceback in the log
             log.exception("tool %s failed", params.name)
-            result = ToolResult.error(f"internal error in {params.name}: {type(exc).__name__}: {scrub(str(exc))}")
+            result = ToolResult.error(
+                f"internal error in {params.name}: {type(exc).__name__}: {scrub(str(exc))}"
+            )
         return _mcp_result(result)
 
     # -- resources ------------------------------------------------------------------------

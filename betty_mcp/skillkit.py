@@ -120,7 +120,7 @@ def parse_document(text: str, *, source: str) -> Any:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -154,7 +154,9 @@ def failure(errors: list[dict[str, Any]], data: dict[str, Any] | None = None) ->
     return envelope
 
 
-def run(handle: Callable[[argparse.Namespace], dict[str, Any]], argparser: argparse.ArgumentParser) -> NoReturn:
+def run(
+    handle: Callable[[argparse.Namespace], dict[str, Any]], argparser: argparse.ArgumentParser
+) -> NoReturn:
     """Parse argv, call ``handle`` and print its envelope; exit 0 on success, 1 on failure.
 
     ``handle`` returns the success payload, or raises SkillError. A payload carrying

@@ -66,12 +66,19 @@ class BearerAuth:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized", "error_description": "missing or wrong bearer token"})
-                await send({
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="betty-mcp"')],
-                })
+                body = json.dumps(
+                    {"error": "unauthorized", "error_description": "missing or wrong bearer token"}
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="betty-mcp"'),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body.encode()})
                 return
         await self.app(scope, receive, send)
@@ -79,31 +86,42 @@ class BearerAuth:
 
 def security_settings(host: str, port: int, allowed_hosts: list[str]) -> TransportSecuritySettings:
     hosts = [*LOOPBACK_HOSTS, *allowed_hosts]
-    origins = [*LOOPBACK_ORIGINS, *(f"http://{h}" for h in allowed_hosts), *(f"https://{h}" for h in allowed_hosts)]
+    origins = [
+        *LOOPBACK_ORIGINS,
+        *(f"http://{h}" for h in allowed_hosts),
+        *(f"https://{h}" for h in allowed_hosts),
+    ]
     if host not in ("0.0.0.0", "::") and not is_loopback(host):
         hosts.append(f"{host}:{port}")
         origins += [f"http://{host}:{port}", f"https://{host}:{port}"]
     wildcard_open = host in ("0.0.0.0", "::") and not allowed_hosts
     if wildcard_open:
-        log.warning("bound to %s with no --allowed-host: Host/Origin checks are off; the bearer token guards", host)
+        log.warning(
+            "bound to %s with no --allowed-host: Host/Origin checks are off; the bearer token guards", host
+        )
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=not wildcard_open, allowed_hosts=hosts, allowed_origins=origins
     )
 
 
-def http_app(app: BettyApp, server: BettyServer, *, host: str, port: int, token: str | None,
-             allowed_hosts: list[str]) -> Any:
+def http_app(
+    app: BettyApp, server: BettyServer, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
+) -> Any:
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"binding to {host} exposes the server beyond this machine: pass --token or set $BETTY_MCP_TOKEN"
         )
     asgi = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, transport_security=security_settings(host, port, allowed_hosts), host=host
+        streamable_http_path=MCP_PATH,
+        transport_security=security_settings(host, port, allowed_hosts),
+        host=host,
     )
     return BearerAuth(asgi, token) if token else asgi
 
 
-async def serve_http(app: BettyApp, *, host: str, port: int, token: str | None, allowed_hosts: list[str]) -> None:
+async def serve_http(
+    app: BettyApp, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
+) -> None:
     import uvicorn
 
     server = BettyServer(app)

@@ -25,7 +25,9 @@ class Report:
             "valid": not self.errors,
             "checked": self.checked,
             "errors": [{"path": p.path, "message": p.message} for p in self.errors],
-            "warnings": [{"path": p.path, "message": p.message} for p in self.problems if p.severity == "warning"],
+            "warnings": [
+                {"path": p.path, "message": p.message} for p in self.problems if p.severity == "warning"
+            ],
         }
 
     def lines(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Shared fixtures: a workspace, and real MCP clients talking to a real server process.
 
-    async with stdio_client(workspace, mode="legacy") as client:   # 2025-11-25 handshake
-    async with stdio_client(workspace, mode="auto") as client:     # lands on 2026-07-28
+async with stdio_client(workspace, mode="legacy") as client:   # 2025-11-25 handshake
+async with stdio_client(workspace, mode="auto") as client:     # lands on 2026-07-28
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ def server_args(workspace: Path, *extra: str, fixtures: bool = True) -> list[str
 
 @asynccontextmanager
 async def stdio_client(
-    workspace: Path, *extra: str, mode: str = "auto", fixtures: bool = True, env: dict[str, str] | None = None,
+    workspace: Path,
+    *extra: str,
+    mode: str = "auto",
+    fixtures: bool = True,
+    env: dict[str, str] | None = None,
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """A real MCP client driving ``python -m betty_mcp serve`` over stdio."""
@@ -69,15 +73,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_server(workspace: Path, *extra: str, host: str = "127.0.0.1", env: dict[str, str] | None = None,
-                fixtures: bool = True) -> Iterator[str]:
+def http_server(
+    workspace: Path,
+    *extra: str,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    fixtures: bool = True,
+) -> Iterator[str]:
     """``betty-mcp serve --http`` in a subprocess; yields its MCP URL once it accepts connections."""
     port = free_port()
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # tests only ever connect over loopback
     proc = subprocess.Popen(
-        [sys.executable, *server_args(workspace, "--http", "--host", host, "--port", str(port), *extra,
-                                      fixtures=fixtures)],
-        cwd=workspace, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            *server_args(workspace, "--http", "--host", host, "--port", str(port), *extra, fixtures=fixtures),
+        ],
+        cwd=workspace,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -11,8 +11,9 @@ from tests.conftest import FIXTURE_SKILLS, ROOT
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "betty_mcp", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "betty_mcp", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
 
 
 def test_skills_list_json_names_tools_and_hides_drafts(workspace: Path) -> None:
@@ -38,10 +39,27 @@ def test_skills_show_gives_the_schema(workspace: Path) -> None:
 
 
 def test_skills_run_parses_key_values_by_schema_and_sets_the_exit_code(workspace: Path) -> None:
-    ok = cli("skills", "run", "test.echo", "message=007", "times=2", "shout=true", "tags=[\"x\"]", "--json",
-             "--skills-dir", str(FIXTURE_SKILLS), cwd=workspace)
+    ok = cli(
+        "skills",
+        "run",
+        "test.echo",
+        "message=007",
+        "times=2",
+        "shout=true",
+        'tags=["x"]',
+        "--json",
+        "--skills-dir",
+        str(FIXTURE_SKILLS),
+        cwd=workspace,
+    )
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) == {"ok": True, "status": "success", "message": "007", "times": 2, "tags": ["x"]}
+    assert json.loads(ok.stdout) == {
+        "ok": True,
+        "status": "success",
+        "message": "007",
+        "times": 2,
+        "tags": ["x"],
+    }
     failed = cli("skills", "run", "test.crash", "--skills-dir", str(FIXTURE_SKILLS), cwd=workspace)
     assert failed.returncode == 1
     invalid = cli("skills", "run", "test.echo", "times=x", "--skills-dir", str(FIXTURE_SKILLS), cwd=workspace)
@@ -67,8 +85,16 @@ def test_agents_list_reports_missing_skills(tmp_path: Path) -> None:
         "name: demo.agent\nversion: 0.1.0\ndescription: d\ncapabilities: [x]\n"
         "skills_available: [test.echo, no.such]\nreasoning_mode: oneshot\nstatus: active\n"
     )
-    out = cli("agents", "list", "--json", "--agents-dir", str(tmp_path / "agents"),
-              "--skills-dir", str(FIXTURE_SKILLS), cwd=tmp_path)
+    out = cli(
+        "agents",
+        "list",
+        "--json",
+        "--agents-dir",
+        str(tmp_path / "agents"),
+        "--skills-dir",
+        str(FIXTURE_SKILLS),
+        cwd=tmp_path,
+    )
     demo = next(a for a in json.loads(out.stdout) if a["name"] == "demo.agent")
     assert demo["missing_skills"] == ["no.such"] and demo["reasoning_mode"] == "oneshot"
 

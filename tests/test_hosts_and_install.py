@@ -20,10 +20,23 @@ INSPECTOR = ROOT / "tests" / "node" / "node_modules" / ".bin" / "mcp-inspector"
 
 def _inspector(workspace: Path, *method: str) -> dict:
     assert INSPECTOR.exists(), "the MCP Inspector is installed by scripts/test (npm ci in tests/node)"
-    server = [sys.executable, "-m", "betty_mcp", "serve", "--workspace", str(workspace),
-              "--skills-dir", str(FIXTURE_SKILLS)]
-    proc = subprocess.run([str(INSPECTOR), "--cli", *server, *method],
-                          capture_output=True, text=True, timeout=120, cwd=workspace)
+    server = [
+        sys.executable,
+        "-m",
+        "betty_mcp",
+        "serve",
+        "--workspace",
+        str(workspace),
+        "--skills-dir",
+        str(FIXTURE_SKILLS),
+    ]
+    proc = subprocess.run(
+        [str(INSPECTOR), "--cli", *server, *method],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workspace,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -36,8 +49,17 @@ def test_inspector_cli_lists_tools(workspace: Path) -> None:
 
 
 def test_inspector_cli_calls_a_tool(workspace: Path) -> None:
-    called = _inspector(workspace, "--method", "tools/call", "--tool-name", "test_echo",
-                        "--tool-arg", "message=from inspector", "--tool-arg", "times=3")
+    called = _inspector(
+        workspace,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "test_echo",
+        "--tool-arg",
+        "message=from inspector",
+        "--tool-arg",
+        "times=3",
+    )
     assert called["isError"] is False
     assert called["structuredContent"]["message"] == "from inspector"
     assert called["structuredContent"]["times"] == 3
@@ -46,14 +68,20 @@ def test_inspector_cli_calls_a_tool(workspace: Path) -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return next(out.glob("betty_mcp-*.whl"))
 
 
 def test_wheel_carries_the_bundled_skills_and_agents(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    bundled = {n.split("/")[3] for n in names if n.startswith("betty_mcp/_bundled/skills/") and n.count("/") >= 4}
+    bundled = {
+        n.split("/")[3] for n in names if n.startswith("betty_mcp/_bundled/skills/") and n.count("/") >= 4
+    }
     shipped = {p.name for p in (ROOT / "skills").iterdir() if (p / "skill.yaml").is_file()}
     assert shipped and bundled == shipped
     assert any(n.startswith("betty_mcp/_bundled/agents/") for n in names) or not any(
@@ -64,21 +92,46 @@ def test_wheel_carries_the_bundled_skills_and_agents(wheel: Path) -> None:
 @pytest.mark.anyio
 async def test_installed_wheel_serves_the_bundled_skills(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "betty_mcp", "serve"], cwd=str(elsewhere),
+        command=sys.executable,
+        args=["-m", "betty_mcp", "serve"],
+        cwd=str(elsewhere),
         env={**os.environ, "PYTHONPATH": str(target)},
     )
     async with Client(params) as client:
         listed = await client.call_tool("skills_list", {"include_schemas": False, "limit": 500})
-        located = await client.read_resource("betty://skills/" + listed.structured_content["skills"][0]["name"])
+        located = await client.read_resource(
+            "betty://skills/" + listed.structured_content["skills"][0]["name"]
+        )
     shipped = sorted(p.name for p in (ROOT / "skills").iterdir() if (p / "skill.yaml").is_file())
     assert sorted(s["name"] for s in listed.structured_content["skills"]) == shipped
     assert {s["source"] for s in listed.structured_content["skills"]} == {"bundled"}
     assert "name:" in located.contents[0].text
-    probe = subprocess.run([sys.executable, "-c", "import betty_mcp.catalog as c; print(c.bundled_root())"],
-                           env=params.env, cwd=elsewhere, capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import betty_mcp.catalog as c; print(c.bundled_root())"],
+        env=params.env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == str(target / "betty_mcp" / "_bundled"), "served from the installed wheel"

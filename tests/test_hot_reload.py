@@ -19,7 +19,9 @@ def _add_skill(skills: Path, name: str, description: str = "Echo, hot-added.") -
     shutil.copytree(FIXTURE_SKILLS / "test.echo", folder)
     manifest = (folder / "skill.yaml").read_text()
     manifest = manifest.replace("name: test.echo", f"name: {name}")
-    manifest = manifest.replace("description: Echo the inputs back (test fixture).", f"description: {description}")
+    manifest = manifest.replace(
+        "description: Echo the inputs back (test fixture).", f"description: {description}"
+    )
     (folder / "skill.yaml").write_text(manifest)
 
 
@@ -36,8 +38,9 @@ async def test_legacy_clients_get_tools_list_changed(workspace: Path) -> None:
         if isinstance(message, types.ToolListChangedNotification):
             changed.set()
 
-    async with stdio_client(workspace, "--skills-dir", str(skills), mode="legacy", fixtures=False,
-                            message_handler=on_message) as client:
+    async with stdio_client(
+        workspace, "--skills-dir", str(skills), mode="legacy", fixtures=False, message_handler=on_message
+    ) as client:
         assert client.server_capabilities.tools.list_changed is True
         assert "hot_echo" not in await _tool_names(client)
         _add_skill(skills, "hot.echo")

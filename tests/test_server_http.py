@@ -16,8 +16,14 @@ from tests.conftest import ERAS, http_server, server_args
 pytestmark = pytest.mark.anyio
 
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
 }
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
@@ -70,7 +76,11 @@ async def test_http_token_is_required_when_configured(workspace: Path) -> None:
 def test_a_non_loopback_bind_without_a_token_refuses_to_start(workspace: Path) -> None:
     proc = subprocess.run(
         [sys.executable, *server_args(workspace, "--http", "--host", "0.0.0.0", "--port", "1")],
-        capture_output=True, text=True, timeout=60, cwd=workspace, env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=workspace,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 2
     assert "pass --token or set $BETTY_MCP_TOKEN" in proc.stderr

@@ -46,10 +46,16 @@ async def test_tools_list_has_names_titles_and_schemas(workspace: Path, mode: st
 @pytest.mark.parametrize("mode", ERAS)
 async def test_valid_call_returns_structured_and_text(workspace: Path, mode: str) -> None:
     async with stdio_client(workspace, mode=mode) as client:
-        result = await client.call_tool("test_echo", {"message": "hi", "times": 2, "shout": True, "tags": ["a"]})
+        result = await client.call_tool(
+            "test_echo", {"message": "hi", "times": 2, "shout": True, "tags": ["a"]}
+        )
     assert not result.is_error
     assert result.structured_content == {
-        "ok": True, "status": "success", "message": "HI", "times": 2, "tags": ["a"],
+        "ok": True,
+        "status": "success",
+        "message": "HI",
+        "times": 2,
+        "tags": ["a"],
     }
     assert json.loads(result.content[0].text) == result.structured_content
 
@@ -139,7 +145,9 @@ async def test_hanging_skill_is_killed_at_its_timeout_while_others_are_served(
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_cancelling_a_call_kills_the_skill_and_its_children(workspace: Path, mode: str, tmp_path: Path) -> None:
+async def test_cancelling_a_call_kills_the_skill_and_its_children(
+    workspace: Path, mode: str, tmp_path: Path
+) -> None:
     pidfile = tmp_path / "pids"
     async with stdio_client(workspace, mode=mode, env={"BETTY_TEST_PIDFILE": str(pidfile)}) as client:
         with anyio.move_on_after(1.0):
@@ -175,7 +183,11 @@ async def test_slow_skill_sends_progress(workspace: Path) -> None:
 
 
 async def test_secrets_are_not_passed_to_skills_unless_declared(workspace: Path) -> None:
-    env = {"OPENAI_API_KEY": "sk-test-123456", "GITHUB_TOKEN": "ghp_abcdef123", "NEEDED_API_KEY": "needed-1234"}
+    env = {
+        "OPENAI_API_KEY": "sk-test-123456",
+        "GITHUB_TOKEN": "ghp_abcdef123",
+        "NEEDED_API_KEY": "needed-1234",
+    }
     async with stdio_client(workspace, env=env) as client:
         result = await client.call_tool("test_env", {})
     assert result.structured_content["visible"] == ["NEEDED_API_KEY"]
@@ -230,11 +242,23 @@ async def test_stdout_carries_only_protocol_messages(workspace: Path) -> None:
 
     from tests.conftest import server_args
 
-    request = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
     proc = subprocess.run(
         [sys.executable, *server_args(workspace, "--log-level", "debug")],
-        input=json.dumps(request) + "\n", capture_output=True, text=True, timeout=30, cwd=workspace,
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=workspace,
         env={**os.environ},
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]

@@ -98,7 +98,10 @@ class SkillsListTool:
         },
         output_schema={
             "type": "object",
-            "properties": {"skills": {"type": "array", "items": {"type": "object"}}, "total": {"type": "integer"}},
+            "properties": {
+                "skills": {"type": "array", "items": {"type": "object"}},
+                "total": {"type": "integer"},
+            },
             "required": ["skills", "total"],
         },
         read_only=True,
@@ -112,7 +115,8 @@ class SkillsListTool:
         tag = arguments.get("tag")
         words = (arguments.get("query") or "").lower().split()
         found = [
-            s for s in self.app.catalog.skills.values()
+            s
+            for s in self.app.catalog.skills.values()
             if s.manifest.status in statuses and (tag is None or tag in s.manifest.tags)
         ]
         if words:
@@ -122,7 +126,9 @@ class SkillsListTool:
             found.sort(key=lambda s: s.name)
         limit = arguments.get("limit", 50)
         with_schema = arguments.get("include_schemas", True)
-        return ToolResult.of({"skills": [_skill_entry(s, with_schema) for s in found[:limit]], "total": len(found)})
+        return ToolResult.of(
+            {"skills": [_skill_entry(s, with_schema) for s in found[:limit]], "total": len(found)}
+        )
 
 
 class SkillRunTool:
