@@ -449,8 +449,8 @@ def _check_declared_output(
 def _check_skill_step(report: Report, step: Step, catalog: Catalog, settings: Settings) -> None:
     skill = catalog.skills.get(step.skill or "")
     if skill is None:
-        close = difflib.get_close_matches(step.skill or "", list(catalog.skills), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; list skills with skills_list"
+        close = difflib.get_close_matches(step.skill or "", list(catalog.skills), n=3, cutoff=0.8)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "; see skills_list"
         report.errors.append(Issue(f"unknown skill '{step.skill}'{hint}", step.id, "unknown_skill"))
         return
     if skill.manifest.status not in settings.tools.statuses:
