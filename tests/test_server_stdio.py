@@ -229,8 +229,11 @@ async def test_resources_serve_manifests_and_docs(workspace: Path, mode: str) ->
     async with stdio_client(workspace, mode=mode) as client:
         uris = {str(r.uri) for r in (await client.list_resources()).resources}
         assert "betty://skills/test.echo" in uris
+        assert "betty://agents/api.designer" in uris
         manifest = await client.read_resource("betty://skills/test.echo")
         assert "name: test.echo" in manifest.contents[0].text
+        agent = await client.read_resource("betty://agents/api.designer")
+        assert "reasoning_mode: iterative" in agent.contents[0].text
         with pytest.raises(MCPError, match="Unknown resource"):
             await client.read_resource("betty://skills/no.such")
 
