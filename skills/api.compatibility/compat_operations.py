@@ -12,18 +12,18 @@ else into the new one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from compat_refs import Loc, Spec
 from compat_report import Report
-from compat_schema import SchemaDiff
+from compat_schema import Direction, SchemaDiff
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _TEMPLATE_PARAM = re.compile(r"\{([^}/]+)\}")
 _SCHEME_FIELDS = ("type", "in", "name", "scheme")
 
-Media = dict[str, tuple[Any, Loc]]
+Media = dict[str, tuple[Any, Loc]]  # media type -> (schema, location)
+Headers = dict[str, tuple[str, Loc]]  # lower-case name -> (name as written, location)
 Requirement = dict[str, frozenset[str]]
 
 
@@ -31,16 +31,16 @@ def _mapping(value: Any) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-@dataclass
 class Operation:
-    """One operation of one document, with its parameters, body and responses gathered."""
+    """One operation of one document, with its parameters and request body gathered."""
 
-    spec: Spec
-    path: str
-    node: dict[str, Any]
-    loc: Loc
-    params: dict[tuple[str, str], tuple[dict[str, Any], Loc]] = field(default_factory=dict)
-    body: tuple[bool, Media, Loc] | None = None
+    def __init__(self, spec: Spec, path: str, node: dict[str, Any], loc: Loc) -> None:
+        self.spec = spec
+        self.path = path
+        self.node = node
+        self.loc = loc
+        self.params: dict[tuple[str, str], tuple[dict[str, Any], Loc]] = {}
+        self.body: tuple[bool, Media, Loc] | None = None  # (required, media types, location)
 
     @property
     def label(self) -> str:
@@ -49,6 +49,7 @@ class Operation:
 
 def _gather(spec: Spec, path: str, item: dict[str, Any], item_loc: Loc, method: str) -> Operation:
     node, loc = spec.resolve(item[method], item_loc.child(method))
+    node = _mapping(node)
     op = Operation(spec, path, node, loc)
     names = _TEMPLATE_PARAM.findall(path)
     for source, source_loc in ((item, item_loc), (node, loc)):
@@ -87,17 +88,18 @@ def _param_schema(spec: Spec, param: dict[str, Any], loc: Loc) -> tuple[Any, Loc
     return None, loc
 
 
-def _response_parts(spec: Spec, op: Operation, raw: Any, loc: Loc) -> tuple[Media, dict[str, Loc], Loc]:
+def _response_parts(spec: Spec, op: Operation, raw: Any, loc: Loc) -> tuple[Media, Headers]:
     response, loc = spec.resolve(raw, loc)
     response = _mapping(response)
     if spec.swagger2:
         media_types = op.node.get("produces") or spec.root.get("produces") or ["application/json"]
-        media = {str(mt): (response["schema"], loc.child("schema")) for mt in media_types if "schema" in response}
+        schema = response.get("schema")
+        media = {str(mt): (schema, loc.child("schema")) for mt in media_types} if schema is not None else {}
     else:
         media = {mt: (_mapping(m).get("schema"), loc.child("content", mt, "schema"))
                  for mt, m in _mapping(response.get("content")).items()}
-    headers = {name.lower(): loc.child("headers", name) for name in _mapping(response.get("headers"))}
-    return media, headers, loc
+    headers = {name.lower(): (name, loc.child("headers", name)) for name in _mapping(response.get("headers"))}
+    return media, headers
 
 
 def _requirements(value: Any) -> list[Requirement]:
@@ -115,7 +117,8 @@ def _satisfies(have: Requirement, need: Requirement) -> bool:
 
 def _describe(alternatives: list[Requirement]) -> str:
     def one(alt: Requirement) -> str:
-        parts = [s + (f" [{', '.join(sorted(scopes))}]" if scopes else "") for s, scopes in sorted(alt.items())]
+        parts = [scheme + (f" [{', '.join(sorted(scopes))}]" if scopes else "")
+                 for scheme, scopes in sorted(alt.items())]
         return " + ".join(parts) or "no authentication"
     return " or ".join(one(alt) for alt in alternatives)
 
@@ -130,32 +133,36 @@ class Comparison:
 
     def run(self) -> Report:
         self._security_schemes()
-        if self.old.root.get("security") != self.new.root.get("security"):
-            self._security(self.old.root.get("security"), self.new.root.get("security"), Loc.root("/security"), None)
+        old_security, new_security = self.old.root.get("security"), self.new.root.get("security")
+        if old_security != new_security:
+            self._security(old_security, new_security, Loc.root("/security"), None)
         self._paths()
         return self.report
 
     # -- paths and operations ------------------------------------------------------------------
 
     def _paths(self) -> None:
-        def by_template(spec: Spec) -> dict[str, str]:
-            return {_TEMPLATE_PARAM.sub("{}", p): p for p in _mapping(spec.root.get("paths"))}
+        def by_template(spec: Spec) -> dict[str, tuple[str, dict[str, Any], Loc]]:
+            items = {}
+            for path, raw in _mapping(spec.root.get("paths")).items():
+                item, loc = spec.resolve(raw, Loc.root("/paths").child(path))
+                items[_TEMPLATE_PARAM.sub("{}", path)] = (path, _mapping(item), loc)
+            return items
 
         old_paths, new_paths = by_template(self.old), by_template(self.new)
-        for key, path in old_paths.items():
-            item, loc = self.old.resolve(self.old.root["paths"][path], Loc.root("/paths").child(path))
+        for key, (path, item, loc) in old_paths.items():
             if key in new_paths:
-                self._path_item(path, _mapping(item), loc, new_paths[key])
+                self._path_item(path, item, loc, *new_paths[key])
                 continue
-            methods = ", ".join(m.upper() for m in METHODS if isinstance(_mapping(item).get(m), dict))
-            self.report.add("path-removed", loc, f"path {path} was removed" + (f" ({methods})" if methods else ""))
-        for key, path in new_paths.items():
+            methods = ", ".join(m.upper() for m in METHODS if isinstance(item.get(m), dict))
+            suffix = f" ({methods})" if methods else ""
+            self.report.add("path-removed", loc, f"path {path} was removed{suffix}")
+        for key, (path, _, loc) in new_paths.items():
             if key not in old_paths:
-                self.report.add("path-added", Loc.root("/paths").child(path), f"new path {path}")
+                self.report.add("path-added", loc, f"new path {path}")
 
-    def _path_item(self, old_path: str, old_item: dict[str, Any], old_loc: Loc, new_path: str) -> None:
-        item, new_loc = self.new.resolve(self.new.root["paths"][new_path], Loc.root("/paths").child(new_path))
-        new_item = _mapping(item)
+    def _path_item(self, old_path: str, old_item: dict[str, Any], old_loc: Loc,
+                   new_path: str, new_item: dict[str, Any], new_loc: Loc) -> None:
         for method in METHODS:
             in_old, in_new = isinstance(old_item.get(method), dict), isinstance(new_item.get(method), dict)
             if in_old and not in_new:
@@ -164,7 +171,8 @@ class Comparison:
                                 operation=label)
             elif in_new and not in_old:
                 label = f"{method.upper()} {new_path}"
-                self.report.add("operation-added", new_loc.child(method), f"new operation {label}", operation=label)
+                self.report.add("operation-added", new_loc.child(method), f"new operation {label}",
+                                operation=label)
             elif in_old and in_new:
                 self._operation(_gather(self.old, old_path, old_item, old_loc, method),
                                 _gather(self.new, new_path, new_item, new_loc, method))
@@ -190,20 +198,23 @@ class Comparison:
 
     def _parameters(self, old: Operation, new: Operation, schemas: SchemaDiff) -> None:
         for key, (param, loc) in old.params.items():
-            label = f"parameter '{param.get('name')}' ({key[0]})"
             if key not in new.params:
-                self._add(old, "parameter-removed", loc, f"{label} was removed")
+                self._add(old, "parameter-removed", loc,
+                          f"parameter '{param.get('name')}' ({key[0]}) was removed")
                 continue
             new_param, new_loc = new.params[key]
+            label = f"parameter '{new_param.get('name')}' ({key[0]})"
             was, now = param.get("required") is True, new_param.get("required") is True
             if now and not was:
                 self._add(new, "parameter-became-required", new_loc, f"{label} is now required")
             elif was and not now:
                 self._add(new, "parameter-became-optional", new_loc, f"{label} is no longer required")
-            if not self.new.swagger2 and param.get("description") and new_param.get("description") \
-                    and param.get("description") != new_param.get("description"):
-                self._add(new, "description-changed", new_loc.child("description"), f"description of {label} changed")
-            old_schema, new_schema = _param_schema(self.old, param, loc), _param_schema(self.new, new_param, new_loc)
+            was_text, now_text = param.get("description"), new_param.get("description")
+            if not self.new.swagger2 and was_text and now_text and was_text != now_text:
+                self._add(new, "description-changed", new_loc.child("description"),
+                          f"description of {label} changed")
+            old_schema = _param_schema(self.old, param, loc)
+            new_schema = _param_schema(self.new, new_param, new_loc)
             if old_schema[0] is not None and new_schema[0] is not None:
                 schemas.compare(*old_schema, *new_schema, "request", label)
         for key, (param, loc) in new.params.items():
@@ -216,10 +227,9 @@ class Comparison:
                 self._add(new, "parameter-added", loc, f"new optional {label}")
 
     def _request_body(self, old: Operation, new: Operation, schemas: SchemaDiff) -> None:
-        if old.body is None and new.body is None:
-            return
         if new.body is None:
-            self._add(old, "request-body-removed", old.body[2], "request body was removed")  # type: ignore[index]
+            if old.body is not None:
+                self._add(old, "request-body-removed", old.body[2], "request body was removed")
             return
         required, media, loc = new.body
         if old.body is None:
@@ -233,46 +243,48 @@ class Comparison:
             self._add(new, "request-body-became-optional", loc, "request body is no longer required")
         self._media(old, new, old_media, media, "request", "request body", schemas)
 
-    def _media(self, old: Operation, new: Operation, old_media: Media, new_media: Media, direction: str,
+    def _media(self, old: Operation, new: Operation, old_media: Media, new_media: Media, direction: Direction,
                context: str, schemas: SchemaDiff) -> None:
         compared: set[tuple[str, str]] = set()
         for media_type, (schema, loc) in old_media.items():
             if media_type not in new_media:
-                self._add(old, f"{direction}-media-type-removed", loc.child("..")if False else _parent(loc),
+                self._add(old, f"{direction}-media-type-removed", _parent(loc),
                           f"{context} no longer offers {media_type}")
                 continue
             new_schema, new_loc = new_media[media_type]
             if schema is None or new_schema is None or (loc.logical, new_loc.logical) in compared:
                 continue
             compared.add((loc.logical, new_loc.logical))
-            schemas.compare(schema, loc, new_schema, new_loc, direction,  # type: ignore[arg-type]
-                            f"{context} ({media_type})")
+            schemas.compare(schema, loc, new_schema, new_loc, direction, f"{context} ({media_type})")
         for media_type, (_, loc) in new_media.items():
             if media_type not in old_media:
-                self._add(new, f"{direction}-media-type-added", _parent(loc), f"{context} now offers {media_type}")
+                self._add(new, f"{direction}-media-type-added", _parent(loc),
+                          f"{context} now offers {media_type}")
 
     def _responses(self, old: Operation, new: Operation, schemas: SchemaDiff) -> None:
-        old_responses, new_responses = _mapping(old.node.get("responses")), _mapping(new.node.get("responses"))
+        old_responses = _mapping(old.node.get("responses"))
+        new_responses = _mapping(new.node.get("responses"))
         for code, raw in old_responses.items():
             loc = old.loc.child("responses", code)
             if code not in new_responses:
                 self._add(old, "response-code-removed", loc, f"response {code} was removed")
                 continue
-            old_media, old_headers, _ = _response_parts(self.old, old, raw, loc)
-            new_media, new_headers, new_loc = _response_parts(
+            old_media, old_headers = _response_parts(self.old, old, raw, loc)
+            new_media, new_headers = _response_parts(
                 self.new, new, new_responses[code], new.loc.child("responses", code))
-            for name, header_loc in old_headers.items():
+            for name, (header, header_loc) in old_headers.items():
                 if name not in new_headers:
                     self._add(old, "response-header-removed", header_loc,
-                              f"response {code} no longer sends header '{header_loc.logical.rsplit('/', 1)[-1]}'")
-            for name, header_loc in new_headers.items():
+                              f"response {code} no longer sends header '{header}'")
+            for name, (header, header_loc) in new_headers.items():
                 if name not in old_headers:
                     self._add(new, "response-header-added", header_loc,
-                              f"response {code} now sends header '{header_loc.logical.rsplit('/', 1)[-1]}'")
+                              f"response {code} now sends header '{header}'")
             self._media(old, new, old_media, new_media, "response", f"response {code}", schemas)
         for code in new_responses:
             if code not in old_responses:
-                self._add(new, "response-code-added", new.loc.child("responses", code), f"new response {code}")
+                self._add(new, "response-code-added", new.loc.child("responses", code),
+                          f"new response {code}")
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -295,23 +307,25 @@ class Comparison:
     def _security_schemes(self) -> None:
         if self.old.swagger2 != self.new.swagger2:
             return
-        where = ("securityDefinitions",) if self.new.swagger2 else ("components", "securitySchemes")
-
-        def schemes(spec: Spec) -> dict[str, Any]:
-            return _mapping(_mapping(spec.root.get(where[0])).get(where[1]) if len(where) == 2
-                            else spec.root.get(where[0]))
-
-        old_schemes, new_schemes = schemes(self.old), schemes(self.new)
+        old_schemes, base = _schemes(self.old)
+        new_schemes, _ = _schemes(self.new)
         for name, raw in old_schemes.items():
             if name not in new_schemes:
                 continue
-            base = Loc.root("").child(*where, name)
-            old_scheme, _ = self.old.resolve(raw, base)
-            new_scheme, loc = self.new.resolve(new_schemes[name], base)
-            changed = [f for f in _SCHEME_FIELDS if _mapping(old_scheme).get(f) != _mapping(new_scheme).get(f)]
+            old_scheme, _ = self.old.resolve(raw, base.child(name))
+            new_scheme, loc = self.new.resolve(new_schemes[name], base.child(name))
+            old_scheme, new_scheme = _mapping(old_scheme), _mapping(new_scheme)
+            changed = [f for f in _SCHEME_FIELDS if old_scheme.get(f) != new_scheme.get(f)]
             if changed:
-                diff = ", ".join(f"{f}: {_mapping(old_scheme).get(f)} -> {_mapping(new_scheme).get(f)}" for f in changed)
+                diff = ", ".join(f"{f}: {old_scheme.get(f)} -> {new_scheme.get(f)}" for f in changed)
                 self.report.add("auth-changed", loc, f"security scheme '{name}' changed ({diff})")
+
+
+def _schemes(spec: Spec) -> tuple[dict[str, Any], Loc]:
+    if spec.swagger2:
+        return _mapping(spec.root.get("securityDefinitions")), Loc.root("/securityDefinitions")
+    components = _mapping(spec.root.get("components"))
+    return _mapping(components.get("securitySchemes")), Loc.root("/components/securitySchemes")
 
 
 def _parent(loc: Loc) -> Loc:

@@ -10,10 +10,7 @@ defined (inside ``components`` when it was reached through a ``$ref``).
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, NamedTuple
 
 # Keys whose mapping values are user-chosen names, so "default", "example"... are names there.
 _NAMED_MAPS = {
@@ -25,6 +22,15 @@ _NAMED_MAPS = {
 _LITERAL_KEYS = {"example", "default", "enum", "const", "value", "externalValue"}
 
 
+def _fragment(ref: str) -> str:
+    """The JSON pointer of a local reference, percent-decoded as URI fragments are."""
+    if "%" not in ref:
+        return ref[1:]
+    from urllib.parse import unquote  # rare: only escaped references pay for the import
+
+    return unquote(ref[1:])
+
+
 def escape(token: Any) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
@@ -33,8 +39,7 @@ def unescape(token: str) -> str:
     return token.replace("~1", "/").replace("~0", "~")
 
 
-@dataclass(frozen=True)
-class Loc:
+class Loc(NamedTuple):
     """Where a node is: ``logical`` as seen from its use site, ``real`` where it is defined."""
 
     logical: str
@@ -77,7 +82,7 @@ class Spec:
                 ref, used_at, "points to another document; only local references (#/...) are supported, "
                 "bundle the document first", code="unsupported_ref",
             )
-        fragment = unquote(ref[1:])
+        fragment = _fragment(ref)
         if fragment and not fragment.startswith("/"):
             raise RefError(ref, used_at, "is not a JSON pointer (expected '#/...')")
         node: Any = self.root
@@ -91,6 +96,8 @@ class Spec:
             else:
                 hint = ""
                 if isinstance(node, dict):
+                    import difflib  # only on the error path
+
                     close = difflib.get_close_matches(token, [str(k) for k in node], n=1)
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise RefError(ref, used_at, f"does not resolve: {walked or '/'} has no '{token}'{hint}")
@@ -107,7 +114,7 @@ class Spec:
                                code="ref_cycle")
             chain.append(ref)
             node = self.lookup(ref, loc.real)
-            loc = Loc(loc.logical, unquote(ref[1:]))
+            loc = Loc(loc.logical, _fragment(ref))
         return node, loc
 
     def broken_refs(self) -> list[RefError]:

@@ -4,14 +4,14 @@ A request schema is what clients send: the new one must accept everything the ol
 (a narrowed enum, a new required property or a changed type break clients). A response schema
 is what clients receive: the new one must not produce anything the old one could not (a
 removed property, a widened enum, a changed type break clients). ``allOf`` is merged,
-``$ref`` is followed (a pair of definitions already being compared is not entered again, so
-recursive schemas terminate), ``readOnly`` properties are ignored in requests and
+``$ref`` is followed (a pair of definitions already compared for the same parameter, body or
+response is not compared again, so shared components are reported once there and recursive
+schemas terminate), ``readOnly`` properties are ignored in requests and
 ``writeOnly`` ones in responses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from compat_refs import Loc, Spec
@@ -21,19 +21,22 @@ Direction = Literal["request", "response"]
 MAX_DEPTH = 64
 
 
-@dataclass
 class View:
-    """A schema with references followed and ``allOf`` merged."""
+    """A schema with references followed and ``allOf`` merged (the description is the node's own)."""
 
-    loc: Loc
-    types: frozenset[str] | None = None
-    enum: list[Any] | None = None
-    description: str | None = None
-    properties: dict[str, tuple[Any, Loc]] = field(default_factory=dict)
-    required: set[str] = field(default_factory=set)
-    items: tuple[Any, Loc] | None = None
-    additional: tuple[Any, Loc] | None = None
-    variants: list[tuple[Any, Loc]] | None = None
+    __slots__ = ("additional", "description", "enum", "items", "loc", "properties", "required", "types",
+                 "variants")
+
+    def __init__(self, loc: Loc) -> None:
+        self.loc = loc
+        self.types: frozenset[str] | None = None
+        self.enum: list[Any] | None = None
+        self.description: str | None = None
+        self.properties: dict[str, tuple[Any, Loc]] = {}
+        self.required: set[str] = set()
+        self.items: tuple[Any, Loc] | None = None
+        self.additional: tuple[Any, Loc] | None = None
+        self.variants: list[tuple[Any, Loc]] | None = None
 
 
 def _types(node: dict[str, Any]) -> frozenset[str] | None:
@@ -81,7 +84,6 @@ def _merge(into: View, part: View) -> None:
     if part.types is not None:
         into.types = part.types if into.types is None else into.types & part.types
     into.enum = into.enum if into.enum is not None else part.enum
-    into.description = into.description or part.description
     for name, prop in part.properties.items():
         into.properties.setdefault(name, prop)
     into.required |= part.required
@@ -111,33 +113,42 @@ class SchemaDiff:
         self.new = new
         self.report = report
         self.operation = operation
+        self._compared: set[tuple[str, str]] = set()
 
-    def compare(self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction, context: str) -> None:
-        self._compare(old, old_loc, new, new_loc, direction, context, "", frozenset())
+    def compare(self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction,
+                context: str) -> None:
+        """Compare one schema pair (a parameter, a body or a response media type) in ``direction``.
+
+        Each pair of definitions is compared once per call: a shared component reached along
+        several routes is reported at the first, and recursive schemas terminate.
+        """
+        self._compared = set()
+        self._compare(old, old_loc, new, new_loc, direction, context, "", 0)
 
     def _add(self, kind: str, loc: Loc, message: str, **details: Any) -> None:
         self.report.add(kind, loc, f"{self.operation}: {message}", operation=self.operation, **details)
 
     def _compare(self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction, context: str,
-                 name: str, stack: frozenset[tuple[str, str]]) -> None:
+                 name: str, depth: int) -> None:
         a = view(self.old, old, old_loc)
         b = view(self.new, new, new_loc)
         pair = (a.loc.real, b.loc.real)
-        if pair in stack or len(stack) > MAX_DEPTH:
+        if pair in self._compared or depth > MAX_DEPTH:
             return
-        stack = stack | {pair}
+        self._compared.add(pair)
+        depth += 1
         subject = f"property '{name}' of {context}" if name else context
         if not self._types(a, b, direction, subject):
             return  # a different type: comparing its parts would only repeat the news
         self._enum(a, b, direction, subject)
         if a.description != b.description and a.description is not None and b.description is not None:
             self._add("description-changed", b.loc.child("description"), f"description of {subject} changed")
-        self._properties(a, b, direction, context, name, stack)
+        self._properties(a, b, direction, context, name, depth)
         if a.items and b.items:
-            self._compare(*a.items, *b.items, direction, context, f"{name}[]" if name else "[]", stack)
+            self._compare(*a.items, *b.items, direction, context, f"{name}[]" if name else "[]", depth)
         if a.additional and b.additional:
-            self._compare(*a.additional, *b.additional, direction, context, f"{name}{{*}}", stack)
-        self._variants(a, b, direction, context, name, subject, stack)
+            self._compare(*a.additional, *b.additional, direction, context, f"{name}{{*}}", depth)
+        self._variants(a, b, direction, context, name, subject, depth)
 
     def _types(self, a: View, b: View, direction: Direction, subject: str) -> bool:
         if a.types is None or b.types is None or a.types == b.types:
@@ -163,10 +174,12 @@ class SchemaDiff:
         widened = added or (a.enum is not None and b.enum is None)
         details = {"old": a.enum, "new": b.enum}
         if narrowed:
-            text = f"no longer allows {_values(removed)}" if removed else f"is now limited to {_values(b.enum or [])}"
+            limited = f"is now limited to {_values(b.enum or [])}"
+            text = f"no longer allows {_values(removed)}" if removed else limited
             kind = "request-enum-narrowed" if direction == "request" else "response-enum-narrowed"
             verb = "accepts" if direction == "request" else "returns"
-            self._add(kind, b.loc, f"{subject} {text} (the API {verb} fewer values)", removed=removed, **details)
+            self._add(kind, b.loc, f"{subject} {text} (the API {verb} fewer values)", removed=removed,
+                      **details)
         if widened:
             text = f"now allows {_values(added)}" if added else "is no longer limited to an enum"
             kind = "request-enum-widened" if direction == "request" else "response-enum-widened"
@@ -181,7 +194,7 @@ class SchemaDiff:
         return node.get(hidden) is not True
 
     def _properties(self, a: View, b: View, direction: Direction, context: str, name: str,
-                    stack: frozenset[tuple[str, str]]) -> None:
+                    depth: int) -> None:
         old = {k: v for k, v in a.properties.items() if self._visible(self.old, v, direction)}
         new = {k: v for k, v in b.properties.items() if self._visible(self.new, v, direction)}
         for prop, (schema, loc) in old.items():
@@ -198,7 +211,7 @@ class SchemaDiff:
             elif was and not now:
                 self._add(f"{direction}-property-became-optional", new_loc,
                           f"property '{full}' of {context} is no longer required", property=full)
-            self._compare(schema, loc, *new[prop], direction, context, full, stack)
+            self._compare(schema, loc, *new[prop], direction, context, full, depth)
         for prop, (_, loc) in new.items():
             if prop in old:
                 continue
@@ -207,17 +220,19 @@ class SchemaDiff:
                 self._add("required-request-property-added", loc,
                           f"new required property '{full}' in {context}", property=full)
             else:
-                self._add(f"{direction}-property-added", loc, f"new property '{full}' in {context}", property=full)
+                self._add(f"{direction}-property-added", loc, f"new property '{full}' in {context}",
+                          property=full)
 
     def _variants(self, a: View, b: View, direction: Direction, context: str, name: str, subject: str,
-                  stack: frozenset[tuple[str, str]]) -> None:
+                  depth: int) -> None:
         if a.variants is None or b.variants is None:
             return
         for old, new in zip(a.variants, b.variants, strict=False):
-            self._compare(*old, *new, direction, context, name, stack)
+            self._compare(*old, *new, direction, context, name, depth)
         if len(a.variants) == len(b.variants):
             return
         fewer = len(b.variants) < len(a.variants)
         kind = f"{direction}-variants-{'reduced' if fewer else 'added'}"
-        self._add(kind, b.loc, f"{subject} now has {len(b.variants)} alternative schemas (was {len(a.variants)})",
-                  old=len(a.variants), new=len(b.variants))
+        count, was = len(b.variants), len(a.variants)
+        self._add(kind, b.loc, f"{subject} now has {count} alternative schemas (was {was})",
+                  old=was, new=count)
