@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from difflib import SequenceMatcher
@@ -84,7 +84,7 @@ def betty_name_problem(name: Any) -> str | None:
         )
     tool = name.replace(".", "_")
     if len(tool) > MAX_TOOL_NAME:
-        return f"'{name}' is too long: its tool name '{tool}' has {len(tool)} characters, at most {MAX_TOOL_NAME}"
+        return f"'{name}' is too long: tool name '{tool}' has {len(tool)} characters, over {MAX_TOOL_NAME}"
     return None
 
 
@@ -113,7 +113,9 @@ def kind_of(path: Path, declared: str | None = None) -> Kind:
         if kind not in KINDS:
             raise RegistryError(f"kind must be 'skills' or 'agents', not {declared!r}")
         if by_name is not None and by_name != kind:
-            raise RegistryError(f"{path} is named {path.name}, a {by_name[:-1]} manifest, but kind is '{declared}'")
+            raise RegistryError(
+                f"{path} is named {path.name}, which holds {by_name}, but kind is '{declared}'"
+            )
         return kind  # type: ignore[return-value]
     if by_name is None:
         raise RegistryError(
@@ -209,17 +211,22 @@ class Registry:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def register(self, kind: Kind, manifest: dict[str, Any], *, dry_run: bool = False) -> Registration:
-        """Add or update ``manifest``'s entry; refuse overwrites of active versions and downgrades."""
+    def register(
+        self, kind: Kind, manifest: dict[str, Any], *, source: str | None = None, dry_run: bool = False
+    ) -> Registration:
+        """Add or update ``manifest``'s entry; refuse overwrites of active versions and downgrades.
+
+        ``source`` (the manifest's file) only makes refusals name where the new manifest came from.
+        """
         name = manifest.get("name")
         if not isinstance(name, str) or not name:
             raise RegistryError("the manifest has no name", code="invalid_manifest")
         new = {**manifest, "version": str(manifest.get("version", "")), "status": _status(manifest)}
         version = parse_version(new["version"], subject=f"version of {kind[:-1]} '{name}'")
-        with self._locked(kind):
+        with nullcontext() if dry_run else self._locked(kind):
             doc = self.read(kind)
             same = [e for e in doc[kind] if isinstance(e, dict) and e.get("name") == name]
-            action, previous = self._decide(kind, name, new, version, same)
+            action, previous = _decide(f"{kind[:-1]} '{name}'", new, version, same, source)
             if action != "unchanged" and not dry_run:
                 kept = [e for e in doc[kind] if not (isinstance(e, dict) and e.get("name") == name)]
                 doc[kind] = sorted([*kept, {**new, "updated_at": _now()}], key=lambda e: str(e.get("name")))
@@ -230,45 +237,6 @@ class Registry:
             action=action, kind=kind, name=name, version=new["version"], previous_version=previous,
             path=self.path(kind), written=action != "unchanged" and not dry_run,
         )
-
-    def _decide(
-        self, kind: Kind, name: str, new: dict[str, Any], version: Version, same: list[dict[str, Any]]
-    ) -> tuple[Literal["added", "updated", "unchanged"], str | None]:
-        if not same:
-            return "added", None
-        label = kind[:-1]
-        registered = []
-        for entry in same:
-            try:
-                registered.append((parse_version(entry.get("version")), entry))
-            except RegistryError:
-                continue  # a hand-edited entry with a broken version: the new one replaces it
-        if not registered:
-            return "updated", str(same[0].get("version"))
-        highest, current = max(registered, key=lambda pair: pair[0])
-        old = str(current.get("version"))
-        if version < highest:
-            raise RegistryError(
-                f"{label} '{name}' {new['version']} is older than the registered {old}: "
-                "downgrades are refused; bump the version above it",
-                code="version_downgrade", registered_version=old,
-            )
-        if version > highest:
-            return "updated", old
-        if _content(current) == new:
-            return "unchanged", old
-        changed = sorted(k for k in {*_content(current), *new} if current.get(k) != new.get(k))
-        old_status, new_status = _status(current), new["status"]
-        if changed == ["status"] and _lifecycle_step(old_status, new_status):
-            return "updated", old
-        if old_status == "active":
-            raise RegistryError(
-                f"{label} '{name}' {old} is registered and active (updated {current.get('updated_at')}) with "
-                f"different content; the new manifest differs in: {', '.join(changed)}. "
-                "Bump the version to register the change",
-                code="active_version_conflict", changed_fields=changed,
-            )
-        return "updated", old
 
     def query(
         self,
@@ -298,6 +266,46 @@ class Registry:
                 matches.append({**entry, "score": round(score, 3)})
         matches.sort(key=lambda m: (-m["score"], str(m.get("name"))))
         return matches[:limit] if limit is not None else matches
+
+
+def _decide(
+    label: str, new: dict[str, Any], version: Version, same: list[dict[str, Any]], source: str | None
+) -> tuple[Literal["added", "updated", "unchanged"], str | None]:
+    """What registering ``new`` does, given the entries already registered under its name."""
+    if not same:
+        return "added", None
+    registered = []
+    for entry in same:
+        try:
+            registered.append((parse_version(entry.get("version")), entry))
+        except RegistryError:
+            continue  # a hand-edited entry with a broken version: the new one replaces it
+    if not registered:
+        return "updated", str(same[0].get("version"))
+    highest, current = max(registered, key=lambda pair: pair[0])
+    old = str(current.get("version"))
+    if version < highest:
+        raise RegistryError(
+            f"{label} {new['version']} is older than the registered {old}: "
+            "downgrades are refused; bump the version above it",
+            code="version_downgrade", registered_version=old,
+        )
+    if version > highest:
+        return "updated", old
+    if _content(current) == new:
+        return "unchanged", old
+    changed = sorted(k for k in {*_content(current), *new} if current.get(k) != new.get(k))
+    old_status, new_status = _status(current), new["status"]
+    if changed == ["status"] and _lifecycle_step(old_status, new_status):
+        return "updated", old
+    if old_status == "active":
+        raise RegistryError(
+            f"{label} {old} is registered and active (since {current.get('updated_at')}) with different "
+            f"content; the new manifest{f' ({source})' if source else ''} differs in: {', '.join(changed)}. "
+            "Bump the version to register the change",
+            code="active_version_conflict", changed_fields=changed,
+        )
+    return "updated", old
 
 
 def _lifecycle_step(old: str, new: str) -> bool:

@@ -44,7 +44,7 @@ def skill_problems(manifest: Any, catalog: Any, source: str) -> list[dict[str, A
         where = f"{source}: skills_available.{index}"
         if skill is None:
             close = difflib.get_close_matches(name, list(catalog.skills), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
             problems.append({"code": "unknown_skill", "skill": name,
                              "message": f"{where}: skill '{name}' does not exist in the catalog{hint}"})
         elif skill.manifest.status != "active":
@@ -73,10 +73,11 @@ def error_handling_problems(manifest: Any, source: str) -> list[dict[str, Any]]:
     if not 0 <= handling.max_retries <= MAX_RETRIES:
         problems.append(f"max_retries: {handling.max_retries} is out of range 0..{MAX_RETRIES}")
     if handling.timeout_seconds is not None and handling.timeout_seconds > MAX_TIMEOUT_SECONDS:
-        problems.append(f"timeout_seconds: {handling.timeout_seconds:g} is above {MAX_TIMEOUT_SECONDS} (one hour)")
+        problems.append(f"timeout_seconds: {handling.timeout_seconds:g} is above {MAX_TIMEOUT_SECONDS}")
     strategy = handling.retry_strategy
     if strategy is not None and strategy not in RETRY_STRATEGIES:
-        problems.append(f"retry_strategy: unknown strategy '{strategy}'; use one of {', '.join(RETRY_STRATEGIES)}")
+        known = ", ".join(RETRY_STRATEGIES)
+        problems.append(f"retry_strategy: unknown strategy '{strategy}'; use one of {known}")
     return [{"code": "bad_error_handling", "message": f"{source}: error_handling.{p}"} for p in problems]
 
 
@@ -88,7 +89,8 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     if path.is_dir():
         path = path / "agent.yaml"
         if not path.is_file():
-            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without an agent.yaml", code="not_found")
+            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without an agent.yaml",
+                             code="not_found")
     if path.name == "skill.yaml":
         raise SkillError(f"{path} is a skill manifest; use skill.define", code="wrong_kind")
     raw, manifest = load_manifest("agents", path)
@@ -101,15 +103,16 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         *error_handling_problems(manifest, source),
     ]
     summary: dict[str, Any] = {
-        "name": manifest.name, "version": manifest.version, "status": manifest.status, "manifest_path": source,
-        "skills": manifest.skills_available, "reasoning_mode": manifest.reasoning_mode,
-        "warnings": _warnings(manifest, path), "dry_run": args.dry_run,
+        "name": manifest.name, "version": manifest.version, "status": manifest.status,
+        "manifest_path": source, "skills": manifest.skills_available,
+        "reasoning_mode": manifest.reasoning_mode, "warnings": _warnings(manifest, path),
+        "dry_run": args.dry_run,
     }
     if problems:
         return {"ok": False, "valid": False, "errors": problems, **summary}
     result: dict[str, Any] = {"valid": True, **summary, "registered": False, "action": "not_registered"}
     if args.register:
-        registration = Registry(workspace()).register("agents", raw, dry_run=args.dry_run)
+        registration = Registry(workspace()).register("agents", raw, source=source, dry_run=args.dry_run)
         result.update(registration.as_dict(), registered=registration.written)
     return result
 

@@ -32,7 +32,7 @@ parser.add_argument("--kind", choices=KINDS, default="skills")
 parser.add_argument("--name", help="the name (fuzzy by default)")
 parser.add_argument("--tag", help="a tag the entry carries")
 parser.add_argument("--status", choices=STATUSES)
-parser.add_argument("--capability", help="what it can do (agents' capabilities; skills' tags and description)")
+parser.add_argument("--capability", help="what it can do (agents' capabilities, skills' tags/description)")
 parser.add_argument("--fuzzy", action=argparse.BooleanOptionalAction, default=True)
 parser.add_argument("--limit", type=int, default=20)
 

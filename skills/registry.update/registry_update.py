@@ -19,11 +19,13 @@ from betty_mcp.skillkit import parser as make_parser
 def handle(args: argparse.Namespace) -> dict[str, Any]:
     path = workspace_path(args.manifest_path, must_exist=True, kind="manifest_path")
     if path.is_dir():
-        raise SkillError(f"manifest_path '{args.manifest_path}' is a folder; give its skill.yaml or agent.yaml",
-                         code="not_a_file")
+        raise SkillError(
+            f"manifest_path '{args.manifest_path}' is a folder; give its skill.yaml or agent.yaml",
+            code="not_a_file",
+        )
     kind = kind_of(path, args.kind)
     raw, manifest = load_manifest(kind, path)
-    registration = Registry(workspace()).register(kind, raw, dry_run=args.dry_run)
+    registration = Registry(workspace()).register(kind, raw, source=str(path), dry_run=args.dry_run)
     return {**registration.as_dict(), "status": manifest.status, "manifest_path": str(path),
             "dry_run": args.dry_run}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ from betty_mcp.skillkit import parser as make_parser
 
 INPUT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 INPUT_TYPES = ("string", "boolean", "integer", "number", "array", "object")
-ARGPARSE_TYPES = {"integer": "int", "number": "float", "array": "json_arg", "object": "json_arg"}
+JSON_ARG = "skillkit.json_arg"
+ARGPARSE_TYPES = {"integer": "int", "number": "float", "array": JSON_ARG, "object": JSON_ARG}
+PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "boolean": (bool,), "integer": (int,), "number": (int, float), "array": (list,),
+    "object": (dict,),
+}
 SAMPLE_VALUES = {"string": "example", "integer": 1, "number": 1.5, "array": ["a"], "object": {"k": "v"}}
 
 
@@ -53,6 +59,12 @@ def check_inputs(raw: Any) -> list[dict[str, Any]]:
             raise SkillError(f"{where}.required must be true or false")
         if required and kind == "boolean":
             raise SkillError(f"{where}: a boolean input is a flag and cannot be required")
+        default = item.get("default")
+        if default is not None and required:
+            raise SkillError(f"{where}: a required input cannot have a default")
+        if default is not None and (not isinstance(default, PYTHON_TYPES[kind])
+                                    or (kind in ("integer", "number") and isinstance(default, bool))):
+            raise SkillError(f"{where}.default {default!r} is not of type {kind}")
         options = item.get("options")
         if options is not None and (not isinstance(options, list) or not options):
             raise SkillError(f"{where}.options must be a non-empty list of allowed values")
@@ -73,7 +85,8 @@ def refuse_existing(name: str, folder: Path, settings: Any) -> None:
     catalog = load_catalog(settings)
     existing = catalog.skills.get(name)
     if existing is not None:
-        raise SkillError(f"a skill named '{name}' already exists: {existing.manifest_path}", code="already_exists")
+        raise SkillError(f"a skill named '{name}' already exists: {existing.manifest_path}",
+                         code="already_exists")
     tool = tool_name_for(name)
     clash = next((s for s in catalog.skills.values() if s.tool_name == tool), None)
     if clash is not None:
@@ -87,8 +100,10 @@ def manifest_text(name: str, description: str, inputs: list[dict[str, Any]], han
     manifest = {
         "name": name, "version": "0.1.0", "description": description, "status": "active",
         "tags": [name.split(".")[0]], "inputs": inputs,
-        "outputs": [{"name": "skill", "type": "string", "description": "This skill's name."},
-                    {"name": "received", "type": "object", "description": "The inputs the handler received."}],
+        "outputs": [
+            {"name": "skill", "type": "string", "description": "This skill's name."},
+            {"name": "received", "type": "object", "description": "The inputs the handler received."},
+        ],
         "entrypoints": [{"command": "/" + name.replace(".", "/"), "handler": handler, "runtime": "python",
                          "permissions": ["filesystem:read"]}],
     }
@@ -96,14 +111,15 @@ def manifest_text(name: str, description: str, inputs: list[dict[str, Any]], han
 
 
 def _docstring(text: str) -> str:
-    return '"""' + text.replace("\\", "\\\\").replace('"', '\\"') + '"""'
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"""' + textwrap.fill(escaped, width=100, break_long_words=False) + '"""'
 
 
 def argument_line(item: dict[str, Any]) -> str:
     name, kind = item["name"], item["type"]
     if kind == "boolean":
-        default = item.get("default") is True
-        return f"parser.add_argument({'--' + name!r}, action=argparse.BooleanOptionalAction, default={default})"
+        flag, default = "--" + name, item.get("default") is True
+        return f"parser.add_argument({flag!r}, action=argparse.BooleanOptionalAction, default={default})"
     parts = [repr(name) if item["required"] else repr("--" + name)]
     if kind in ARGPARSE_TYPES:
         parts.append(f"type={ARGPARSE_TYPES[kind]}")
@@ -111,13 +127,11 @@ def argument_line(item: dict[str, Any]) -> str:
         parts.append(f"choices={item['options']!r}")
     if not item["required"] and item.get("default") is not None:
         parts.append(f"default={item['default']!r}")
-    parts.append(f"help={item['description']!r}")
     return f"parser.add_argument({', '.join(parts)})"
 
 
 def handler_text(name: str, description: str, inputs: list[dict[str, Any]]) -> str:
     arguments = "".join(argument_line(i) + "\n" for i in inputs)
-    kit = "json_arg, run" if any(i["type"] in ("array", "object") for i in inputs) else "run"
     return f'''#!/usr/bin/env python3
 {_docstring(f"{name}: {description}")}
 
@@ -126,21 +140,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.skillkit import {kit}
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp import skillkit
 
 SKILL = {name!r}
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    """Do the skill's work here; raise betty_mcp.skillkit.SkillError for input the caller must fix."""
+    """Do the skill's work here; raise skillkit.SkillError for input the caller must fix."""
     return {{"skill": SKILL, "received": vars(args)}}
 
 
-parser = make_parser({description!r})
+parser = skillkit.parser(__doc__)
 {arguments}
 if __name__ == "__main__":
-    run(handle, parser)
+    skillkit.run(handle, parser)
 '''
 
 
@@ -158,6 +171,11 @@ def sample_argv(inputs: list[dict[str, Any]]) -> list[str]:
     return argv
 
 
+def _list_literal(items: list[str]) -> str:
+    one_line = repr(items)
+    return one_line if len(one_line) <= 90 else "[\n" + "".join(f"    {item!r},\n" for item in items) + "]"
+
+
 def test_text(name: str, handler: str, inputs: list[dict[str, Any]]) -> str:
     return f'''{_docstring(f"Runs the {name} handler as the server does and checks its success envelope.")}
 
@@ -168,7 +186,7 @@ import sys
 from pathlib import Path
 
 HANDLER = Path(__file__).with_name({handler!r})
-ARGS = {sample_argv(inputs)!r}
+ARGS = {_list_literal(sample_argv(inputs))}
 
 
 def test_handler_returns_success(tmp_path: Path) -> None:
@@ -184,7 +202,8 @@ def test_handler_returns_success(tmp_path: Path) -> None:
 
 def skill_md(name: str, description: str, inputs: list[dict[str, Any]]) -> str:
     rows = "\n".join(
-        f"| `{i['name']}` | {i['type']} | {'yes' if i['required'] else 'no'} | {i['description']} |" for i in inputs
+        f"| `{i['name']}` | {i['type']} | {'yes' if i['required'] else 'no'} | {i['description']} |"
+        for i in inputs
     ) or "| (none) | | | |"
     example = " ".join(f"{i['name']}=..." for i in inputs if i["required"])
     return f"""# {name}

@@ -21,7 +21,8 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     if path.is_dir():
         path = path / "skill.yaml"
         if not path.is_file():
-            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without a skill.yaml", code="not_found")
+            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without a skill.yaml",
+                             code="not_found")
     if path.name == "agent.yaml":
         raise SkillError(f"{path} is an agent manifest; use agent.define", code="wrong_kind")
     raw, manifest = load_manifest("skills", path)
@@ -40,7 +41,7 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         "dry_run": args.dry_run,
     }
     if args.register:
-        registration = Registry(workspace()).register("skills", raw, dry_run=args.dry_run)
+        registration = Registry(workspace()).register("skills", raw, source=str(path), dry_run=args.dry_run)
         result.update(registration.as_dict(), registered=registration.written)
     return result
 
