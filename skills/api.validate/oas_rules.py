@@ -9,6 +9,7 @@ Rule sets nest: ``minimal`` (correctness) < ``recommended`` (the default: design
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ def operation_id_format(ctx: Context) -> Iterator[Finding]:
 @rule("operation-summary", "warning", "recommended", "every operation has a summary or description")
 def operation_summary(ctx: Context) -> Iterator[Finding]:
     for op in ctx.operations:
-        if not any(isinstance(op.node.get(k), str) and op.node[k].strip() for k in ("summary", "description")):
+        texts = (op.node.get("summary"), op.node.get("description"))
+        if not any(isinstance(text, str) and text.strip() for text in texts):
             yield op.pointer, f"{op.label} has neither a summary nor a description"
 
 
@@ -218,11 +220,10 @@ def paths_no_verbs(ctx: Context) -> Iterator[Finding]:
 @rule("paths-plural-collections", "warning", "recommended", "a collection segment before an {id} is plural")
 def paths_plural_collections(ctx: Context) -> Iterator[Finding]:
     for path in _paths(ctx):
-        segments = path.split("/")
-        for name, following in zip(segments, segments[1:], strict=False):
+        for name, following in itertools.pairwise(path.split("/")):
             if following.startswith("{") and is_literal(name) and not looks_plural(name):
-                yield pointer("paths", path), f"collection '{name}' in {path} is singular: name collections " \
-                                              "in the plural (e.g. /orders/{orderId})"
+                yield pointer("paths", path), f"collection '{name}' in {path} is singular: name " \
+                                              "collections in the plural (e.g. /orders/{orderId})"
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -234,7 +235,8 @@ def property_case(ctx: Context) -> Iterator[Finding]:
         props = schema.get("properties")
         for name in props if isinstance(props, dict) else ():
             if not pattern.match(str(name)):
-                yield pointer(*tokens, "properties", name), f"property '{name}' is not {ctx.property_case} case"
+                yield pointer(*tokens, "properties", name), \
+                    f"property '{name}' is not {ctx.property_case} case"
 
 
 # -- responses -----------------------------------------------------------------------------

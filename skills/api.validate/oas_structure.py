@@ -5,6 +5,7 @@ Three steps, each a list of findings (``rule_id``, ``severity``, ``path``, ``mes
 1. ``openapi-version``: an ``openapi: 3.x.y`` or ``swagger: "2.0"`` field names a supported version;
 2. ``ref-resolvable``: every ``$ref`` resolves - local pointers, and relative files inside the
    workspace (read and checked in turn). Remote (http) references are not fetched: a warning;
+   ``$anchor`` references (3.1) are looked up by name: a note, as the validator cannot follow them;
 3. ``openapi-structure``: openapi-spec-validator's JSON Schema for that version and, when every
    reference resolved locally, its semantic checks (unique operationIds, declared path parameters,
    defaults matching their schema...).
@@ -26,6 +27,7 @@ from betty_mcp.skillkit import SkillError, parse_document, workspace_path
 MAX_MESSAGE = 400
 SUPPORTED = re.compile(r"^3\.[0-2]\.\d+(-[\w.]+)?$")
 # Semantic errors carry no location; their message names the operation.
+_REQUIRED = re.compile(r"^'(?P<name>[^']+)' is a required property$")
 _OPERATION_IN_MESSAGE = re.compile(r"for '(?P<method>[a-z]+)'(?: operation)? in '(?P<path>[^']+)'")
 
 Finding = dict[str, str]
@@ -80,6 +82,9 @@ def check_refs(doc: dict[str, Any], source: Path, prefix: str = "",
             found.append(finding("ref-resolvable", where, f"remote $ref '{ref}' was not fetched (the check "
                                  "works offline); the referenced document is not validated", "warning"))
             continue
+        if fragment and not fragment.startswith("/"):
+            found.append(_check_anchor_ref(doc, ref, target, fragment, where))
+            continue
         if not target:
             ok, _value, why = lookup(doc, fragment)
             if not ok:
@@ -87,6 +92,16 @@ def check_refs(doc: dict[str, Any], source: Path, prefix: str = "",
             continue
         found += _check_file_ref(ref, unquote(target), fragment, source, where, seen)
     return found
+
+
+def _check_anchor_ref(doc: dict[str, Any], ref: str, target: str, name: str, where: str) -> Finding:
+    """A plain-name fragment names a 3.1 ``$anchor``; openapi-spec-validator cannot follow those."""
+    anchors = {node.get("$anchor") for _tokens, node in mappings(doc)}
+    if not target and name not in anchors:
+        return finding("ref-resolvable", where,
+                       f"$ref '{ref}' does not resolve: no $anchor '{name}' in the document")
+    return finding("ref-resolvable", where, f"$ref '{ref}' names an $anchor, which openapi-spec-validator "
+                   "cannot follow: its reference-following checks were skipped", "info")
 
 
 def _check_file_ref(ref: str, target: str, fragment: str, source: Path, where: str,
@@ -104,7 +119,8 @@ def _check_file_ref(ref: str, target: str, fragment: str, source: Path, where: s
     problems = []
     ok, _value, why = lookup(other, fragment)
     if not ok:
-        problems.append(finding("ref-resolvable", where, f"$ref '{ref}' does not resolve in {path.name}: {why}"))
+        problems.append(finding("ref-resolvable", where,
+                                f"$ref '{ref}' does not resolve in {path.name}: {why}"))
     if path not in seen:
         seen.add(path)
         problems += check_refs(other, path, prefix=f"{target}#", seen=seen)
@@ -112,7 +128,8 @@ def _check_file_ref(ref: str, target: str, fragment: str, source: Path, where: s
 
 
 def check_schema(doc: dict[str, Any], version: str, source: Path, *, semantic: bool) -> list[Finding]:
-    """openapi-spec-validator's findings; ``semantic`` adds the checks that follow references."""
+    """openapi-spec-validator's JSON Schema findings; then, when there are none and ``semantic`` is
+    set, its checks that follow references (which stop at the first broken part of the document)."""
     from openapi_spec_validator.validation import (
         OpenAPIV2SpecValidator,
         OpenAPIV30SpecValidator,
@@ -123,12 +140,11 @@ def check_schema(doc: dict[str, Any], version: str, source: Path, *, semantic: b
     validators = {"2.0": OpenAPIV2SpecValidator, "3.0": OpenAPIV30SpecValidator,
                   "3.1": OpenAPIV31SpecValidator, "3.2": OpenAPIV32SpecValidator}
     cls = validators[version[:3]]
-    found: list[Finding] = []
+    found = [_describe(error) for error in cls.schema_validator.iter_errors(doc)]
+    if found or not semantic:
+        return found
     try:
-        errors = cls(doc, base_uri=source.as_uri()).iter_errors() if semantic \
-            else cls.schema_validator.iter_errors(doc)
-        for error in errors:
-            found.append(_describe(error))
+        found += [_describe(error) for error in cls(doc, base_uri=source.as_uri()).iter_errors()]
     except Exception as exc:  # the validator stops on what it cannot follow; report, don't crash
         found.append(finding("openapi-structure", "", f"validation stopped: {type(exc).__name__}: {exc}"))
     return found
@@ -144,6 +160,9 @@ def _describe(error: Any) -> Finding:
         message = "matches none of the allowed forms" + (f": {'; '.join(hints[:3])}" if hints else "")
     else:
         message = best.message
+    missing = _REQUIRED.match(message) if best.validator == "required" else None
+    if missing:
+        path += pointer(missing["name"])  # point at the member that should be there
     if not path:
         match = _OPERATION_IN_MESSAGE.search(message)
         if match:

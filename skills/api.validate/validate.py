@@ -54,11 +54,13 @@ def lint(doc: dict[str, Any], version: str, args: argparse.Namespace, rules: lis
         try:
             found += [finding(rule.id, path, message, rule.severity) for path, message in rule.check(ctx)]
         except Exception as exc:  # a rule tripping over a malformed document must not hide the others
-            found.append(finding(rule.id, "", f"rule could not run on this document: {type(exc).__name__}: {exc}"))
+            message = f"rule could not run on this document: {type(exc).__name__}: {exc}"
+            found.append(finding(rule.id, "", message))
     return found
 
 
-def result(args: argparse.Namespace, version: str, found: list[Finding], checked: list[str]) -> dict[str, Any]:
+def result(args: argparse.Namespace, version: str, found: list[Finding],
+           checked: list[str]) -> dict[str, Any]:
     if args.strict:
         found = [{**f, "severity": "error"} if f["severity"] == "warning" else f for f in found]
     errors = [f for f in found if f["severity"] == "error"]
