@@ -299,7 +299,7 @@ class LlmConfig(_Model):
 
 
 class ErrorHandling(_Model):
-    max_retries: int = Field(default=3, ge=0, le=10)
+    max_retries: int = Field(default=3, ge=0, le=20)
     timeout_seconds: float | None = Field(default=None, gt=0)
     retry_strategy: str | None = None
 

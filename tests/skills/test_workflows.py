@@ -330,12 +330,12 @@ def test_run_refuses_an_invalid_workflow_without_running_anything(workspace: Pat
 
 def test_run_reports_agent_steps_as_not_runnable_yet(workspace: Path, tmp_path: Path) -> None:
     agents = tmp_path / "agents"
-    (agents / "api.designer").mkdir(parents=True)
-    (agents / "api.designer" / "agent.yaml").write_text(yaml.safe_dump({
-        "name": "api.designer", "version": "0.1.0", "description": "Designs APIs", "capabilities": ["design"],
+    (agents / "demo.designer").mkdir(parents=True)
+    (agents / "demo.designer" / "agent.yaml").write_text(yaml.safe_dump({
+        "name": "demo.designer", "version": "0.1.0", "description": "Designs APIs", "capabilities": ["design"],
         "skills_available": ["test.echo"], "reasoning_mode": "oneshot", "status": "active"}))
     workflow = {"fail_fast": False, "steps": [
-        {"id": "design", "agent": "api.designer", "input": "Design an orders API"},
+        {"id": "design", "agent": "demo.designer", "input": "Design an orders API"},
         {"id": "after", "skill": "test.echo", "args": {"message": "still runs"}},
     ]}
     name = write(workspace, workflow)
@@ -344,12 +344,12 @@ def test_run_reports_agent_steps_as_not_runnable_yet(workspace: Path, tmp_path: 
     code, out = call(RUN, workspace, name, agents_dir=agents)
     assert code == 1
     steps = by_id(out)
-    assert steps["design"]["status"] == "failed" and steps["design"]["agent"] == "api.designer"
+    assert steps["design"]["status"] == "failed" and steps["design"]["agent"] == "demo.designer"
     assert steps["design"]["skill"] is None
     assert "agent steps are not supported by workflow.run yet" in steps["design"]["errors"][0]["message"]
     assert steps["after"]["status"] == "success"
     code, out = call(VALIDATE, workspace, name)  # no agents folder: the agent is unknown
-    assert code == 1 and messages(out) == [("design", "unknown agent 'api.designer'")]
+    assert code == 1 and messages(out) == [("design", "unknown agent 'demo.designer'")]
 
 
 def test_run_refuses_a_workflow_that_runs_itself(workspace: Path) -> None:
