@@ -16,10 +16,13 @@ from betty_mcp.catalog import Catalog, load_catalog
 from betty_mcp.config import Settings
 from betty_mcp.runner import SkillRunner
 from betty_mcp.tools import Tool
+from betty_mcp.tools.llm import LlmQueryTool, ModelsListTool
 from betty_mcp.tools.skills import SkillRunTool, SkillsListTool, SkillTool
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
+
+    from betty_mcp.llm.service import LlmService
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,10 @@ class BettyApp:
         self.settings = settings
         self.runner = SkillRunner(settings)
         self.builtin_tools: dict[str, Tool] = {
-            t.spec.name: t for t in (SkillsListTool(self), SkillRunTool(self))
+            t.spec.name: t
+            for t in (SkillsListTool(self), SkillRunTool(self), LlmQueryTool(self), ModelsListTool(self))
         }
+        self._llm: LlmService | None = None
         self.catalog = Catalog()
         self.tools: dict[str, Tool] = {}
         self._validators: dict[int, tuple[dict[str, Any], Validator]] = {}
@@ -46,6 +51,19 @@ class BettyApp:
         self._validators = {}
         self.tools = {**self.builtin_tools, **{n: SkillTool(self, s) for n, s in catalog.tools.items()}}
         return changed
+
+    async def llm(self) -> LlmService:
+        """The LLM service, built on first use: start-up does no LLM work."""
+        if self._llm is None:
+            import anyio.to_thread
+
+            from betty_mcp.llm.service import LlmService
+
+            settings = self.settings
+            self._llm = await anyio.to_thread.run_sync(
+                lambda: LlmService(settings.llm_router, settings.ledger_path)
+            )
+        return self._llm
 
     def tool(self, name: str) -> Tool | None:
         return self.tools.get(name)

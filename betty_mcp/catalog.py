@@ -292,13 +292,14 @@ def _assign_tools(catalog: Catalog, settings: Settings, reserved: frozenset[str]
             )
             continue
         if name in reserved:
-            catalog.problems.append(
-                Problem(
-                    "warning",
-                    str(skill.manifest_path),
-                    f"tool name '{name}' is a built-in tool; use skill_run",
+            if skill.source != "bundled":  # a bundled skill shadowed by its built-in tool is by design
+                catalog.problems.append(
+                    Problem(
+                        "warning",
+                        str(skill.manifest_path),
+                        f"tool name '{name}' is a built-in tool; reach this skill through skill_run",
+                    )
                 )
-            )
             continue
         other = seen.setdefault(name, skill)
         if other is not skill:

@@ -423,3 +423,135 @@ def _print_problems(betty: Any) -> None:
 
 def main() -> None:
     app()
+
+
+# -- LLM commands ---------------------------------------------------------------------------
+
+local_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+
+def _llm_settings(config: Path | None, workspace: Path | None) -> Settings:
+    _setup_logging("error")
+    try:
+        return load_settings(config, workspace=workspace)
+    except BettyError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command()
+def query(
+    prompt: str,
+    model: Annotated[str | None, typer.Option(help="An alias or provider/model.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask an LLM through the router; prints the answer (exit 1 if every model failed)."""
+    import anyio
+
+    from betty_mcp.app import BettyApp
+    from betty_mcp.tools import CallContext
+
+    betty = BettyApp(_llm_settings(config, workspace))
+    arguments: dict[str, Any] = {"prompt": prompt}
+    for key, value in (("model", model), ("system_prompt", system), ("max_tokens", max_tokens)):
+        if value is not None:
+            arguments[key] = value
+
+    async def show_progress(_: float, message: str) -> None:
+        if not as_json:
+            typer.echo(message, err=True)
+
+    result = anyio.run(betty.tool("llm_query").call, arguments, CallContext(report=show_progress))
+    if as_json:
+        _print_json(result.structured)
+    elif result.is_error:
+        typer.echo(f"error: {result.text}", err=True)
+    else:
+        out = result.structured or {}
+        typer.echo(out["response"])
+        cost = "unknown cost" if out["cost_usd"] is None else f"${out['cost_usd']:.6f}"
+        hops = f", after {len(out['fallbacks'])} fallback(s)" if out["fallbacks"] else ""
+        typer.echo(f"-- {out['model_used']}: {out['tokens_used']['total']} tokens, {cost}, "
+                   f"{out['latency_ms']:.0f} ms{hops}", err=True)
+        if out.get("note"):
+            typer.echo(f"-- {out['note']}", err=True)
+    raise typer.Exit(1 if result.is_error else 0)
+
+
+@app.command()
+def models(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List every model llm_query can use, whether it is ready, and its prices."""
+    from betty_mcp.llm.listing import list_models
+
+    listing = list_models(_llm_settings(config, workspace).llm_router)
+    if as_json:
+        _print_json(listing)
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("model", "aliases", "type", "status", "$/Mtok in/out", box=None)
+    for m in listing["models"]:
+        prices = m["prices_usd_per_mtok"]
+        price = "-" if prices["input"] is None else f"{prices['input']:g}/{prices['output']:g}"
+        table.add_row(m["id"], ", ".join(m["aliases"]), m["type"], escape(m["status"]), price)
+    Console().print(table)
+    typer.echo(f"default: {listing['default'] or 'routing rules, then the embedded model'}")
+
+
+@app.command()
+def usage(
+    days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show LLM spend by day and by model, from the usage ledger."""
+    from betty_mcp.llm.ledger import Ledger, format_usage, usage_report
+
+    settings = _llm_settings(config, workspace)
+    with Ledger(settings.ledger_path) as ledger:
+        if as_json:
+            _print_json(usage_report(ledger, days))
+        else:
+            typer.echo(format_usage(ledger, days))
+
+
+@app.command()
+def doctor(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the config, keys, endpoints and the embedded model, with a fix for each problem."""
+    from betty_mcp.doctor import diagnose
+
+    findings = diagnose(config, workspace)
+    if as_json:
+        _print_json([f.as_dict() for f in findings])
+    else:
+        for f in findings:
+            typer.echo(f"{'ok ' if f.ok else 'FIX'}  {f.check}: {f.detail}" + ("" if f.ok else f"\n     -> {f.fix}"))
+    raise typer.Exit(0 if all(f.ok for f in findings) else 1)
+
+
+@local_app.command("serve")
+def local_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8081,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+) -> None:
+    """Serve the embedded model as an OpenAI-compatible server (model name: gemma-3-270m)."""
+    from betty_mcp.llm.embedded import EMBEDDED_ALIAS, model_path, readiness
+
+    ready, detail = readiness()
+    if not ready:
+        _fail(detail)
+    path = model_path()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host, "--port", str(port),
+               "--model_alias", EMBEDDED_ALIAS, "--n_threads", str(threads),
+               "--chat_format", "chatml-function-calling"]
+    typer.echo(f"serving {path.name} as '{EMBEDDED_ALIAS}' on http://{host}:{port}/v1", err=True)
+    os.execv(sys.executable, command)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from betty_mcp.errors import ConfigError
+from betty_mcp.llm.settings import LlmRouterConfig
 from betty_mcp.manifests import Status, describe_validation_error, read_yaml
 
 CONFIG_ENV = "BETTY_CONFIG"
@@ -55,12 +56,17 @@ class Settings(BaseModel):
     tools: ToolSelection = ToolSelection()
     limits: Limits = Limits()
     hot_reload: bool = True
-    # Typed by the llm_query issue; accepted now so one betty.yaml serves both.
-    llm_router: dict[str, Any] | None = None
+    usage_db: Path | None = None
+    llm_router: LlmRouterConfig = LlmRouterConfig()
 
     @property
     def runs_dir(self) -> Path:
         return self.workspace / ".betty-mcp" / "runs"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The usage ledger: every LLM call, for accounting and budgets."""
+        return self.usage_db or self.workspace / ".betty-mcp" / "usage.sqlite"
 
     def roots(self) -> list[Path]:
         """Where path arguments may point: the workspace, the allowed roots, a served Betty checkout."""
@@ -95,7 +101,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     def resolve(value: Any) -> Any:
         return str((base / Path(value).expanduser()).resolve()) if isinstance(value, str) else value
 
-    for key in ("workspace", "betty_home"):
+    for key in ("workspace", "betty_home", "usage_db"):
         if key in data:
             data[key] = resolve(data[key])
     for key in ("skills_dirs", "agents_dirs", "allowed_roots"):

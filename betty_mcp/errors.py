@@ -19,3 +19,26 @@ class ArgumentsError(BettyError):
 
 class PathOutsideWorkspace(ArgumentsError):
     """A path argument resolves outside the workspace and the allowed roots."""
+
+
+class BudgetExceeded(BettyError):
+    """A call would exceed a configured budget; `budget` names which one (e.g. "per_day")."""
+
+    def __init__(self, message: str, *, budget: str) -> None:
+        super().__init__(message)
+        self.budget = budget
+
+
+class ProviderError(BettyError):
+    """An LLM provider failed; ``kind`` says how, and whether another model may do better."""
+
+    RETRYABLE = frozenset({"rate_limit", "server", "timeout", "connection", "not_found", "context_window"})
+
+    def __init__(self, message: str, kind: str, model: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.model = model
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in self.RETRYABLE

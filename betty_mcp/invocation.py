@@ -100,8 +100,17 @@ def betty_argv(skill: Skill, arguments: dict[str, Any]) -> list[str]:
     return argv
 
 
+def llm_key_names(settings: Settings) -> list[str]:
+    from betty_mcp.llm.models import ModelCatalog
+
+    return sorted({s.api_key_env for s in ModelCatalog(settings.llm_router).all() if s.api_key_env})
+
+
 def child_environment(skill: Skill, settings: Settings) -> dict[str, str]:
-    env = without_secrets(os.environ, keep=skill.manifest.mcp.env)
+    keep = list(skill.manifest.mcp.env)
+    if skill.manifest.mcp.llm_keys:
+        keep += llm_key_names(settings)
+    env = without_secrets(os.environ, keep=keep)
     env[WORKSPACE_ENV] = str(settings.workspace)
     env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
     env[SETTINGS_ENV] = settings.model_dump_json()

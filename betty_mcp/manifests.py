@@ -199,6 +199,7 @@ class McpOptions(BaseModel):
     - ``timeout_seconds``: per-call timeout; the configured default otherwise.
     - ``env``: environment variables the handler needs that would otherwise be scrubbed (API keys...).
     - ``path_inputs``: inputs that name files, beyond those inferred from names/types.
+    - ``llm_keys``: pass the API keys named by ``llm_router`` providers (for skills that call LLMs).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -209,6 +210,7 @@ class McpOptions(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0)
     env: list[str] = []
     path_inputs: list[str] = []
+    llm_keys: bool = False
 
 
 class Output(_Model):

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import stdio_client as raw_stdio_client
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_SKILLS = ROOT / "tests" / "fixtures" / "skills"
@@ -62,7 +63,9 @@ async def stdio_client(
         cwd=str(workspace),
         env={**os.environ, **(env or {})},
     )
-    async with Client(params, mode=mode, read_timeout_seconds=60, **client_options) as client:  # type: ignore[arg-type]
+    errlog = client_options.pop("errlog", None)
+    server = params if errlog is None else raw_stdio_client(params, errlog=errlog)
+    async with Client(server, mode=mode, read_timeout_seconds=60, **client_options) as client:  # type: ignore[arg-type]
         yield client
 
 

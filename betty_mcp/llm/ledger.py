@@ -1,0 +1,481 @@
+"""The usage ledger: every LLM call written to a local SQLite file, and the budgets enforced from it.
+
+    ledger = Ledger(Path("~/.local/share/betty-mcp/usage.db").expanduser())
+    Budgets(per_day_usd=5.0).check(ledger, estimated_cost_usd=0.02)   # raises BudgetExceeded
+    ledger.record(UsageRecord(caller="llm_query", model="gpt-4", provider="openai", cost_usd=0.02))
+
+Several processes (the server, skill subprocesses) may write the same file: the database runs in WAL mode
+with a busy timeout and every write is one short statement. One `Ledger` may be shared by threads; a lock
+serialises use of its connection. Times are stored as ISO-8601 UTC text, so they sort and group by day
+as text; naive datetimes are refused. The schema grows by named migrations applied in order and recorded
+in `_migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from betty_mcp.errors import BudgetExceeded
+
+__all__ = [
+    "MIGRATIONS",
+    "Budgets",
+    "Ledger",
+    "Spend",
+    "UsageRecord",
+    "connect",
+    "format_usage",
+    "migrate",
+    "usage_report",
+]
+
+BUSY_TIMEOUT_S = 10.0
+CONFIG_HINT = "llm_router.limits.budgets.{field} in betty.yaml"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_EPSILON = 1e-9  # so $4.98 + $0.02 against a $5.00 budget is not refused by float rounding
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One LLM call as the ledger keeps it."""
+
+    caller: str  # "llm_query", "agent_run", "cli", ...
+    model: str  # the alias the router chose, e.g. "gpt-4" or "local/gemma"
+    provider: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # None: the price is unknown (counted as $0 in totals, kept NULL)
+    latency_ms: float = 0.0
+    outcome: str = "ok"  # "ok" or an error kind: "rate_limit", "auth", "timeout", "budget", ...
+    agent: str | None = None
+    run_id: str | None = None
+    fallbacks: tuple[dict, ...] = ()  # models tried before this one: {"model": ..., "error_kind": ...}
+    error: str | None = None  # short, already scrubbed of secrets by the caller
+    created_at: datetime | None = None  # timezone-aware; None means now (UTC)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Totals over a set of calls; `unpriced` counts calls whose cost is unknown (included as $0)."""
+
+    calls: int
+    tokens: int
+    cost_usd: float
+    unpriced: int = 0
+
+
+# --- schema ----------------------------------------------------------------------------------------------
+
+
+def m001_calls(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE calls (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            agent TEXT,
+            run_id TEXT,
+            model TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            total_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            latency_ms REAL NOT NULL DEFAULT 0,
+            outcome TEXT NOT NULL DEFAULT 'ok',
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX calls_created_at ON calls (created_at)")
+
+
+def m002_call_fallbacks(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN fallbacks TEXT NOT NULL DEFAULT '[]'")
+
+
+def m003_run_and_agent_indexes(db: sqlite3.Connection) -> None:
+    db.execute("CREATE INDEX calls_run_id ON calls (run_id, created_at)")
+    db.execute("CREATE INDEX calls_agent ON calls (agent, created_at)")
+
+
+# Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    m001_calls,
+    m002_call_fallbacks,
+    m003_run_and_agent_indexes,
+)
+
+
+def _applied(db: sqlite3.Connection) -> set[str]:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "_migrations" not in tables:
+        return set()
+    return {row[0] for row in db.execute("SELECT name FROM _migrations")}
+
+
+def migrate(
+    db: sqlite3.Connection, migrations: Sequence[Callable[[sqlite3.Connection], None]] = MIGRATIONS
+) -> list[str]:
+    """Apply the pending `migrations` in one transaction; return the names applied (empty if none).
+
+    `db` must be in autocommit mode (``isolation_level=None``). The write lock is taken before the applied
+    set is re-read, so two processes opening a fresh file at once migrate it exactly once.
+    """
+    if {m.__name__ for m in migrations} <= _applied(db):
+        return []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = _applied(db)
+        names = []
+        for migration in migrations:
+            if migration.__name__ in done:
+                continue
+            migration(db)
+            db.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.__name__, _iso(_now()))
+            )
+            names.append(migration.__name__)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return names
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open `path` (creating its folder) in autocommit mode, WAL journal, with a busy timeout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        _use_wal(db)
+        db.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL once per file. SQLite answers "locked" at once, without waiting out the busy timeout,
+    when another process holds the file during the switch, so retry until the timeout ourselves."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+# --- the ledger ------------------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(f"ledger times must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def _start_of_day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _first_day(days: int) -> datetime:
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    return _start_of_day(_now()) - timedelta(days=days - 1)
+
+
+_SPEND = "COUNT(*), COALESCE(SUM(total_tokens), 0), TOTAL(cost_usd), COUNT(*) - COUNT(cost_usd)"
+_COLUMNS = (
+    "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
+    "run_id, fallbacks, error, created_at"
+)
+
+
+class Ledger:
+    """The SQLite file of LLM calls. Opened and migrated on first use; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The open, migrated connection, held under the lock for the duration of the `with`."""
+        with self._lock:
+            if self._db is None:
+                db = connect(self.path)
+                try:
+                    migrate(db)
+                except BaseException:
+                    db.close()
+                    raise
+                self._db = db
+            yield self._db
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._connection() as db:
+            return db.execute(sql, params).fetchall()
+
+    def record(self, rec: UsageRecord) -> int:
+        """Write one call; return its row id."""
+        values = (
+            _iso(rec.created_at or _now()),
+            rec.caller,
+            rec.agent,
+            rec.run_id,
+            rec.model,
+            rec.provider,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.total_tokens,
+            rec.cost_usd,
+            rec.latency_ms,
+            rec.outcome,
+            rec.error,
+            json.dumps(list(rec.fallbacks)),
+        )
+        sql = (
+            "INSERT INTO calls (created_at, caller, agent, run_id, model, provider, prompt_tokens, "
+            "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks) "
+            f"VALUES ({', '.join('?' * len(values))})"
+        )
+        with self._connection() as db:
+            return db.execute(sql, values).lastrowid
+
+    def spend(
+        self, *, since: datetime | None = None, run_id: str | None = None, agent: str | None = None
+    ) -> Spend:
+        """Totals over the calls matching every filter given (all calls if none)."""
+        where, params = _where(since=since, run_id=run_id, agent=agent)
+        calls, tokens, cost, unpriced = self._rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
+        return Spend(calls=calls, tokens=tokens, cost_usd=cost, unpriced=unpriced)
+
+    def spend_today(self) -> Spend:
+        """Totals since midnight UTC."""
+        return self.spend(since=_start_of_day(_now()))
+
+    def by_day(self, days: int = 30) -> list[dict]:
+        """One row per UTC day with calls, newest first: {day, calls, tokens, cost_usd, unpriced, errors}."""
+        rows = self._rows(
+            f"SELECT substr(created_at, 1, 10) AS day, {_SPEND}, SUM(outcome != 'ok') FROM calls "
+            "WHERE created_at >= ? GROUP BY day ORDER BY day DESC",
+            (_iso(_first_day(days)),),
+        )
+        keys = ("day", "calls", "tokens", "cost_usd", "unpriced", "errors")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def by_model(self, days: int = 30) -> list[dict]:
+        """One row per (model, provider), costliest first: {model, provider, calls, tokens, cost_usd,
+        unpriced, errors}."""
+        rows = self._rows(
+            f"SELECT model, provider, {_SPEND}, SUM(outcome != 'ok') FROM calls WHERE created_at >= ? "
+            "GROUP BY model, provider ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, model, provider",
+            (_iso(_first_day(days)),),
+        )
+        keys = ("model", "provider", "calls", "tokens", "cost_usd", "unpriced", "errors")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def records(self, *, run_id: str | None = None, limit: int = 100) -> list[UsageRecord]:
+        """The most recent calls (of one run, if given), newest first."""
+        where, params = _where(run_id=run_id)
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
+        )
+        return [_to_record(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection; a later call opens it again."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _where(
+    *, since: datetime | None = None, run_id: str | None = None, agent: str | None = None
+) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(_iso(since))
+    if run_id is not None:
+        clauses.append("run_id = ?")
+        params.append(run_id)
+    if agent is not None:
+        clauses.append("agent = ?")
+        params.append(agent)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _to_record(row: tuple) -> UsageRecord:
+    fields = dict(zip(_COLUMNS.split(", "), row, strict=True))
+    fields["fallbacks"] = tuple(json.loads(fields["fallbacks"]))
+    fields["created_at"] = datetime.strptime(fields["created_at"], _TIME_FORMAT).replace(tzinfo=UTC)
+    return UsageRecord(**fields)
+
+
+# --- budgets ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Spending limits; None means no limit. A limit already reached refuses every further call, even a
+    free one, so a limit of 0 refuses all calls. Run budgets apply only to calls that carry a run id."""
+
+    per_call_usd: float | None = None
+    per_run_usd: float | None = None
+    per_day_usd: float | None = None
+    per_run_tokens: int | None = None
+    per_day_tokens: int | None = None
+
+    def check(
+        self,
+        ledger: Ledger,
+        *,
+        estimated_cost_usd: float = 0.0,
+        estimated_tokens: int = 0,
+        run_id: str | None = None,
+    ) -> None:
+        """Raise BudgetExceeded if a call of the estimated size would pass any limit; else return."""
+        cost = f"~{_usd(estimated_cost_usd)} for this call"
+        tokens = f"~{estimated_tokens:,} for this call"
+        if self.per_call_usd is not None and estimated_cost_usd > self.per_call_usd + _EPSILON:
+            raise BudgetExceeded(
+                f"per-call budget of {_usd(self.per_call_usd)} exceeded: this call is estimated at "
+                f"{_usd(estimated_cost_usd)}; raise {CONFIG_HINT.format(field='per_call_usd')}",
+                budget="per_call",
+            )
+        if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
+            run = ledger.spend(run_id=run_id)
+            if _over(self.per_run_usd, run.cost_usd, estimated_cost_usd):
+                raise BudgetExceeded(
+                    f"run budget of {_usd(self.per_run_usd)} reached: {_usd(run.cost_usd)} spent by run "
+                    f"{run_id} + {cost}; raise {CONFIG_HINT.format(field='per_run_usd')}",
+                    budget="per_run",
+                )
+            if _over(self.per_run_tokens, run.tokens, estimated_tokens):
+                raise BudgetExceeded(
+                    f"run token budget of {self.per_run_tokens:,} reached: {run.tokens:,} tokens used by run "
+                    f"{run_id} + {tokens}; raise {CONFIG_HINT.format(field='per_run_tokens')}",
+                    budget="per_run_tokens",
+                )
+        if self.per_day_usd is not None or self.per_day_tokens is not None:
+            today = ledger.spend_today()
+            if _over(self.per_day_usd, today.cost_usd, estimated_cost_usd):
+                raise BudgetExceeded(
+                    f"daily budget of {_usd(self.per_day_usd)} reached: {_usd(today.cost_usd)} spent today "
+                    f"(UTC) + {cost}; raise {CONFIG_HINT.format(field='per_day_usd')}",
+                    budget="per_day",
+                )
+            if _over(self.per_day_tokens, today.tokens, estimated_tokens):
+                raise BudgetExceeded(
+                    f"daily token budget of {self.per_day_tokens:,} reached: {today.tokens:,} tokens used "
+                    f"today (UTC) + {tokens}; raise {CONFIG_HINT.format(field='per_day_tokens')}",
+                    budget="per_day_tokens",
+                )
+
+
+def _over(limit: float | None, spent: float, estimate: float) -> bool:
+    if limit is None:
+        return False
+    return spent >= limit - _EPSILON or spent + estimate > limit + _EPSILON
+
+
+def _usd(amount: float) -> str:
+    if amount == 0 or abs(amount) >= 0.01:
+        return f"${amount:,.2f}"
+    return f"${amount:.4f}" if abs(amount) >= 0.0001 else "<$0.0001"
+
+
+# --- reports ---------------------------------------------------------------------------------------------
+
+
+def usage_report(ledger: Ledger, days: int = 30) -> dict:
+    """The `betty-mcp usage --json` document: totals, then per day and per model."""
+    since = _first_day(days)
+    total = ledger.spend(since=since)
+    return {
+        "days": days,
+        "since": since.date().isoformat(),
+        "total": {
+            "calls": total.calls,
+            "tokens": total.tokens,
+            "cost_usd": total.cost_usd,
+            "unpriced": total.unpriced,
+        },
+        "by_day": ledger.by_day(days),
+        "by_model": ledger.by_model(days),
+    }
+
+
+def format_usage(ledger: Ledger, days: int = 30) -> str:
+    """The `betty-mcp usage` text: a table per day, then a table per model, columns aligned."""
+    report = usage_report(ledger, days)
+    span = "today" if days == 1 else f"the last {days} days"
+    if not report["total"]["calls"]:
+        return f"No LLM calls recorded in {span} (UTC), in {ledger.path}.\n"
+    total = report["total"]
+    day_rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
+    day_rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])
+    model_rows = [
+        [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
+        for m in report["by_model"]
+    ]
+    parts = [
+        f"LLM usage in {span} (UTC days since {report['since']})",
+        "",
+        _table(["day", "calls", "tokens", "cost", "errors"], day_rows),
+        "",
+        _table(["model", "provider", "calls", "tokens", "cost", "errors"], model_rows, left=2),
+    ]
+    if total["unpriced"]:
+        parts += ["", f"{total['unpriced']:,} call(s) had no known price and count as $0."]
+    return "\n".join(parts) + "\n"
+
+
+def _counts(row: dict) -> list[str]:
+    return [f"{row['calls']:,}", f"{row['tokens']:,}"]
+
+
+def _table(headers: list[str], rows: list[list[str]], *, left: int = 1) -> str:
+    """Plain-text columns: the first `left` columns left-aligned, the rest (numbers) right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in pairs).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -1,0 +1,153 @@
+"""The only module that imports LiteLLM: calls through it, and maps its errors to ours.
+
+LiteLLM is imported on first use, in a worker thread (it takes ~3 s and ~200 MB), with the
+safe settings: no price-map download, no ``.env`` loading, no help banners on stdout, no
+tokenizer downloads, no message logging. Retries are ours (``max_retries=0``): the fallback
+walk moves to the next model instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import anyio.to_thread
+
+from betty_mcp.errors import ProviderError
+from betty_mcp.llm.models import ModelSpec
+from betty_mcp.llm.types import ChatRequest, Completion, StreamSink, ToolCall
+from betty_mcp.secrets import scrub, secret_values
+
+_lock = threading.Lock()
+_litellm: Any = None
+# Local servers need no key, but the OpenAI client refuses to send a request without one.
+PLACEHOLDER_KEY = "no-key-needed"
+
+
+def _load() -> Any:
+    global _litellm
+    with _lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+            import litellm
+
+            litellm.suppress_debug_info = True
+            litellm.disable_hf_tokenizer_download = True
+            litellm.turn_off_message_logging = True
+            litellm.drop_params = True
+            _litellm = litellm
+    return _litellm
+
+
+async def load_litellm() -> Any:
+    return _litellm if _litellm is not None else await anyio.to_thread.run_sync(_load)
+
+
+STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 429: "rate_limit", 504: "timeout"}
+
+
+def _kind(exc: Exception, litellm: Any) -> str:
+    """Classify by what happened, not by class: LiteLLM's classes share no base of their own."""
+    text = str(exc).lower()
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, litellm.ContextWindowExceededError) or (
+        status == 400 and ("context length" in text or "context window" in text)
+    ):
+        return "context_window"
+    if isinstance(exc, litellm.Timeout | TimeoutError):
+        return "timeout"
+    if isinstance(exc, litellm.APIConnectionError) or "connection error" in text:
+        return "connection"
+    if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
+        return "auth"
+    if isinstance(status, int):
+        if status in STATUS_KINDS:
+            return STATUS_KINDS[status]
+        if status >= 500:
+            return "server"
+        if 400 <= status < 500:
+            return "bad_request"
+    return "provider_error"
+
+
+def _short(exc: Exception, secrets: list[str]) -> str:
+    text = scrub(str(exc), secrets).strip()
+    for prefix in ("litellm.", "Error code: "):
+        text = text.removeprefix(prefix)
+    return " ".join(text.split())[:500]
+
+
+def _kwargs(spec: ModelSpec, request: ChatRequest) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": spec.litellm_model,
+        "messages": request.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timeout": request.timeout_seconds,
+        "max_retries": 0,
+        "num_retries": 0,
+    }
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+    key = spec.key()
+    if key:
+        kwargs["api_key"] = key
+    elif spec.type in ("openai_compatible", "ollama"):
+        kwargs["api_key"] = PLACEHOLDER_KEY
+    for name in ("tools", "temperature", "max_tokens", "response_format"):
+        value = getattr(request, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+class LiteLLMBackend:
+    """Streams a chat completion through LiteLLM; errors become ``ProviderError`` with secrets scrubbed."""
+
+    async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion:
+        litellm = await load_litellm()
+        kwargs = _kwargs(spec, request)
+        secrets = secret_values(extra=[kwargs.get("api_key", "")])
+        chunks: list[Any] = []
+        try:
+            response_stream = await litellm.acompletion(**kwargs)
+            async for chunk in response_stream:
+                chunks.append(chunk)
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    stream.append(chunk.choices[0].delta.content)
+            response = litellm.stream_chunk_builder(chunks, messages=request.messages)
+        except Exception as exc:  # every provider failure, whatever LiteLLM calls it
+            kind = _kind(exc, litellm)
+            raise ProviderError(f"{spec.id}: {kind}: {_short(exc, secrets)}", kind, spec.id) from None
+        if response is None:
+            raise ProviderError(f"{spec.id}: the provider sent an empty stream", "server", spec.id)
+        return self._completion(spec, response, litellm)
+
+    @staticmethod
+    def _completion(spec: ModelSpec, response: Any, litellm: Any) -> Completion:
+        choice = response.choices[0]
+        message = choice.message
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = spec.cost(prompt, completion)
+        if cost is None:
+            try:
+                cost = float(litellm.completion_cost(completion_response=response))
+            except Exception:  # a model LiteLLM has no price for: the cost is unknown, not zero
+                cost = None
+        calls = [
+            ToolCall(id=call.id or f"call_{i}", name=call.function.name, arguments=call.function.arguments or "{}")
+            for i, call in enumerate(message.tool_calls or [])
+        ]
+        return Completion(
+            text=message.content or "",
+            tool_calls=calls,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            finish_reason=choice.finish_reason,
+        )

@@ -1,0 +1,168 @@
+"""Asking a model: route, check budgets, walk the fallback chain, account for every call.
+
+Fallback moves to the next candidate at once (no back-off waits) on retryable errors (429,
+5xx, timeouts, refused connections, unknown model); a context-window error moves to a model
+with a larger window; authentication and 400 errors stop the walk with a clear error. Every
+hop is recorded in the result and in the ledger. The whole walk has one deadline.
+
+    service = LlmService(config, ledger_path)
+    result = await service.chat(ChatRequest(messages), RouteRequest(prompt=...), caller="llm_query")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from betty_mcp.errors import BudgetExceeded, ConfigError, ProviderError
+from betty_mcp.llm.ledger import Budgets, Ledger, UsageRecord
+from betty_mcp.llm.models import ModelCatalog, ModelSpec
+from betty_mcp.llm.routing import Candidate, RouteRequest, route
+from betty_mcp.llm.settings import LlmRouterConfig
+from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink
+
+
+@dataclass
+class Hop:
+    model: str
+    error_kind: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"model": self.model, "error_kind": self.error_kind, "message": self.message}
+
+
+@dataclass
+class ChatResult:
+    completion: Completion
+    spec: ModelSpec
+    latency_ms: float
+    complexity: str
+    fallbacks: list[Hop] = field(default_factory=list)
+
+
+class LlmFailed(ProviderError):
+    """Every candidate failed, or one failed in a way no other model can fix; ``hops`` says how."""
+
+    def __init__(self, message: str, kind: str, hops: list[Hop]) -> None:
+        super().__init__(message, kind)
+        self.hops = hops
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """About four characters a token: enough to refuse a call a budget clearly cannot pay for."""
+    return sum(len(json.dumps(m.get("content") or "")) for m in messages) // 4 + 1
+
+
+class LlmService:
+    def __init__(self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None) -> None:
+        self.config = config
+        self.models = ModelCatalog(config)
+        self.ledger = Ledger(ledger_path)
+        budgets = config.limits.budgets
+        self.budgets = Budgets(**budgets.model_dump())
+        self._backends = backends or {}
+
+    def backend(self, spec: ModelSpec) -> Backend:
+        kind = "embedded" if spec.type == "embedded" else "litellm"
+        if kind not in self._backends:
+            if kind == "embedded":
+                from betty_mcp.llm.embedded import EmbeddedBackend
+
+                self._backends[kind] = EmbeddedBackend()
+            else:
+                from betty_mcp.llm.litellm_adapter import LiteLLMBackend
+
+                self._backends[kind] = LiteLLMBackend()
+        return self._backends[kind]
+
+    def _check_budgets(self, spec: ModelSpec, request: ChatRequest, run_id: str | None) -> None:
+        prompt = estimate_tokens(request.messages)
+        output = request.max_tokens or 0
+        estimate = spec.cost(prompt, output) or 0.0
+        self.budgets.check(self.ledger, estimated_cost_usd=estimate, estimated_tokens=prompt + output, run_id=run_id)
+
+    async def _record(self, spec: ModelSpec, started: float, caller: str, agent: str | None, run_id: str | None,
+                      *, completion: Completion | None = None, outcome: str = "ok", error: str | None = None,
+                      hops: list[Hop] | None = None) -> None:
+        record = UsageRecord(
+            caller=caller, model=spec.id, provider=spec.provider,
+            prompt_tokens=completion.prompt_tokens if completion else 0,
+            completion_tokens=completion.completion_tokens if completion else 0,
+            cost_usd=completion.cost_usd if completion else None,
+            latency_ms=(time.monotonic() - started) * 1000, outcome=outcome, agent=agent, run_id=run_id,
+            fallbacks=tuple(h.as_dict() for h in hops or []), error=error,
+        )
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.ledger.record, record)
+
+    async def chat(
+        self,
+        request: ChatRequest,
+        route_request: RouteRequest,
+        *,
+        caller: str,
+        agent: str | None = None,
+        run_id: str | None = None,
+        stream: StreamSink | None = None,
+        deadline_seconds: float | None = None,
+    ) -> ChatResult:
+        """Answer ``request`` with the first candidate that can; raises LlmFailed, BudgetExceeded or ConfigError."""
+        if not self.config.enabled:
+            raise ConfigError("llm_router.enabled is false in betty.yaml: LLM calls are switched off")
+        planned = route(route_request, self.models)
+        hops = [Hop(spec.id, "not_configured", reason) for spec, reason in planned.skipped]
+        candidates: list[Candidate] = list(planned.candidates)
+        if not candidates:
+            raise LlmFailed("no model is available: " + "; ".join(h.message for h in hops), "not_configured", hops)
+        deadline = deadline_seconds or self.config.limits.deadline_seconds
+        sink = stream or StreamSink()
+        walk_started = time.monotonic()
+        while candidates:
+            spec = candidates.pop(0).spec
+            remaining = deadline - (time.monotonic() - walk_started)
+            if remaining <= 0:
+                raise LlmFailed(f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops)
+            self._check_budgets(spec, request, run_id)
+            timeout = min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining)
+            attempt = replace(request, timeout_seconds=timeout)
+            sink.model, sink.text = spec.id, ""
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(timeout + 1.0):  # a backend that ignores its own timeout
+                    completion = await self.backend(spec).complete(spec, attempt, sink)
+            except TimeoutError:
+                error: ProviderError = ProviderError(f"{spec.id}: timeout after {timeout:g}s", "timeout", spec.id)
+            except ProviderError as exc:
+                error = exc
+            except anyio.get_cancelled_exc_class():
+                await self._record(spec, started, caller, agent, run_id, outcome="cancelled", hops=hops)
+                raise
+            else:
+                await self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
+                return ChatResult(completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops)
+            hops.append(Hop(spec.id, error.kind, str(error)))
+            await self._record(spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops)
+            if not error.retryable:
+                raise LlmFailed(str(error), error.kind, hops)
+            if error.kind == "context_window":
+                candidates = [c for c in candidates if _larger_context(c.spec, spec)]
+        last = hops[-1]
+        raise LlmFailed(
+            f"all {len(hops)} candidate model(s) failed; last: {last.message}", last.error_kind, hops
+        )
+
+
+def _larger_context(candidate: ModelSpec, failed: ModelSpec) -> bool:
+    if candidate.context_window is None:
+        return False
+    return failed.context_window is None or candidate.context_window > failed.context_window
+
+
+__all__ = ["BudgetExceeded", "ChatResult", "Hop", "LlmFailed", "LlmService"]

@@ -1,0 +1,247 @@
+"""llm_query through the real MCP server and the real LiteLLM HTTP path, against a scripted provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+import yaml
+
+from tests.conftest import ERAS, stdio_client
+from tests.fakes.scripted_llm import ContextLengthError, Error, Hang, Reply, ScriptedLLM, ToolCalls
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "sk-scripted-secret-0123456789"
+
+
+@pytest.fixture
+def llm():
+    with ScriptedLLM() as server:
+        yield server
+
+
+def write_config(workspace: Path, llm: ScriptedLLM, **extra: object) -> None:
+    router = {
+        "default_model": "scripted/main",
+        "providers": {
+            "scripted": {
+                "type": "openai_compatible",
+                "endpoint": llm.base_url,
+                "api_key_env": "SCRIPTED_API_KEY",
+                "models": [
+                    {"name": "main", "context_window": 4000, "input_cost_per_mtok": 2.0,
+                     "output_cost_per_mtok": 6.0, "fallbacks": ["scripted/backup"]},
+                    {"name": "backup", "context_window": 128000, "input_cost_per_mtok": 1.0,
+                     "output_cost_per_mtok": 1.0},
+                ],
+            },
+            "ollama": {"type": "ollama", "endpoint": llm.base_url, "models": ["llama3"]},
+        },
+        "embedded_fallback": False,
+        **extra,
+    }
+    (workspace / "betty.yaml").write_text(yaml.safe_dump({"llm_router": router}))
+
+
+ENV = {"SCRIPTED_API_KEY": SECRET}
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_llm_query_answers_with_model_tokens_cost_and_latency(workspace: Path, llm: ScriptedLLM,
+                                                                     mode: str) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Reply("Paris is the capital.", prompt_tokens=10, completion_tokens=5))
+    async with stdio_client(workspace, mode=mode, env=ENV) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert tools["llm_query"].title == "llm.query"
+        result = await client.call_tool("llm_query", {"prompt": "Capital of France?", "system_prompt": "Be brief."})
+    assert not result.is_error, result.content[0].text
+    out = result.structured_content
+    assert out["response"] == "Paris is the capital."
+    assert (out["model_used"], out["provider"]) == ("scripted/main", "scripted")
+    assert out["tokens_used"] == {"prompt": 10, "completion": 5, "total": 15}
+    assert out["cost_usd"] == pytest.approx(10 * 2e-6 + 5 * 6e-6)
+    assert out["latency_ms"] > 0 and out["fallbacks"] == []
+    sent = llm.requests_for("main")[0]
+    assert [m["role"] for m in sent.messages] == ["system", "user"] and sent.body["stream"] is True
+    assert sent.headers["authorization"] == f"Bearer {SECRET}"
+
+
+async def test_rate_limit_falls_back_within_a_second_and_records_the_hop(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Error(429, retry_after=30))
+    llm.script("backup", Reply("from backup"))
+    async with stdio_client(workspace, env=ENV) as client:
+        out = (await client.call_tool("llm_query", {"prompt": "hi", "model": "main"})).structured_content
+    assert out["response"] == "from backup" and out["model_used"] == "scripted/backup"
+    assert [(h["model"], h["error_kind"]) for h in out["fallbacks"]] == [("scripted/main", "rate_limit")]
+    first, second = llm.requests_for("main")[0], llm.requests_for("backup")[0]
+    assert second.time - first.time < 1.0, "no Retry-After or back-off wait before falling back"
+
+
+async def test_server_errors_and_context_length_fall_back(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Error(500), ContextLengthError())
+    llm.script("backup", Reply("one"), Reply("two"))
+    async with stdio_client(workspace, env=ENV) as client:
+        first = (await client.call_tool("llm_query", {"prompt": "a"})).structured_content
+        second = (await client.call_tool("llm_query", {"prompt": "b"})).structured_content
+    assert [h["error_kind"] for h in first["fallbacks"]] == ["server"]
+    assert [h["error_kind"] for h in second["fallbacks"]] == ["context_window"]
+    assert second["model_used"] == "scripted/backup"
+
+
+async def test_auth_errors_do_not_fall_back_and_the_key_appears_nowhere(workspace: Path, llm: ScriptedLLM,
+                                                                        tmp_path: Path) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Error(401, echo_auth=True))
+    stderr_log = tmp_path / "stderr.log"
+    with stderr_log.open("w") as errlog:
+        async with stdio_client(workspace, "--log-level", "debug", env=ENV, errlog=errlog) as client:
+            result = await client.call_tool("llm_query", {"prompt": "hi"})
+            usage = await anyio.to_thread.run_sync(lambda: subprocess.run(
+                [sys.executable, "-m", "betty_mcp", "usage", "--json"], cwd=workspace, capture_output=True,
+                text=True, env={**os.environ, **ENV}))
+    assert result.is_error
+    assert "auth" in result.content[0].text and len(llm.requests_for("backup")) == 0
+    assert SECRET in llm.requests_for("main")[0].headers["authorization"], "the provider did get the key"
+    everything = [result.content[0].text, json.dumps(result.structured_content), stderr_log.read_text(),
+                  usage.stdout, (workspace / ".betty-mcp" / "usage.sqlite").read_bytes().decode("latin-1")]
+    assert all(SECRET not in text for text in everything)
+    assert "[REDACTED]" in result.content[0].text
+
+
+async def test_slow_streams_send_progress_with_the_text_so_far(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Reply("word " * 40, chunk_delay=0.5))
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with stdio_client(workspace, env=ENV) as client:
+        result = await client.call_tool("llm_query", {"prompt": "slow"}, progress_callback=on_progress)
+    assert not result.is_error
+    assert messages and all(m.startswith("scripted/main: ") for m in messages)
+    assert any("characters received" in m and not m.startswith("scripted/main: 0 ") for m in messages)
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_cancelling_a_hanging_call_leaves_the_server_answering(workspace: Path, llm: ScriptedLLM,
+                                                                     mode: str) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Hang())
+    async with stdio_client(workspace, mode=mode, env=ENV) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "llm_query", {"prompt": "hang"})
+            with anyio.fail_after(30):
+                while not llm.requests:  # the provider has the request: cancel it mid-call
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        started = time.monotonic()
+        llm.script("main", Reply("after"))
+        out = (await client.call_tool("llm_query", {"prompt": "again"})).structured_content
+        assert out["response"] == "after" and time.monotonic() - started < 10
+
+
+async def test_ollama_is_reached_natively(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("llama3", Reply("from ollama", prompt_tokens=4, completion_tokens=2))
+    async with stdio_client(workspace, env=ENV) as client:
+        out = (await client.call_tool("llm_query", {"prompt": "hi", "model": "ollama/llama3"})).structured_content
+    assert out["response"] == "from ollama" and out["cost_usd"] == 0.0
+    assert [r.path for r in llm.requests_for("llama3")] == ["/api/chat"]
+
+
+async def test_budgets_refuse_calls_and_name_the_budget(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm, limits={"budgets": {"per_call_usd": 0.000001}})
+    async with stdio_client(workspace, env=ENV) as client:
+        result = await client.call_tool("llm_query", {"prompt": "hi " * 50, "max_tokens": 1000})
+    assert result.is_error and "budget" in result.content[0].text
+    assert result.structured_content["errors"][0]["budget"] == "per_call"
+    assert llm.requests == []
+
+
+async def test_structured_output_is_parsed_and_invalid_arguments_refused(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Reply('{"city": "Paris"}'))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    async with stdio_client(workspace, env=ENV) as client:
+        out = (await client.call_tool("llm_query", {"prompt": "city?", "response_format": schema})).structured_content
+        bad = await client.call_tool("llm_query", {"prompt": "x", "temperature": "hot"})
+        unknown = await client.call_tool("llm_query", {"prompt": "x", "model": "nope/nothing"})
+    assert out["json"] == {"city": "Paris"}
+    assert llm.requests_for("main")[0].body["response_format"]["type"] == "json_schema"
+    assert bad.is_error and "argument 'temperature'" in bad.content[0].text
+    assert unknown.is_error and "unknown model 'nope/nothing'" in unknown.content[0].text
+
+
+async def test_models_list_shows_readiness_and_prices(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    async with stdio_client(workspace, env={"SCRIPTED_API_KEY": ""}) as client:
+        out = (await client.call_tool("models_list", {})).structured_content
+    models = {m["id"]: m for m in out["models"]}
+    assert models["scripted/main"]["key_present"] is False and models["scripted/main"]["configured"] is False
+    assert models["scripted/main"]["prices_usd_per_mtok"] == {"input": 2.0, "output": 6.0}
+    assert models["ollama/llama3"]["configured"] is True and "embedded/gemma-3-270m" in models
+    assert out["default"] == "scripted/main"
+
+
+def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> None:
+    """The adapter returns tool calls (agent runs need them), through the real HTTP path."""
+    from betty_mcp.llm.litellm_adapter import LiteLLMBackend
+    from betty_mcp.llm.models import ModelCatalog
+    from betty_mcp.llm.settings import LlmRouterConfig
+    from betty_mcp.llm.types import ChatRequest, StreamSink
+
+    llm.script("main", ToolCalls([("api_validate", {"spec_path": "a.yaml"})]))
+    config = LlmRouterConfig.model_validate({"providers": {"s": {"endpoint": llm.base_url, "models": ["main"]}}})
+    spec = ModelCatalog(config).resolve("s/main")
+    tools = [{"type": "function", "function": {"name": "api_validate", "parameters": {"type": "object"}}}]
+    completion = anyio.run(LiteLLMBackend().complete, spec, ChatRequest([{"role": "user", "content": "x"}],
+                                                                          tools=tools), StreamSink())
+    assert [(c.name, json.loads(c.arguments)) for c in completion.tool_calls] == [
+        ("api_validate", {"spec_path": "a.yaml"})
+    ]
+
+
+def test_start_up_does_not_import_litellm(workspace: Path) -> None:
+    code = (
+        "import sys; from betty_mcp.config import load_settings; from betty_mcp.app import BettyApp;"
+        "from betty_mcp.server import BettyServer; from betty_mcp import transports;"
+        "BettyServer(BettyApp(load_settings())); print('litellm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_query_models_usage_and_doctor(workspace: Path, llm: ScriptedLLM) -> None:
+    write_config(workspace, llm)
+    llm.script("main", Reply("cli answer", prompt_tokens=3, completion_tokens=2))
+    env = {**os.environ, **ENV}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "betty_mcp", *args], capture_output=True, text=True,
+                              cwd=workspace, env=env, timeout=60)
+
+    answered = cli("query", "hello")
+    assert answered.returncode == 0 and answered.stdout.strip() == "cli answer"
+    assert "scripted/main: 5 tokens" in answered.stderr
+    as_json = cli("query", "hello", "--json")
+    assert json.loads(as_json.stdout)["model_used"] == "scripted/main"
+    assert "scripted/main" in cli("models").stdout
+    usage = json.loads(cli("usage", "--json").stdout)
+    assert sum(row["calls"] for row in usage["by_model"]) == 2
+    doctor = cli("doctor", "--json")
+    checks = {f["check"]: f for f in json.loads(doctor.stdout)}
+    assert checks["config"]["ok"] and checks["key SCRIPTED_API_KEY"]["ok"]
+    assert checks["endpoint scripted"]["ok"] and checks["endpoint ollama"]["ok"]
+    failed = cli("query", "x", "--model", "nope")
+    assert failed.returncode == 1 and "unknown model 'nope'" in failed.stderr
