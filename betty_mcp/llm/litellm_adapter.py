@@ -37,7 +37,6 @@ def _load() -> Any:
             litellm.suppress_debug_info = True
             litellm.disable_hf_tokenizer_download = True
             litellm.turn_off_message_logging = True
-            litellm.drop_params = True
             _litellm = litellm
     return _litellm
 

@@ -28,12 +28,8 @@ MAX_TIMEOUT_SECONDS = 3600
 
 
 def known_providers(settings: Any) -> list[str]:
-    """Providers configured in ``llm_router.providers`` (mapping keys or named items) plus the built-ins."""
-    configured = (settings.llm_router or {}).get("providers") or {}
-    if isinstance(configured, dict):
-        names = [str(k) for k in configured]
-    else:
-        names = [str(p["name"]) for p in configured if isinstance(p, dict) and p.get("name")]
+    """Providers configured in ``llm_router.providers`` plus the built-in provider types."""
+    names = list(settings.llm_router.providers)
     return [*names, *(p for p in BUILTIN_PROVIDERS if p not in names)]
 
 
