@@ -121,7 +121,7 @@ class LlmLimits(BaseModel):
 
     request_timeout_seconds: float = Field(default=60, gt=0)
     # Hosts abort tool calls at ~60 s without a result; stay below unless progress keeps them waiting.
-    deadline_seconds: float = Field(default=240, gt=0)
+    deadline_seconds: float = Field(default=55, gt=0)
     budgets: BudgetConfig = BudgetConfig()
 
 
