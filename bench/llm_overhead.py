@@ -22,16 +22,23 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import INITIALIZE, StdioPeer, betty_command, median, percentile  # noqa: E402
+from common import INITIALIZE, StdioPeer, betty_command, median, percentile
 
-from tests.fakes.scripted_llm import Reply, ScriptedLLM  # noqa: E402
+from tests.fakes.scripted_llm import Reply, ScriptedLLM
 
 
 def write_config(ws: Path, base_url: str) -> None:
-    (ws / "betty.yaml").write_text(yaml.safe_dump({"llm_router": {
-        "default_model": "bench/fast", "embedded_fallback": False,
-        "providers": {"bench": {"endpoint": base_url, "models": ["fast"]}},
-    }}))
+    (ws / "betty.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "llm_router": {
+                    "default_model": "bench/fast",
+                    "embedded_fallback": False,
+                    "providers": {"bench": {"endpoint": base_url, "models": ["fast"]}},
+                }
+            }
+        )
+    )
 
 
 async def direct_calls(base: str, n: int) -> list[float]:
@@ -42,8 +49,15 @@ async def direct_calls(base: str, n: int) -> list[float]:
     for _ in range(n):
         started = time.perf_counter()
         stream = await litellm.acompletion(
-            model="openai/fast", api_base=base, api_key="x", messages=[{"role": "user", "content": "hi"}],
-            stream=True, stream_options={"include_usage": True}, max_retries=0, timeout=30)
+            model="openai/fast",
+            api_base=base,
+            api_key="x",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_retries=0,
+            timeout=30,
+        )
         chunks = [chunk async for chunk in stream]
         litellm.stream_chunk_builder(chunks, messages=[{"role": "user", "content": "hi"}])
         times.append(time.perf_counter() - started)
@@ -73,14 +87,22 @@ def main() -> None:
             direct += anyio.run(direct_calls, llm.openai_base, 10)
         peer.close()
     added = (median(through_mcp) - median(direct)) * 1000
-    print(json.dumps({
-        "benchmark": "llm_query_overhead", "calls": len(through_mcp),
-        "direct_litellm_ms_p50": round(median(direct) * 1000, 2),
-        "mcp_llm_query_ms_p50": round(median(through_mcp) * 1000, 2),
-        "mcp_llm_query_ms_p99": round(percentile(through_mcp, 99) * 1000, 2),
-        "added_ms_p50": round(added, 2), "ratio_p50": round(median(through_mcp) / median(direct), 3),
-        "target_added_ms": 3.0, "met": added <= 3.0,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "llm_query_overhead",
+                "calls": len(through_mcp),
+                "direct_litellm_ms_p50": round(median(direct) * 1000, 2),
+                "mcp_llm_query_ms_p50": round(median(through_mcp) * 1000, 2),
+                "mcp_llm_query_ms_p99": round(percentile(through_mcp, 99) * 1000, 2),
+                "added_ms_p50": round(added, 2),
+                "ratio_p50": round(median(through_mcp) / median(direct), 3),
+                "target_added_ms": 3.0,
+                "met": added <= 3.0,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

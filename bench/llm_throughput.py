@@ -20,11 +20,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import betty_command, median, percentile  # noqa: E402
-from llm_overhead import write_config  # noqa: E402
+from common import betty_command, median, percentile
+from llm_overhead import write_config
 
-from tests.conftest import free_port  # noqa: E402
-from tests.fakes.scripted_llm import Reply, ScriptedLLM  # noqa: E402
+from tests.conftest import free_port
+from tests.fakes.scripted_llm import Reply, ScriptedLLM
 
 
 async def through_http(url: str, n: int) -> tuple[float, list[float], int]:
@@ -61,8 +61,14 @@ async def direct(base: str, n: int) -> tuple[float, int]:
     async def one() -> None:
         nonlocal errors
         try:
-            stream = await litellm.acompletion(model="openai/fast", api_base=base, api_key="x", stream=True,
-                                               messages=[{"role": "user", "content": "hi"}], max_retries=0)
+            stream = await litellm.acompletion(
+                model="openai/fast",
+                api_base=base,
+                api_key="x",
+                stream=True,
+                messages=[{"role": "user", "content": "hi"}],
+                max_retries=0,
+            )
             _ = [c async for c in stream]
         except Exception:
             errors += 1
@@ -84,8 +90,12 @@ def main() -> None:
         ws = Path(tmp)
         write_config(ws, llm.base_url)
         port = free_port()
-        server = subprocess.Popen(betty_command(ws, "--http", "--port", str(port)), cwd=ws,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            betty_command(ws, "--http", "--port", str(port)),
+            cwd=ws,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(3)
             elapsed, latencies, errors = anyio.run(through_http, f"http://127.0.0.1:{port}/mcp", n)
@@ -93,15 +103,24 @@ def main() -> None:
             server.terminate()
             server.wait()
         base_elapsed, base_errors = anyio.run(direct, llm.openai_base, n)
-    print(json.dumps({
-        "benchmark": "llm_query_throughput_http", "concurrent_calls": n,
-        "mcp_http_calls_per_s": round(n / elapsed, 1), "mcp_http_errors": errors,
-        "mcp_latency_ms_p50": round(median(latencies) * 1000, 1),
-        "mcp_latency_ms_p99": round(percentile(latencies, 99) * 1000, 1),
-        "direct_litellm_calls_per_s": round(n / base_elapsed, 1), "direct_errors": base_errors,
-        "ratio_throughput": round((n / elapsed) / (n / base_elapsed), 3),
-        "target_errors": 0, "met": errors == 0,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "llm_query_throughput_http",
+                "concurrent_calls": n,
+                "mcp_http_calls_per_s": round(n / elapsed, 1),
+                "mcp_http_errors": errors,
+                "mcp_latency_ms_p50": round(median(latencies) * 1000, 1),
+                "mcp_latency_ms_p99": round(percentile(latencies, 99) * 1000, 1),
+                "direct_litellm_calls_per_s": round(n / base_elapsed, 1),
+                "direct_errors": base_errors,
+                "ratio_throughput": round((n / elapsed) / (n / base_elapsed), 3),
+                "target_errors": 0,
+                "met": errors == 0,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INITIALIZE, ROOT, StdioPeer, betty_command  # noqa: E402
+from common import INITIALIZE, ROOT, StdioPeer, betty_command
 
 
 def rss_mb(pid: int) -> float:
@@ -40,11 +40,20 @@ def main() -> None:
         workspace = Path(tmp)
         bare, _ = settled_rss([sys.executable, str(ROOT / "bench" / "bare_server.py")], workspace)
         betty, tools = settled_rss(betty_command(workspace), workspace)
-    print(json.dumps({
-        "benchmark": "memory", "betty_tools": tools,
-        "bare_sdk_rss_mb": round(bare, 1), "betty_rss_mb": round(betty, 1),
-        "ratio": round(betty / bare, 3), "target_mb": 120, "met": betty < 120,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "memory",
+                "betty_tools": tools,
+                "bare_sdk_rss_mb": round(bare, 1),
+                "betty_rss_mb": round(betty, 1),
+                "ratio": round(betty / bare, 3),
+                "target_mb": 120,
+                "met": betty < 120,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INITIALIZE, ROOT, StdioPeer, betty_command, median  # noqa: E402
+from common import INITIALIZE, ROOT, StdioPeer, betty_command, median
 
 OPENAPI = ROOT.parent / "shared" / "data" / "openapi"
 
@@ -30,19 +30,36 @@ def prepare(ws: Path) -> None:
         shutil.copy(OPENAPI / name, ws / name)
     shutil.copytree(ROOT / "agents" / "api.analyzer", ws / "agents" / "api.analyzer")
     (ws / "skills").mkdir()
-    (ws / "wf.yaml").write_text(yaml.safe_dump({"name": "check", "fail_fast": True, "steps": [
-        {"id": "validate", "skill": "api.validate", "args": {"spec_path": "petstore.yaml"}},
-        {"id": "compare", "skill": "api.compatibility",
-         "args": {"old_spec_path": "petstore.yaml", "new_spec_path": "petstore-expanded.yaml"}},
-    ]}))
+    (ws / "wf.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "check",
+                "fail_fast": True,
+                "steps": [
+                    {"id": "validate", "skill": "api.validate", "args": {"spec_path": "petstore.yaml"}},
+                    {
+                        "id": "compare",
+                        "skill": "api.compatibility",
+                        "args": {"old_spec_path": "petstore.yaml", "new_spec_path": "petstore-expanded.yaml"},
+                    },
+                ],
+            }
+        )
+    )
 
 
 def cases(i: int) -> list[tuple[str, dict]]:
     return [
         ("api_validate", {"spec_path": "petstore.yaml"}),
-        ("api_define", {"service_name": "orders", "resources": ["order", "customer"], "output_dir": f"api/{i}"}),
+        (
+            "api_define",
+            {"service_name": "orders", "resources": ["order", "customer"], "output_dir": f"api/{i}"},
+        ),
         ("api_compatibility", {"old_spec_path": "petstore.yaml", "new_spec_path": "petstore-expanded.yaml"}),
-        ("skill_create", {"name": f"demo.bench{i}", "description": "A benchmark skill.", "target_dir": "skills"}),
+        (
+            "skill_create",
+            {"name": f"demo.bench{i}", "description": "A benchmark skill.", "target_dir": "skills"},
+        ),
         ("skill_define", {"manifest_path": f"skills/demo.bench{i}/skill.yaml"}),
         ("agent_define", {"manifest_path": "agents/api.analyzer/agent.yaml", "dry_run": True}),
         ("registry_update", {"manifest_path": f"skills/demo.bench{i}/skill.yaml"}),
@@ -74,16 +91,29 @@ def main() -> None:
                 reply = peer.call("tools/call", {"name": tool, "arguments": arguments})
                 times.setdefault(tool, []).append(time.perf_counter() - started)
                 result = reply.get("result", {})
-                if tool not in ("api_validate", "workflow_run") and result.get("isError"):  # petstore has findings
+                if tool not in ("api_validate", "workflow_run") and result.get(
+                    "isError"
+                ):  # petstore has findings
                     raise SystemExit(f"{tool} failed: {json.dumps(result)[:500]}")
         peer.close()
     base = median(floor)
-    print(json.dumps({
-        "benchmark": "skills_p50_through_mcp", "calls_per_skill": args.calls,
-        "python_startup_ms_p50": round(base * 1000, 1),
-        "skills": {t: {"p50_ms": round(median(v) * 1000, 1), "ratio_to_python_startup": round(median(v) / base, 2)}
-                   for t, v in times.items()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "skills_p50_through_mcp",
+                "calls_per_skill": args.calls,
+                "python_startup_ms_p50": round(base * 1000, 1),
+                "skills": {
+                    t: {
+                        "p50_ms": round(median(v) * 1000, 1),
+                        "ratio_to_python_startup": round(median(v) / base, 2),
+                    }
+                    for t, v in times.items()
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -133,22 +133,15 @@ def bundled_root() -> Path:
     return installed if installed.is_dir() else package.parent
 
 
-def skill_sources(settings: Settings) -> list[tuple[Source, Path]]:
-    sources: list[tuple[Source, Path]] = [("user", d) for d in settings.skills_dirs]
+def sources(settings: Settings, kind: Literal["skills", "agents"]) -> list[tuple[Source, Path]]:
+    """The folders holding skills (or agents), in precedence order."""
+    user_dirs = settings.skills_dirs if kind == "skills" else settings.agents_dirs
+    found: list[tuple[Source, Path]] = [("user", d) for d in user_dirs]
     if settings.betty_home:
-        sources.append(("betty-home", settings.betty_home / "skills"))
+        found.append(("betty-home", settings.betty_home / kind))
     if settings.bundled:
-        sources.append(("bundled", bundled_root() / "skills"))
-    return sources
-
-
-def agent_sources(settings: Settings) -> list[tuple[Source, Path]]:
-    sources: list[tuple[Source, Path]] = [("user", d) for d in settings.agents_dirs]
-    if settings.betty_home:
-        sources.append(("betty-home", settings.betty_home / "agents"))
-    if settings.bundled:
-        sources.append(("bundled", bundled_root() / "agents"))
-    return sources
+        found.append(("bundled", bundled_root() / kind))
+    return found
 
 
 def input_schema(params: list[Param]) -> dict[str, Any]:
@@ -199,12 +192,12 @@ def _selected(name: str, settings: Settings) -> bool:
 
 def load_catalog(settings: Settings, reserved_tool_names: frozenset[str] = frozenset()) -> Catalog:
     catalog = Catalog()
-    for source, root in skill_sources(settings):
+    for source, root in sources(settings, "skills"):
         if source != "bundled" and not root.is_dir():
             catalog.problems.append(Problem("error", str(root), "skills folder does not exist"))
         for path in _scan(root, "skill.yaml"):
             _add_skill(catalog, path, source)
-    for source, root in agent_sources(settings):
+    for source, root in sources(settings, "agents"):
         if source == "user" and not root.is_dir():
             catalog.problems.append(Problem("error", str(root), "agents folder does not exist"))
         for path in _scan(root, "agent.yaml"):

@@ -476,8 +476,11 @@ def query(
         typer.echo(out["response"])
         cost = "unknown cost" if out["cost_usd"] is None else f"${out['cost_usd']:.6f}"
         hops = f", after {len(out['fallbacks'])} fallback(s)" if out["fallbacks"] else ""
-        typer.echo(f"-- {out['model_used']}: {out['tokens_used']['total']} tokens, {cost}, "
-                   f"{out['latency_ms']:.0f} ms{hops}", err=True)
+        typer.echo(
+            f"-- {out['model_used']}: {out['tokens_used']['total']} tokens, {cost}, "
+            f"{out['latency_ms']:.0f} ms{hops}",
+            err=True,
+        )
         if out.get("note"):
             typer.echo(f"-- {out['note']}", err=True)
     raise typer.Exit(1 if result.is_error else 0)
@@ -533,7 +536,9 @@ def doctor(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: Js
         _print_json([f.as_dict() for f in findings])
     else:
         for f in findings:
-            typer.echo(f"{'ok ' if f.ok else 'FIX'}  {f.check}: {f.detail}" + ("" if f.ok else f"\n     -> {f.fix}"))
+            typer.echo(
+                f"{'ok ' if f.ok else 'FIX'}  {f.check}: {f.detail}" + ("" if f.ok else f"\n     -> {f.fix}")
+            )
     raise typer.Exit(0 if all(f.ok for f in findings) else 1)
 
 
@@ -550,8 +555,22 @@ def local_serve(
     if not ready:
         _fail(detail)
     path = model_path()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host, "--port", str(port),
-               "--model_alias", EMBEDDED_ALIAS, "--n_threads", str(threads),
-               "--chat_format", "chatml-function-calling"]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model_alias",
+        EMBEDDED_ALIAS,
+        "--n_threads",
+        str(threads),
+        "--chat_format",
+        "chatml-function-calling",
+    ]
     typer.echo(f"serving {path.name} as '{EMBEDDED_ALIAS}' on http://{host}:{port}/v1", err=True)
     os.execv(sys.executable, command)

@@ -31,7 +31,7 @@ class Finding:
 def _probe(url: str) -> str | None:
     """None when the URL answers at all (any HTTP status); otherwise why not."""
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT):  # noqa: S310 - the configured endpoint
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT):
             return None
     except urllib.error.HTTPError:
         return None
@@ -47,8 +47,12 @@ def diagnose(config: Path | None = None, workspace: Path | None = None) -> list[
         path = find_config_file(config)
         settings = load_settings(config, workspace=workspace)
     except BettyError as exc:
-        return [Finding("config", False, str(exc), "fix the field named above, then run betty-mcp doctor again")]
-    findings = [Finding("config", True, f"{path} is valid" if path else "no betty.yaml found; using defaults")]
+        return [
+            Finding("config", False, str(exc), "fix the field named above, then run betty-mcp doctor again")
+        ]
+    findings = [
+        Finding("config", True, f"{path} is valid" if path else "no betty.yaml found; using defaults")
+    ]
     models = ModelCatalog(settings.llm_router)
     seen_keys: set[str] = set()
     seen_bases: set[str] = set()
@@ -56,20 +60,30 @@ def diagnose(config: Path | None = None, workspace: Path | None = None) -> list[
         if spec.api_key_env and spec.api_key_env not in seen_keys:
             seen_keys.add(spec.api_key_env)
             present = bool(spec.key())
-            findings.append(Finding(
-                f"key {spec.api_key_env}", present,
-                f"set, for provider '{spec.provider}'" if present else f"not set; provider '{spec.provider}' is skipped",
-                f"export {spec.api_key_env}=... in the environment that starts betty-mcp",
-            ))
+            findings.append(
+                Finding(
+                    f"key {spec.api_key_env}",
+                    present,
+                    f"set, for provider '{spec.provider}'"
+                    if present
+                    else f"not set; provider '{spec.provider}' is skipped",
+                    f"export {spec.api_key_env}=... in the environment that starts betty-mcp",
+                )
+            )
         if spec.api_base and spec.type in ("openai_compatible", "ollama") and spec.api_base not in seen_bases:
             seen_bases.add(spec.api_base)
             url = spec.api_base + ("/api/tags" if spec.type == "ollama" else "/models")
             problem = _probe(url)
-            findings.append(Finding(
-                f"endpoint {spec.provider}", problem is None,
-                f"{spec.api_base} answers" if problem is None else f"{spec.api_base} does not answer: {problem}",
-                f"start the server at {spec.api_base}, or correct providers.{spec.provider}.endpoint",
-            ))
+            findings.append(
+                Finding(
+                    f"endpoint {spec.provider}",
+                    problem is None,
+                    f"{spec.api_base} answers"
+                    if problem is None
+                    else f"{spec.api_base} does not answer: {problem}",
+                    f"start the server at {spec.api_base}, or correct providers.{spec.provider}.endpoint",
+                )
+            )
     ready, detail = readiness()
     findings.append(Finding("embedded model", ready, detail, "pip install 'betty-mcp[local]'"))
     return findings

@@ -75,6 +75,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class _Manifest(_Model):
+    """What skill and agent manifests share: a name, a version YAML may have read as a number, a status."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    version: str = "0.0.0"
+    description: str = ""
+    status: Status = "active"
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+
 class Param(BaseModel):
     """One input, normalised: a JSON Schema type and the facts needed to build argv."""
 
@@ -228,11 +242,7 @@ class Output(_Model):
         return raw
 
 
-class SkillManifest(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
-    version: str = "0.0.0"
-    description: str = ""
-    status: Status = "active"
+class SkillManifest(_Manifest):
     inputs: list[Param] = []
     outputs: list[Output] = []
     parameters: list[Param] | None = None
@@ -243,11 +253,6 @@ class SkillManifest(_Model):
     dependencies: list[Any] = []
     permissions: list[Any] = []
     mcp: McpOptions = McpOptions()
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) else value
 
     @field_validator("inputs", "outputs", "tags", "dependencies", "permissions", mode="before")
     @classmethod
@@ -306,11 +311,7 @@ class ErrorHandling(_Model):
     retry_strategy: str | None = None
 
 
-class AgentManifest(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
-    version: str = "0.0.0"
-    description: str = ""
-    status: Status = "active"
+class AgentManifest(_Manifest):
     capabilities: list[str] = []
     skills_available: list[str] = []
     reasoning_mode: Literal["iterative", "oneshot"] = "iterative"
@@ -325,11 +326,6 @@ class AgentManifest(_Model):
     permissions: list[Any] = []
     tags: list[str] = []
     dependencies: list[Any] = []
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) else value
 
     @field_validator("capabilities", "skills_available", "permissions", "tags", "dependencies", mode="before")
     @classmethod

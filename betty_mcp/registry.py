@@ -67,8 +67,12 @@ class Registration:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "action": self.action, "kind": self.kind, "name": self.name, "version": self.version,
-            "previous_version": self.previous_version, "registry_path": str(self.path),
+            "action": self.action,
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "registry_path": str(self.path),
             "written": self.written,
         }
 
@@ -234,8 +238,13 @@ class Registry:
                 doc["generated_at"] = _now()
                 self._write(kind, doc)
         return Registration(
-            action=action, kind=kind, name=name, version=new["version"], previous_version=previous,
-            path=self.path(kind), written=action != "unchanged" and not dry_run,
+            action=action,
+            kind=kind,
+            name=name,
+            version=new["version"],
+            previous_version=previous,
+            path=self.path(kind),
+            written=action != "unchanged" and not dry_run,
         )
 
     def query(
@@ -288,7 +297,8 @@ def _decide(
         raise RegistryError(
             f"{label} {new['version']} is older than the registered {old}: "
             "downgrades are refused; bump the version above it",
-            code="version_downgrade", registered_version=old,
+            code="version_downgrade",
+            registered_version=old,
         )
     if version > highest:
         return "updated", old
@@ -303,7 +313,8 @@ def _decide(
             f"{label} {old} is registered and active (since {current.get('updated_at')}) with different "
             f"content; the new manifest{f' ({source})' if source else ''} differs in: {', '.join(changed)}. "
             "Bump the version to register the change",
-            code="active_version_conflict", changed_fields=changed,
+            code="active_version_conflict",
+            changed_fields=changed,
         )
     return "updated", old
 

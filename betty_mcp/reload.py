@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from watchfiles import awatch
 
 from betty_mcp.app import BettyApp
-from betty_mcp.catalog import agent_sources, skill_sources
+from betty_mcp.catalog import sources
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ async def watch_sources(app: BettyApp, on_change: Callable[[], Awaitable[None]])
     folders = sorted(
         {
             str(root)
-            for _, root in [*skill_sources(app.settings), *agent_sources(app.settings)]
+            for _, root in [*sources(app.settings, "skills"), *sources(app.settings, "agents")]
             if root.is_dir()
         }
     )

@@ -45,8 +45,15 @@ STEP_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 # Schema keywords about an object's keys or an array's length: a reference inside a value
 # cannot change their verdict, so their errors stand even before substitution.
-_STATIC_KEYWORDS = {"required", "additionalProperties", "minProperties", "maxProperties", "dependentRequired",
-                    "minItems", "maxItems"}
+_STATIC_KEYWORDS = {
+    "required",
+    "additionalProperties",
+    "minProperties",
+    "maxProperties",
+    "dependentRequired",
+    "minItems",
+    "maxItems",
+}
 
 
 class ReferenceProblem(Exception):
@@ -114,10 +121,13 @@ class Workflow(BaseModel):
     def _default_ids(cls, raw: Any) -> Any:
         """Steps without an ``id`` are named ``step<N>``, N their 1-based position."""
         if isinstance(raw, dict) and isinstance(raw.get("steps"), list):
-            raw = {**raw, "steps": [
-                {**s, "id": f"step{i}"} if isinstance(s, dict) and s.get("id") is None else s
-                for i, s in enumerate(raw["steps"], start=1)
-            ]}
+            raw = {
+                **raw,
+                "steps": [
+                    {**s, "id": f"step{i}"} if isinstance(s, dict) and s.get("id") is None else s
+                    for i, s in enumerate(raw["steps"], start=1)
+                ],
+            }
         return raw
 
 
@@ -373,10 +383,14 @@ def check_workflow(
     positions: dict[str, int] = {}
     for index, step in enumerate(report.workflow.steps):
         if step.id in positions:
-            report.errors.append(Issue(
-                f"duplicate step id '{step.id}' (steps {positions[step.id] + 1} and {index + 1}; steps "
-                "without an id are named step<N>)", step.id, "duplicate_step_id",
-            ))
+            report.errors.append(
+                Issue(
+                    f"duplicate step id '{step.id}' (steps {positions[step.id] + 1} and {index + 1}; steps "
+                    "without an id are named step<N>)",
+                    step.id,
+                    "duplicate_step_id",
+                )
+            )
         else:
             positions[step.id] = index
     for index, step in enumerate(report.workflow.steps):
@@ -389,7 +403,11 @@ def check_workflow(
 
 
 def _check_references(
-    report: Report, step: Step, index: int, positions: dict[str, int], catalog: Catalog,
+    report: Report,
+    step: Step,
+    index: int,
+    positions: dict[str, int],
+    catalog: Catalog,
     inputs: Mapping[str, Any] | None,
 ) -> None:
     assert report.workflow is not None
@@ -402,30 +420,47 @@ def _check_references(
                 report.errors.append(Issue(str(exc), step.id, "bad_reference"))
                 continue
             if ref is None:
-                report.warnings.append(Issue(
-                    f"'{match.group(0)}' is not a workflow reference (${{steps.<id>.<field>}} or "
-                    "${inputs.<name>}); it is passed on as text", step.id, "not_a_reference",
-                ))
+                report.warnings.append(
+                    Issue(
+                        f"'{match.group(0)}' is not a workflow reference (${{steps.<id>.<field>}} or "
+                        "${inputs.<name>}); it is passed on as text",
+                        step.id,
+                        "not_a_reference",
+                    )
+                )
             elif ref.namespace == "inputs":
                 if ref.root not in report.inputs:
                     report.inputs.append(ref.root)
                 if inputs is not None and ref.root not in inputs:
-                    report.errors.append(Issue(
-                        f"{ref.text}: no input '{ref.root}' was given (given: {', '.join(inputs) or 'none'})",
-                        step.id, "missing_input",
-                    ))
+                    report.errors.append(
+                        Issue(
+                            f"{ref.text}: no input '{ref.root}' was given "
+                            f"(given: {', '.join(inputs) or 'none'})",
+                            step.id,
+                            "missing_input",
+                        )
+                    )
             elif ref.root not in positions:
                 known = ", ".join(s.id for s in steps)
-                report.errors.append(Issue(
-                    f"{ref.text}: no step has id '{ref.root}' (steps: {known})", step.id, "bad_reference",
-                ))
+                report.errors.append(
+                    Issue(
+                        f"{ref.text}: no step has id '{ref.root}' (steps: {known})",
+                        step.id,
+                        "bad_reference",
+                    )
+                )
             elif positions[ref.root] >= index:
                 later = positions[ref.root] + 1
                 when = "itself" if later == index + 1 else f"step {later}, which runs later"
-                report.errors.append(Issue(
-                    f"{ref.text}: step '{step.id}' (step {index + 1}) refers to {when}; a step can only use "
-                    "the results of earlier steps", step.id, "bad_reference",
-                ))
+                report.errors.append(
+                    Issue(
+                        f"{ref.text}: step '{step.id}' (step {index + 1}) refers to {when}; "
+                        "a step can only use "
+                        "the results of earlier steps",
+                        step.id,
+                        "bad_reference",
+                    )
+                )
             else:
                 _check_declared_output(report, step, ref, steps[positions[ref.root]], catalog)
 
@@ -439,11 +474,14 @@ def _check_declared_output(
         return
     declared = skill.output_schema["properties"]
     if ref.path[0] not in declared:
-        report.warnings.append(Issue(
-            f"{ref.text}: skill '{skill.name}' does not declare an output '{ref.path[0]}' "
-            f"(declared: {', '.join(declared)}); the step fails if its result lacks it",
-            step.id, "undeclared_output",
-        ))
+        report.warnings.append(
+            Issue(
+                f"{ref.text}: skill '{skill.name}' does not declare an output '{ref.path[0]}' "
+                f"(declared: {', '.join(declared)}); the step fails if its result lacks it",
+                step.id,
+                "undeclared_output",
+            )
+        )
 
 
 def _check_skill_step(report: Report, step: Step, catalog: Catalog, settings: Settings) -> None:
@@ -454,11 +492,14 @@ def _check_skill_step(report: Report, step: Step, catalog: Catalog, settings: Se
         report.errors.append(Issue(f"unknown skill '{step.skill}'{hint}", step.id, "unknown_skill"))
         return
     if skill.manifest.status not in settings.tools.statuses:
-        report.errors.append(Issue(
-            f"skill '{skill.name}' is {skill.manifest.status}; add that status to tools.statuses in "
-            "betty.yaml to run it",
-            step.id, "skill_not_runnable",
-        ))
+        report.errors.append(
+            Issue(
+                f"skill '{skill.name}' is {skill.manifest.status}; add that status to tools.statuses in "
+                "betty.yaml to run it",
+                step.id,
+                "skill_not_runnable",
+            )
+        )
     for problem in argument_problems(skill.input_schema, step.arguments, unresolved=True):
         report.errors.append(Issue(f"{skill.name}: {problem}", step.id, "invalid_arguments"))
     literal = {k: v for k, v in step.arguments.items() if not _has_reference(v)}
@@ -472,7 +513,12 @@ def _check_agent_step(report: Report, step: Step, catalog: Catalog) -> None:
     if step.agent not in catalog.agents:
         report.errors.append(Issue(f"unknown agent '{step.agent}'", step.id, "unknown_agent"))
         return
-    report.warnings.append(Issue(
-        f"step runs agent '{step.agent}': agent steps are not run by workflow.run yet (it reports the step "
-        "as failed)", step.id, "agent_step_unsupported",
-    ))
+    report.warnings.append(
+        Issue(
+            f"step runs agent '{step.agent}': agent steps are not run by workflow.run yet "
+            "(it reports the step "
+            "as failed)",
+            step.id,
+            "agent_step_unsupported",
+        )
+    )

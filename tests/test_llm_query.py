@@ -36,10 +36,19 @@ def write_config(workspace: Path, llm: ScriptedLLM, **extra: object) -> None:
                 "endpoint": llm.base_url,
                 "api_key_env": "SCRIPTED_API_KEY",
                 "models": [
-                    {"name": "main", "context_window": 4000, "input_cost_per_mtok": 2.0,
-                     "output_cost_per_mtok": 6.0, "fallbacks": ["scripted/backup"]},
-                    {"name": "backup", "context_window": 128000, "input_cost_per_mtok": 1.0,
-                     "output_cost_per_mtok": 1.0},
+                    {
+                        "name": "main",
+                        "context_window": 4000,
+                        "input_cost_per_mtok": 2.0,
+                        "output_cost_per_mtok": 6.0,
+                        "fallbacks": ["scripted/backup"],
+                    },
+                    {
+                        "name": "backup",
+                        "context_window": 128000,
+                        "input_cost_per_mtok": 1.0,
+                        "output_cost_per_mtok": 1.0,
+                    },
                 ],
             },
             "ollama": {"type": "ollama", "endpoint": llm.base_url, "models": ["llama3"]},
@@ -54,14 +63,17 @@ ENV = {"SCRIPTED_API_KEY": SECRET}
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_llm_query_answers_with_model_tokens_cost_and_latency(workspace: Path, llm: ScriptedLLM,
-                                                                     mode: str) -> None:
+async def test_llm_query_answers_with_model_tokens_cost_and_latency(
+    workspace: Path, llm: ScriptedLLM, mode: str
+) -> None:
     write_config(workspace, llm)
     llm.script("main", Reply("Paris is the capital.", prompt_tokens=10, completion_tokens=5))
     async with stdio_client(workspace, mode=mode, env=ENV) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert tools["llm_query"].title == "llm.query"
-        result = await client.call_tool("llm_query", {"prompt": "Capital of France?", "system_prompt": "Be brief."})
+        result = await client.call_tool(
+            "llm_query", {"prompt": "Capital of France?", "system_prompt": "Be brief."}
+        )
     assert not result.is_error, result.content[0].text
     out = result.structured_content
     assert out["response"] == "Paris is the capital."
@@ -74,7 +86,9 @@ async def test_llm_query_answers_with_model_tokens_cost_and_latency(workspace: P
     assert sent.headers["authorization"] == f"Bearer {SECRET}"
 
 
-async def test_rate_limit_falls_back_within_a_second_and_records_the_hop(workspace: Path, llm: ScriptedLLM) -> None:
+async def test_rate_limit_falls_back_within_a_second_and_records_the_hop(
+    workspace: Path, llm: ScriptedLLM
+) -> None:
     write_config(workspace, llm)
     llm.script("main", Error(429, retry_after=30))
     llm.script("backup", Reply("from backup"))
@@ -98,22 +112,34 @@ async def test_server_errors_and_context_length_fall_back(workspace: Path, llm: 
     assert second["model_used"] == "scripted/backup"
 
 
-async def test_auth_errors_do_not_fall_back_and_the_key_appears_nowhere(workspace: Path, llm: ScriptedLLM,
-                                                                        tmp_path: Path) -> None:
+async def test_auth_errors_do_not_fall_back_and_the_key_appears_nowhere(
+    workspace: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
     write_config(workspace, llm)
     llm.script("main", Error(401, echo_auth=True))
     stderr_log = tmp_path / "stderr.log"
     with stderr_log.open("w") as errlog:
         async with stdio_client(workspace, "--log-level", "debug", env=ENV, errlog=errlog) as client:
             result = await client.call_tool("llm_query", {"prompt": "hi"})
-            usage = await anyio.to_thread.run_sync(lambda: subprocess.run(
-                [sys.executable, "-m", "betty_mcp", "usage", "--json"], cwd=workspace, capture_output=True,
-                text=True, env={**os.environ, **ENV}))
+            usage = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "betty_mcp", "usage", "--json"],
+                    cwd=workspace,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, **ENV},
+                )
+            )
     assert result.is_error
     assert "auth" in result.content[0].text and len(llm.requests_for("backup")) == 0
     assert SECRET in llm.requests_for("main")[0].headers["authorization"], "the provider did get the key"
-    everything = [result.content[0].text, json.dumps(result.structured_content), stderr_log.read_text(),
-                  usage.stdout, (workspace / ".betty-mcp" / "usage.sqlite").read_bytes().decode("latin-1")]
+    everything = [
+        result.content[0].text,
+        json.dumps(result.structured_content),
+        stderr_log.read_text(),
+        usage.stdout,
+        (workspace / ".betty-mcp" / "usage.sqlite").read_bytes().decode("latin-1"),
+    ]
     assert all(SECRET not in text for text in everything)
     assert "[REDACTED]" in result.content[0].text
 
@@ -134,8 +160,9 @@ async def test_slow_streams_send_progress_with_the_text_so_far(workspace: Path, 
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_cancelling_a_hanging_call_leaves_the_server_answering(workspace: Path, llm: ScriptedLLM,
-                                                                     mode: str) -> None:
+async def test_cancelling_a_hanging_call_leaves_the_server_answering(
+    workspace: Path, llm: ScriptedLLM, mode: str
+) -> None:
     write_config(workspace, llm)
     llm.script("main", Hang())
     async with stdio_client(workspace, mode=mode, env=ENV) as client:
@@ -155,7 +182,9 @@ async def test_ollama_is_reached_natively(workspace: Path, llm: ScriptedLLM) -> 
     write_config(workspace, llm)
     llm.script("llama3", Reply("from ollama", prompt_tokens=4, completion_tokens=2))
     async with stdio_client(workspace, env=ENV) as client:
-        out = (await client.call_tool("llm_query", {"prompt": "hi", "model": "ollama/llama3"})).structured_content
+        out = (
+            await client.call_tool("llm_query", {"prompt": "hi", "model": "ollama/llama3"})
+        ).structured_content
     assert out["response"] == "from ollama" and out["cost_usd"] == 0.0
     assert [r.path for r in llm.requests_for("llama3")] == ["/api/chat"]
 
@@ -169,12 +198,16 @@ async def test_budgets_refuse_calls_and_name_the_budget(workspace: Path, llm: Sc
     assert llm.requests == []
 
 
-async def test_structured_output_is_parsed_and_invalid_arguments_refused(workspace: Path, llm: ScriptedLLM) -> None:
+async def test_structured_output_is_parsed_and_invalid_arguments_refused(
+    workspace: Path, llm: ScriptedLLM
+) -> None:
     write_config(workspace, llm)
     llm.script("main", Reply('{"city": "Paris"}'))
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
     async with stdio_client(workspace, env=ENV) as client:
-        out = (await client.call_tool("llm_query", {"prompt": "city?", "response_format": schema})).structured_content
+        out = (
+            await client.call_tool("llm_query", {"prompt": "city?", "response_format": schema})
+        ).structured_content
         bad = await client.call_tool("llm_query", {"prompt": "x", "temperature": "hot"})
         unknown = await client.call_tool("llm_query", {"prompt": "x", "model": "nope/nothing"})
     assert out["json"] == {"city": "Paris"}
@@ -202,11 +235,17 @@ def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> N
     from betty_mcp.llm.types import ChatRequest, StreamSink
 
     llm.script("main", ToolCalls([("api_validate", {"spec_path": "a.yaml"})]))
-    config = LlmRouterConfig.model_validate({"providers": {"s": {"endpoint": llm.base_url, "models": ["main"]}}})
+    config = LlmRouterConfig.model_validate(
+        {"providers": {"s": {"endpoint": llm.base_url, "models": ["main"]}}}
+    )
     spec = ModelCatalog(config).resolve("s/main")
     tools = [{"type": "function", "function": {"name": "api_validate", "parameters": {"type": "object"}}}]
-    completion = anyio.run(LiteLLMBackend().complete, spec, ChatRequest([{"role": "user", "content": "x"}],
-                                                                          tools=tools), StreamSink())
+    completion = anyio.run(
+        LiteLLMBackend().complete,
+        spec,
+        ChatRequest([{"role": "user", "content": "x"}], tools=tools),
+        StreamSink(),
+    )
     assert [(c.name, json.loads(c.arguments)) for c in completion.tool_calls] == [
         ("api_validate", {"spec_path": "a.yaml"})
     ]
@@ -218,7 +257,9 @@ def test_start_up_does_not_import_litellm(workspace: Path) -> None:
         "from betty_mcp.server import BettyServer; from betty_mcp import transports;"
         "BettyServer(BettyApp(load_settings())); print('litellm' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace, check=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -228,8 +269,14 @@ def test_cli_query_models_usage_and_doctor(workspace: Path, llm: ScriptedLLM) ->
     env = {**os.environ, **ENV}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "betty_mcp", *args], capture_output=True, text=True,
-                              cwd=workspace, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "betty_mcp", *args],
+            capture_output=True,
+            text=True,
+            cwd=workspace,
+            env=env,
+            timeout=60,
+        )
 
     answered = cli("query", "hello")
     assert answered.returncode == 0 and answered.stdout.strip() == "cli answer"

@@ -39,7 +39,8 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (tmp_path_factory.mktemp("local") / "server.log").open("w+")  # a pipe nobody reads would fill up
     proc = subprocess.Popen(
         [sys.executable, "-m", "betty_mcp", "local", "serve", "--port", str(port), "--threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -62,11 +63,17 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def test_llm_query_reaches_a_real_local_model_server(workspace: Path, local_server: str) -> None:
-    (workspace / "betty.yaml").write_text(yaml.safe_dump({"llm_router": {
-        "default_provider": "local",
-        "embedded_fallback": False,
-        "providers": {"local": {"endpoint": local_server, "models": ["gemma-3-270m"]}},
-    }}))
+    (workspace / "betty.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "llm_router": {
+                    "default_provider": "local",
+                    "embedded_fallback": False,
+                    "providers": {"local": {"endpoint": local_server, "models": ["gemma-3-270m"]}},
+                }
+            }
+        )
+    )
     async with stdio_client(workspace) as client:
         result = await client.call_tool("llm_query", {"prompt": "Paris is in", "max_tokens": 12})
     assert not result.is_error, result.content[0].text

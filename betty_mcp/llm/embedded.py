@@ -42,7 +42,10 @@ def readiness() -> tuple[bool, str]:
     except ImportError:
         return False, INSTALL_HINT
     path = models_dir() / GGUF_NAME
-    return True, f"ready ({path})" if path.is_file() else f"ready; the weights are assembled on first use into {path}"
+    return (
+        True,
+        f"ready ({path})" if path.is_file() else f"ready; the weights are assembled on first use into {path}",
+    )
 
 
 def model_path() -> Path:
@@ -75,7 +78,9 @@ class EmbeddedBackend:
                 from llama_cpp import Llama
             except ImportError:
                 raise ProviderError(f"embedded model unavailable: {INSTALL_HINT}", "not_configured") from None
-            self._llama = Llama(model_path=str(model_path()), n_ctx=4096, n_threads=self._threads, verbose=False)
+            self._llama = Llama(
+                model_path=str(model_path()), n_ctx=4096, n_threads=self._threads, verbose=False
+            )
         return self._llama
 
     def _generate(self, request: ChatRequest, stream: StreamSink, cancelled: threading.Event) -> Completion:
@@ -101,14 +106,19 @@ class EmbeddedBackend:
                     produced += 1
                 finish = choice.get("finish_reason") or finish
         return Completion(
-            text=stream.text, prompt_tokens=prompt_tokens, completion_tokens=produced, cost_usd=0.0,
+            text=stream.text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=produced,
+            cost_usd=0.0,
             finish_reason=finish,
         )
 
     async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion:
         cancelled = threading.Event()
         try:
-            return await anyio.to_thread.run_sync(self._generate, request, stream, cancelled, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(
+                self._generate, request, stream, cancelled, abandon_on_cancel=True
+            )
         except ProviderError:
             raise
         except Exception as exc:  # llama.cpp failures: a clear error, the model name, no traceback

@@ -24,8 +24,10 @@ def describe(spec: ModelSpec, models: ModelCatalog) -> dict[str, Any]:
         "key_present": bool(spec.key()) if spec.needs_key else None,
         "configured": spec.available,
         "capabilities": {"tools": spec.supports_tools, "context_window": spec.context_window},
-        "prices_usd_per_mtok": {"input": _per_mtok(spec.input_cost_per_token),
-                                "output": _per_mtok(spec.output_cost_per_token)},
+        "prices_usd_per_mtok": {
+            "input": _per_mtok(spec.input_cost_per_token),
+            "output": _per_mtok(spec.output_cost_per_token),
+        },
     }
     if spec.type == "embedded":
         ready, detail = readiness()

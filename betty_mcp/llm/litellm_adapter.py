@@ -139,7 +139,9 @@ class LiteLLMBackend:
             except Exception:  # a model LiteLLM has no price for: the cost is unknown, not zero
                 cost = None
         calls = [
-            ToolCall(id=call.id or f"call_{i}", name=call.function.name, arguments=call.function.arguments or "{}")
+            ToolCall(
+                id=call.id or f"call_{i}", name=call.function.name, arguments=call.function.arguments or "{}"
+            )
             for i, call in enumerate(message.tool_calls or [])
         ]
         return Completion(

@@ -80,7 +80,9 @@ def _spec(provider_name: str, provider: ProviderConfig, model: ModelConfig) -> M
         prefix, api_base = "ollama_chat", (provider.endpoint or OLLAMA_DEFAULT).rstrip("/")
     elif kind == "openai_compatible":
         if not provider.endpoint:
-            raise ConfigError(f"llm_router.providers.{provider_name}: type openai_compatible needs an endpoint")
+            raise ConfigError(
+                f"llm_router.providers.{provider_name}: type openai_compatible needs an endpoint"
+            )
         prefix, api_base = "openai", _openai_base(provider.endpoint)
     else:
         prefix, api_base = ("openai" if kind == "openai" else kind), provider.endpoint
@@ -156,8 +158,10 @@ class ModelCatalog:
         if sep and provider_name in self.config.providers:
             return _spec(provider_name, self.config.providers[provider_name], ModelConfig(name=model_name))
         if name in self.ambiguous:
-            raise ConfigError(f"model '{name}' is offered by several providers; say which: "
-                              f"{', '.join(self.ambiguous[name])}")
+            raise ConfigError(
+                f"model '{name}' is offered by several providers; say which: "
+                f"{', '.join(self.ambiguous[name])}"
+            )
         known = ", ".join(sorted({*self.aliases, *self.specs})[:30])
         raise ConfigError(f"unknown model '{name}'; known models and aliases: {known}")
 

@@ -75,7 +75,11 @@ def estimate_complexity(prompt: str, *, structured: bool = False) -> Complexity:
 
 def _pick(models: ModelCatalog, provider: str | None, model: str | None) -> ModelSpec | None:
     if model and provider:
-        return models.resolve(f"{provider}/{model}") if provider in models.config.providers else models.resolve(model)
+        return (
+            models.resolve(f"{provider}/{model}")
+            if provider in models.config.providers
+            else models.resolve(model)
+        )
     if model:
         return models.resolve(model)
     if provider:
@@ -123,7 +127,9 @@ def _with_fallbacks(chosen: list[Candidate], models: ModelCatalog) -> list[Candi
         seen.add(candidate.spec.id)
         ordered.append(candidate)
         chain = [*candidate.spec.fallbacks, *models.config.fallbacks.get(candidate.spec.id, [])]
-        chain += [f for alias in models.aliases_of(candidate.spec) for f in models.config.fallbacks.get(alias, [])]
+        chain += [
+            f for alias in models.aliases_of(candidate.spec) for f in models.config.fallbacks.get(alias, [])
+        ]
         for name in chain:
             add(Candidate(models.resolve(name), f"fallback of {candidate.spec.id}"))
 
@@ -138,7 +144,8 @@ def route(request: RouteRequest, models: ModelCatalog) -> Route:
         explicit = models.resolve(request.model)
         if not explicit.available:
             raise ConfigError(
-                f"model '{request.model}' needs the environment variable {explicit.api_key_env}, which is not set"
+                f"model '{request.model}' needs the environment variable {explicit.api_key_env}, "
+                "which is not set"
             )
         return Route(_with_fallbacks([Candidate(explicit, "explicit model")], models), complexity)
     ordered = _with_fallbacks(_preferred(request, models, complexity), models)

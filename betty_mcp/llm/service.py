@@ -61,7 +61,9 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 class LlmService:
-    def __init__(self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None) -> None:
+    def __init__(
+        self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None
+    ) -> None:
         self.config = config
         self.models = ModelCatalog(config)
         self.ledger = Ledger(ledger_path)
@@ -86,18 +88,36 @@ class LlmService:
         prompt = estimate_tokens(request.messages)
         output = request.max_tokens or 0
         estimate = spec.cost(prompt, output) or 0.0
-        self.budgets.check(self.ledger, estimated_cost_usd=estimate, estimated_tokens=prompt + output, run_id=run_id)
+        self.budgets.check(
+            self.ledger, estimated_cost_usd=estimate, estimated_tokens=prompt + output, run_id=run_id
+        )
 
-    async def _record(self, spec: ModelSpec, started: float, caller: str, agent: str | None, run_id: str | None,
-                      *, completion: Completion | None = None, outcome: str = "ok", error: str | None = None,
-                      hops: list[Hop] | None = None) -> None:
+    async def _record(
+        self,
+        spec: ModelSpec,
+        started: float,
+        caller: str,
+        agent: str | None,
+        run_id: str | None,
+        *,
+        completion: Completion | None = None,
+        outcome: str = "ok",
+        error: str | None = None,
+        hops: list[Hop] | None = None,
+    ) -> None:
         record = UsageRecord(
-            caller=caller, model=spec.id, provider=spec.provider,
+            caller=caller,
+            model=spec.id,
+            provider=spec.provider,
             prompt_tokens=completion.prompt_tokens if completion else 0,
             completion_tokens=completion.completion_tokens if completion else 0,
             cost_usd=completion.cost_usd if completion else None,
-            latency_ms=(time.monotonic() - started) * 1000, outcome=outcome, agent=agent, run_id=run_id,
-            fallbacks=tuple(h.as_dict() for h in hops or []), error=error,
+            latency_ms=(time.monotonic() - started) * 1000,
+            outcome=outcome,
+            agent=agent,
+            run_id=run_id,
+            fallbacks=tuple(h.as_dict() for h in hops or []),
+            error=error,
         )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.ledger.record, record)
@@ -113,14 +133,16 @@ class LlmService:
         stream: StreamSink | None = None,
         deadline_seconds: float | None = None,
     ) -> ChatResult:
-        """Answer ``request`` with the first candidate that can; raises LlmFailed, BudgetExceeded or ConfigError."""
+        """Answer with the first candidate that can; raises LlmFailed, BudgetExceeded or ConfigError."""
         if not self.config.enabled:
             raise ConfigError("llm_router.enabled is false in betty.yaml: LLM calls are switched off")
         planned = route(route_request, self.models)
         hops = [Hop(spec.id, "not_configured", reason) for spec, reason in planned.skipped]
         candidates: list[Candidate] = list(planned.candidates)
         if not candidates:
-            raise LlmFailed("no model is available: " + "; ".join(h.message for h in hops), "not_configured", hops)
+            raise LlmFailed(
+                "no model is available: " + "; ".join(h.message for h in hops), "not_configured", hops
+            )
         deadline = deadline_seconds or self.config.limits.deadline_seconds
         sink = stream or StreamSink()
         walk_started = time.monotonic()
@@ -128,7 +150,9 @@ class LlmService:
             spec = candidates.pop(0).spec
             remaining = deadline - (time.monotonic() - walk_started)
             if remaining <= 0:
-                raise LlmFailed(f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops)
+                raise LlmFailed(
+                    f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops
+                )
             self._check_budgets(spec, request, run_id)
             timeout = min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining)
             attempt = replace(request, timeout_seconds=timeout)
@@ -138,7 +162,9 @@ class LlmService:
                 with anyio.fail_after(timeout + 1.0):  # a backend that ignores its own timeout
                     completion = await self.backend(spec).complete(spec, attempt, sink)
             except TimeoutError:
-                error: ProviderError = ProviderError(f"{spec.id}: timeout after {timeout:g}s", "timeout", spec.id)
+                error: ProviderError = ProviderError(
+                    f"{spec.id}: timeout after {timeout:g}s", "timeout", spec.id
+                )
             except ProviderError as exc:
                 error = exc
             except anyio.get_cancelled_exc_class():
@@ -146,9 +172,13 @@ class LlmService:
                 raise
             else:
                 await self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
-                return ChatResult(completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops)
+                return ChatResult(
+                    completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops
+                )
             hops.append(Hop(spec.id, error.kind, str(error)))
-            await self._record(spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops)
+            await self._record(
+                spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops
+            )
             if not error.retryable:
                 raise LlmFailed(str(error), error.kind, hops)
             if error.kind == "context_window":

@@ -19,7 +19,9 @@ Complexity = Literal["simple", "medium", "complex"]
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What keys look like: a literal in the file is refused wherever it appears.
-KEY_LIKE = re.compile(r"^(sk-|sk_|pk-|xai-|gsk_|AIza|hf_|ghp_|anthropic-|key-)[A-Za-z0-9_\-]{8,}$|^[A-Za-z0-9]{40,}$")
+KEY_LIKE = re.compile(
+    r"^(sk-|sk_|pk-|xai-|gsk_|AIza|hf_|ghp_|anthropic-|key-)[A-Za-z0-9_\-]{8,}$|^[A-Za-z0-9]{40,}$"
+)
 
 
 def _refuse_literal_key(where: str) -> str:
@@ -39,8 +41,12 @@ class ModelConfig(BaseModel):
     litellm_model: str | None = Field(default=None, description="Override the model string sent to LiteLLM.")
     context_window: int | None = Field(default=None, gt=0)
     supports_tools: bool | None = None
-    input_cost_per_mtok: float | None = Field(default=None, ge=0, description="USD per million prompt tokens.")
-    output_cost_per_mtok: float | None = Field(default=None, ge=0, description="USD per million output tokens.")
+    input_cost_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million prompt tokens."
+    )
+    output_cost_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million output tokens."
+    )
     fallbacks: list[str] = []
 
     @model_validator(mode="before")
@@ -83,7 +89,9 @@ class ProviderConfig(BaseModel):
         if KEY_LIKE.match(value) or not ENV_NAME.match(value):
             if KEY_LIKE.match(value):
                 raise ValueError(_refuse_literal_key("api_key_env"))
-            raise ValueError(f"api_key_env must name an environment variable (like OPENAI_API_KEY), not {value!r}")
+            raise ValueError(
+                f"api_key_env must name an environment variable (like OPENAI_API_KEY), not {value!r}"
+            )
         return value
 
 
@@ -135,7 +143,9 @@ class LlmRouterConfig(BaseModel):
     routing_rules: list[RoutingRule] = []
     aliases: dict[str, str] = {}
     fallbacks: dict[str, list[str]] = {}
-    embedded_fallback: bool = Field(default=True, description="Try the embedded model when nothing else answers.")
+    embedded_fallback: bool = Field(
+        default=True, description="Try the embedded model when nothing else answers."
+    )
     limits: LlmLimits = LlmLimits()
 
     @model_validator(mode="after")

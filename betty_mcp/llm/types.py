@@ -1,7 +1,7 @@
 """The one interface every model backend implements (LiteLLM, the embedded model, test fakes).
 
-    class Backend(Protocol):
-        async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion
+class Backend(Protocol):
+    async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion
 """
 
 from __future__ import annotations

@@ -24,7 +24,10 @@ QUERY_INPUT = {
     "type": "object",
     "properties": {
         "prompt": {"type": "string", "minLength": 1, "description": "What to ask."},
-        "model": {"type": "string", "description": "An alias (gpt-4) or provider/model; default: routing rules."},
+        "model": {
+            "type": "string",
+            "description": "An alias (gpt-4) or provider/model; default: routing rules.",
+        },
         "system_prompt": {"type": "string"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 200000},
@@ -32,8 +35,11 @@ QUERY_INPUT = {
             "type": "object",
             "description": "{'type': 'json_object'}, an OpenAI json_schema format, or a bare JSON Schema.",
         },
-        "complexity": {"type": "string", "enum": ["simple", "medium", "complex"],
-                       "description": "Routes by the task_complexity rules; estimated from the prompt if absent."},
+        "complexity": {
+            "type": "string",
+            "enum": ["simple", "medium", "complex"],
+            "description": "Routes by the task_complexity rules; estimated from the prompt if absent.",
+        },
     },
     "required": ["prompt"],
     "additionalProperties": False,
@@ -47,7 +53,11 @@ QUERY_OUTPUT = {
         "provider": {"type": "string"},
         "tokens_used": {
             "type": "object",
-            "properties": {"prompt": {"type": "integer"}, "completion": {"type": "integer"}, "total": {"type": "integer"}},
+            "properties": {
+                "prompt": {"type": "integer"},
+                "completion": {"type": "integer"},
+                "total": {"type": "integer"},
+            },
             "required": ["prompt", "completion", "total"],
         },
         "cost_usd": {"type": ["number", "null"]},
@@ -96,8 +106,9 @@ class LlmQueryTool:
         name="llm_query",
         title="llm.query",
         description=(
-            "Ask an LLM (OpenAI, Anthropic, a local Ollama/llama.cpp/vLLM server, or the embedded offline model) "
-            "chosen by betty.yaml's routing rules, with fallbacks. Returns the answer with the model used, tokens, "
+            "Ask an LLM (OpenAI, Anthropic, a local Ollama/llama.cpp/vLLM server, or the embedded "
+            "offline model) chosen by betty.yaml's routing rules, with fallbacks. Returns the answer "
+            "with the model used, tokens, "
             "cost and latency."
         ),
         input_schema=QUERY_INPUT,
@@ -122,13 +133,17 @@ class LlmQueryTool:
             response_format=fmt,
         )
         routing = RouteRequest(
-            model=arguments.get("model"), complexity=arguments.get("complexity"),
-            prompt=arguments["prompt"], structured=fmt is not None,
+            model=arguments.get("model"),
+            complexity=arguments.get("complexity"),
+            prompt=arguments["prompt"],
+            structured=fmt is not None,
         )
         sink = StreamSink()
         try:
             service = await self.app.llm()
-            result = await with_progress(ctx, sink, service.chat(request, routing, caller="llm_query", stream=sink))
+            result = await with_progress(
+                ctx, sink, service.chat(request, routing, caller="llm_query", stream=sink)
+            )
         except BudgetExceeded as exc:
             return ToolResult.error(str(exc), code="budget_exceeded", budget=exc.budget)
         except ConfigError as exc:
@@ -181,13 +196,17 @@ class ModelsListTool:
         name="models_list",
         title="models.list",
         description=(
-            "Every model llm_query can use: its id and aliases, provider, whether it is configured and its API key "
+            "Every model llm_query can use: its id and aliases, provider, whether it is configured "
+            "and its API key "
             "present, capabilities and prices."
         ),
         input_schema={"type": "object", "properties": {}, "additionalProperties": False},
         output_schema={
             "type": "object",
-            "properties": {"models": {"type": "array", "items": {"type": "object"}}, "default": {"type": ["string", "null"]}},
+            "properties": {
+                "models": {"type": "array", "items": {"type": "object"}},
+                "default": {"type": ["string", "null"]},
+            },
             "required": ["models"],
         },
         read_only=True,

@@ -1,6 +1,6 @@
 """An in-process model behind the same ``Backend`` interface as LiteLLM and the embedded model.
 
-    backend = FakeBackend({"openai/gpt-4": [ProviderError("429", "rate_limit"), Completion("hi")]})
+backend = FakeBackend({"openai/gpt-4": [ProviderError("429", "rate_limit"), Completion("hi")]})
 """
 
 from __future__ import annotations

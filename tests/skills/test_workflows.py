@@ -332,7 +332,8 @@ def test_run_reports_agent_steps_as_not_runnable_yet(workspace: Path, tmp_path: 
     agents = tmp_path / "agents"
     (agents / "demo.designer").mkdir(parents=True)
     (agents / "demo.designer" / "agent.yaml").write_text(yaml.safe_dump({
-        "name": "demo.designer", "version": "0.1.0", "description": "Designs APIs", "capabilities": ["design"],
+        "name": "demo.designer", "version": "0.1.0", "description": "Designs APIs",
+        "capabilities": ["design"],
         "skills_available": ["test.echo"], "reasoning_mode": "oneshot", "status": "active"}))
     workflow = {"fail_fast": False, "steps": [
         {"id": "design", "agent": "demo.designer", "input": "Design an orders API"},
