@@ -141,9 +141,9 @@ class Resource:
     def prop(self, parts: list[str]) -> str:
         return property_name(parts, self.property_case)
 
-    def generated_names(self) -> set[str]:
-        """Schema names and the collection path: unique across the resources of a service."""
-        return {self.schema, *(self.schema + suffix for suffix in SCHEMA_SUFFIXES), self.collection_path}
+    def generated_names(self) -> list[str]:
+        """Schema names and the collection path (in a fixed order): unique across a service."""
+        return [self.schema, *(self.schema + suffix for suffix in SCHEMA_SUFFIXES), self.collection_path]
 
     def operation_id(self, operation: str) -> str:
         target = self.plural_words if operation == "list" else self.words
