@@ -16,12 +16,14 @@ from betty_mcp.catalog import Catalog, load_catalog
 from betty_mcp.config import Settings
 from betty_mcp.runner import SkillRunner
 from betty_mcp.tools import Tool
+from betty_mcp.tools.agent import AgentRunTool, AgentsListTool, RunCancelTool, RunResultTool, RunStatusTool
 from betty_mcp.tools.llm import LlmQueryTool, ModelsListTool
 from betty_mcp.tools.skills import SkillRunTool, SkillsListTool, SkillTool
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
+    from betty_mcp.agent.runs import RunManager
     from betty_mcp.llm.service import LlmService
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,20 @@ class BettyApp:
         self.runner = SkillRunner(settings)
         self.builtin_tools: dict[str, Tool] = {
             t.spec.name: t
-            for t in (SkillsListTool(self), SkillRunTool(self), LlmQueryTool(self), ModelsListTool(self))
+            for t in (
+                SkillsListTool(self),
+                SkillRunTool(self),
+                LlmQueryTool(self),
+                ModelsListTool(self),
+                AgentRunTool(self),
+                RunStatusTool(self),
+                RunResultTool(self),
+                RunCancelTool(self),
+                AgentsListTool(self),
+            )
         }
         self._llm: LlmService | None = None
+        self._runs: RunManager | None = None
         self.catalog = Catalog()
         self.tools: dict[str, Tool] = {}
         self._validators: dict[int, tuple[dict[str, Any], Validator]] = {}
@@ -64,6 +77,15 @@ class BettyApp:
                 lambda: LlmService(settings.llm_router, settings.ledger_path)
             )
         return self._llm
+
+    @property
+    def runs(self) -> RunManager:
+        """Agent runs of this process (imported on first use: start-up stays light)."""
+        if self._runs is None:
+            from betty_mcp.agent.runs import RunManager
+
+            self._runs = RunManager(self)
+        return self._runs
 
     def tool(self, name: str) -> Tool | None:
         return self.tools.get(name)

@@ -574,3 +574,115 @@ def local_serve(
     ]
     typer.echo(f"serving {path.name} as '{EMBEDDED_ALIAS}' on http://{host}:{port}/v1", err=True)
     os.execv(sys.executable, command)
+
+
+# -- agent runs ---------------------------------------------------------------------------------
+
+runs_app = typer.Typer(help="Agent run traces.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@app.command()
+def run(
+    agent: str,
+    task: str,
+    model: Annotated[str | None, typer.Option(help="Use this model instead of the agent's own.")] = None,
+    context: Annotated[str | None, typer.Option(help="A JSON object of facts for the agent.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Most model calls.")] = 10,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    skills_dir: SkillsDirOpt = None,
+    agents_dir: AgentsDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run an agent on a task with live progress; exits non-zero unless the run completed."""
+    import anyio
+    from rich.console import Console
+
+    from betty_mcp.agent import AgentError, AgentRuntime, RunLimits
+    from betty_mcp.agent.runs import step_line
+
+    facts = None
+    if context:
+        try:
+            facts = json.loads(context)
+        except json.JSONDecodeError as exc:
+            _fail(f"--context is not JSON: {exc.msg}")
+        if not isinstance(facts, dict):
+            _fail("--context must be a JSON object")
+    betty = _load(config, workspace, skills_dir, agents_dir, None, False)
+    console = Console(stderr=True)
+
+    async def on_step(step: Any, state: Any) -> None:
+        if not as_json:
+            cost = f", ${state.cost_usd:.4f}" if state.cost_usd else ""
+            console.print(f"{step_line(step)}  [dim]({state.tokens} tokens{cost})[/dim]", highlight=False)
+
+    async def go() -> Any:
+        with console.status(f"{agent} is working...", spinner="dots") if not as_json else _nothing():
+            return await AgentRuntime(betty).run(
+                agent, task, facts, model=model, limits=RunLimits(max_steps=max_steps), on_step=on_step
+            )
+
+    try:
+        result = anyio.run(go)
+    except AgentError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        if result.answer:
+            typer.echo(result.answer)
+        totals = result.totals
+        console.print(
+            f"[bold]{result.status}[/bold]: {totals['steps']} steps, {totals['tokens']} tokens, "
+            f"${totals['cost_usd']:.4f}, {totals['ms'] / 1000:.1f}s; run {result.run_id}"
+            + (f"; {result.error}" if result.error else ""),
+            highlight=False,
+        )
+    raise typer.Exit(0 if result.status == "completed" else 1)
+
+
+def _nothing() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+@runs_app.command("list")
+def runs_list(workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Runs traced in the workspace, newest first."""
+    from betty_mcp.agent import list_runs
+
+    runs = list_runs(_llm_settings(config, workspace).runs_dir)
+    if as_json:
+        _print_json(runs)
+        return
+    for r in runs:
+        typer.echo(
+            f"{r['run_id']}  {r['status']:<15} {r['agent'] or '?':<16} {r['steps'] or 0:>3} steps  "
+            f"{(r['task'] or '')[:50]}"
+        )
+    if not runs:
+        typer.echo("no runs yet")
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str, workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """One run's trace: every model request and response and every skill call."""
+    from betty_mcp.agent import read_trace
+
+    path = _llm_settings(config, workspace).runs_dir / f"{run_id}.jsonl"
+    if not path.is_file() or "/" in run_id:
+        _fail(f"no run '{run_id}'; see 'betty-mcp runs list'")
+    events = read_trace(path)
+    if as_json:
+        _print_json(events)
+        return
+    for e in events:
+        detail = {k: v for k, v in e.items() if k not in ("event", "ts")}
+        typer.echo(
+            f"{e.get('ts', '')}  {e.get('event', '?'):<14} {json.dumps(detail, ensure_ascii=False)[:300]}"
+        )

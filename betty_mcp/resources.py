@@ -9,6 +9,7 @@ betty://outputs/<id>                  the full result of a call whose result was
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mcp_types as types
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from betty_mcp.app import BettyApp
 
 _OUTPUT_ID = re.compile(r"^[0-9a-f]{12}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+LISTED_RUNS = 50
 
 
 class Resources:
@@ -54,16 +57,31 @@ class Resources:
                     mime_type="application/yaml",
                 )
             )
+        for run in sorted(self.app.settings.runs_dir.glob("*.jsonl"), key=_mtime, reverse=True)[:LISTED_RUNS]:
+            found.append(
+                types.Resource(
+                    uri=f"betty://runs/{run.stem}",
+                    name=f"run {run.stem}",
+                    title=f"agent run {run.stem}",
+                    mime_type="application/jsonl",
+                )
+            )
         return found
 
     def templates(self) -> list[types.ResourceTemplate]:
         return [
             types.ResourceTemplate(
+                uri_template="betty://runs/{id}",
+                name="agent run trace",
+                description="Every model request and response (summarised) and skill call of an agent run.",
+                mime_type="application/jsonl",
+            ),
+            types.ResourceTemplate(
                 uri_template="betty://outputs/{id}",
                 name="skill output",
                 description="The full result of a skill call whose result was too large to return inline.",
                 mime_type="application/json",
-            )
+            ),
         ]
 
     def read(self, uri: str) -> types.TextResourceContents | None:
@@ -85,12 +103,21 @@ class Resources:
                 if agent
                 else None
             )
+        if kind == "runs" and _RUN_ID.match(rest):
+            path = self.app.settings.runs_dir / f"{rest}.jsonl"
+            return (
+                _text(uri, path.read_text(encoding="utf-8"), "application/jsonl") if path.is_file() else None
+            )
         if kind == "outputs" and _OUTPUT_ID.match(rest):
             path = self.app.settings.runs_dir / "outputs" / f"{rest}.json"
             return (
                 _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
             )
         return None
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
 
 
 def _text(uri: str, text: str, mime: str) -> types.TextResourceContents:

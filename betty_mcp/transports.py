@@ -41,6 +41,7 @@ async def _serve_with_reload(app: BettyApp, server: BettyServer, serve: Any) -> 
     async with anyio.create_task_group() as tg:
         if app.settings.hot_reload:
             tg.start_soon(watch_sources, app, server.notify_changed)
+        tg.start_soon(app.runs.serve)
         await serve()
         tg.cancel_scope.cancel()
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,11 @@ async def test_llm_query_works_offline_with_the_embedded_model(workspace: Path) 
     assert isinstance(out["response"], str) and out["response"].strip()
 
 
-@pytest.fixture(scope="module")
-def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def start_local_server(folder: Path) -> Iterator[str]:
+    """``betty-mcp local serve`` on a free port; yields its base URL once /v1/models answers."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("local") / "server.log").open("w+")  # a pipe nobody reads would fill up
+    log = (folder / f"local-server-{port}.log").open("w+")  # a pipe nobody reads would fill up
     proc = subprocess.Popen(
         [sys.executable, "-m", "betty_mcp", "local", "serve", "--port", str(port), "--threads", "2"],
         stdout=log,
@@ -60,6 +62,12 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with start_local_server(tmp_path_factory.mktemp("local")) as base:
+        yield base
 
 
 async def test_llm_query_reaches_a_real_local_model_server(workspace: Path, local_server: str) -> None:

@@ -218,11 +218,11 @@ def check_references(report: Report, catalog_skills: dict[str, str]) -> None:
 
 
 def catalog_files(settings: Any) -> list[Path]:
-    from betty_mcp.catalog import agent_sources, skill_sources
+    from betty_mcp.catalog import sources
 
     files = []
-    roots = [(root, "skill.yaml") for _, root in skill_sources(settings)]
-    roots += [(root, "agent.yaml") for _, root in agent_sources(settings)]
+    roots = [(root, "skill.yaml") for _, root in sources(settings, "skills")]
+    roots += [(root, "agent.yaml") for _, root in sources(settings, "agents")]
     for root, file_name in roots:
         if root.is_dir():
             files += sorted(root.glob(f"*/{file_name}"))

@@ -1,0 +1,180 @@
+"""Runs in the background: start, watch, wait for, cancel, for the life of the server.
+
+Every agent run is a task in the manager's own task group, not in the request that started
+it, so it survives the client disconnecting and a ``wait`` that gives up: a caller waiting past
+its deadline gets the partial result (status ``running``) and polls with the run id.
+
+    manager = RunManager(app)          # ``serve()`` runs beside the server (transports.py)
+    handle = manager.start("api.analyzer", "Review openapi.yaml")
+    result = await manager.wait(handle, seconds=50, on_progress=report)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from betty_mcp.agent.errors import AgentError
+from betty_mcp.agent.runtime import AgentRuntime, new_run_id
+from betty_mcp.agent.state import RunLimits, RunResult, RunState, Step
+
+if TYPE_CHECKING:
+    from betty_mcp.app import BettyApp
+
+Progress = Callable[[str], Awaitable[None]]
+HEARTBEAT_SECONDS = 10.0
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    agent: str
+    task: str
+    started: float = field(default_factory=time.monotonic)
+    state: RunState | None = None
+    result: RunResult | None = None
+    error: str | None = None
+    lines: list[str] = field(default_factory=list)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        status = self.result.status if self.result else ("failed" if self.error else "running")
+        return {
+            "run_id": self.run_id,
+            "agent": self.agent,
+            "status": status,
+            "steps": len(state.steps) if state else 0,
+            "last_step": self.lines[-1] if self.lines else None,
+            "elapsed_s": round(time.monotonic() - self.started, 1),
+            "totals": state.totals() if state else None,
+            "error": self.error,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The final result, or what is known so far while the run goes on."""
+        if self.result is not None:
+            return self.result.as_dict()
+        state = self.state
+        partial = state.result().as_dict() if state else {"steps": [], "totals": None, "answer": None}
+        return {
+            **partial,
+            "run_id": self.run_id,
+            "agent": self.agent,
+            "status": "failed" if self.error else "running",
+            "error": self.error,
+        }
+
+
+class RunManager:
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+        self.runs: dict[str, RunHandle] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def serve(self) -> None:
+        """Hold the task group runs live in; cancelling it cancels every run."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    def start(
+        self,
+        agent: str,
+        task: str,
+        context: dict[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        limits: RunLimits | None = None,
+    ) -> RunHandle:
+        if agent not in self.app.catalog.agents:
+            known = ", ".join(sorted(self.app.catalog.agents)) or "none"
+            raise AgentError(f"unknown agent '{agent}'; known agents: {known}")
+        if self._tg is None:
+            raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
+        handle = RunHandle(new_run_id(), agent, task)
+        self.runs[handle.run_id] = handle
+        self._tg.start_soon(self._run, handle, context, model, limits)
+        return handle
+
+    async def _run(
+        self, handle: RunHandle, context: dict[str, Any] | None, model: str | None, limits: RunLimits | None
+    ) -> None:
+        async def on_step(step: Step, state: RunState) -> None:
+            handle.state = state
+            handle.lines.append(step_line(step))
+            handle.changed.set()
+            handle.changed = anyio.Event()
+
+        try:
+            with handle.scope:
+                handle.result = await AgentRuntime(self.app).run(
+                    handle.agent,
+                    handle.task,
+                    context,
+                    model=model,
+                    limits=limits,
+                    run_id=handle.run_id,
+                    on_step=on_step,
+                )
+            if handle.result is None:  # cancelled: the runtime marked the state before re-raising
+                if handle.state is not None:
+                    handle.result = handle.state.result()
+                else:
+                    handle.error = "the run was cancelled before its first step"
+        except AgentError as exc:
+            handle.error = str(exc)
+        finally:
+            handle.done.set()
+            handle.changed.set()
+
+    def get(self, run_id: str) -> RunHandle:
+        handle = self.runs.get(run_id)
+        if handle is None:
+            raise AgentError(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
+        return handle
+
+    async def wait(
+        self, handle: RunHandle, seconds: float, on_progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Wait up to ``seconds`` for the run, reporting each step and at least every 10 s."""
+        deadline = time.monotonic() + seconds
+        reported = 0
+        while not handle.done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            changed = handle.changed
+            with anyio.move_on_after(min(HEARTBEAT_SECONDS, remaining)):
+                await changed.wait()
+            if on_progress is not None:
+                new = handle.lines[reported:]
+                reported = len(handle.lines)
+                for line in new or [f"{handle.agent}: running, {len(handle.lines)} step(s) so far"]:
+                    await on_progress(line)
+        return handle.snapshot()
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        handle = self.get(run_id)
+        handle.scope.cancel()
+        with anyio.move_on_after(10):
+            await handle.done.wait()
+        return handle.status()
+
+
+def step_line(step: Step) -> str:
+    """``step 3: api.validate ok`` - the short line hosts show for progress."""
+    verdict = "refused" if step.refused else ("ok" if step.ok else "failed")
+    line = f"step {step.index}: {step.name} {verdict}"
+    if step.kind == "llm" and step.tokens:
+        line += f" ({step.tokens} tokens)"
+    return line[:200]

@@ -1,0 +1,247 @@
+"""Agent tools: ``agent_run`` and its background companions ``run_status``, ``run_result``,
+``run_cancel``, plus ``agents_list``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from betty_mcp.tools import CallContext, ToolResult, ToolSpec
+
+if TYPE_CHECKING:
+    from betty_mcp.app import BettyApp
+
+# A waiting agent_run answers before hosts' ~60 s limits; the run itself goes on in the background.
+DEFAULT_WAIT_SECONDS = 50.0
+FINISHED_OK = {"completed"}
+RUN_ID = {"type": "string", "minLength": 1, "description": "The run id agent_run returned."}
+
+RUN_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string"},
+        "agent": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["running", "completed", "failed", "budget_exceeded", "timed_out", "cancelled"],
+        },
+        "answer": {"type": ["string", "null"]},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "totals": {"type": ["object", "null"]},
+    },
+    "required": ["run_id", "status", "steps"],
+}
+
+
+class AgentRunTool:
+    spec = ToolSpec(
+        name="agent_run",
+        title="agent.run",
+        description=(
+            "Hand a task to a Betty agent: an LLM (chosen by the agent's llm_config and the routing "
+            "rules) plans, calls the agent's allowed skills and iterates within limits. Returns the "
+            "answer, every step, tokens and cost. With wait=false it returns a run id at once: follow "
+            "it with run_status, run_result and run_cancel."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "agent": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The agent's name (see agents_list).",
+                },
+                "task": {"type": "string", "minLength": 1, "description": "What the agent should do."},
+                "context": {"type": "object", "description": "Facts for the agent, e.g. file paths."},
+                "model": {"type": "string", "description": "Use this model instead of the agent's own."},
+                "limits": {
+                    "type": "object",
+                    "properties": {
+                        "max_steps": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                        "max_tokens": {"type": "integer", "minimum": 1},
+                        "max_cost_usd": {"type": "number", "minimum": 0},
+                        "max_retries": {"type": "integer", "minimum": 0, "maximum": 20},
+                    },
+                    "additionalProperties": False,
+                },
+                "wait": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "Wait for the result (up to wait_seconds), or return a run id at once.",
+                },
+                "wait_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 3600,
+                    "default": DEFAULT_WAIT_SECONDS,
+                    "description": "How long to wait before returning the partial result.",
+                },
+            },
+            "required": ["agent", "task"],
+            "additionalProperties": False,
+        },
+        output_schema=RUN_OUTPUT,
+    )
+
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        from betty_mcp.agent import AgentError, RunLimits
+
+        try:
+            handle = self.app.runs.start(
+                arguments["agent"],
+                arguments["task"],
+                arguments.get("context"),
+                model=arguments.get("model"),
+                limits=RunLimits(**arguments.get("limits", {})),
+            )
+        except AgentError as exc:
+            return ToolResult.error(str(exc), code="agent")
+        if not arguments.get("wait", True):
+            return ToolResult.of(
+                {"run_id": handle.run_id, "agent": handle.agent, "status": "running", "steps": []}
+            )
+        try:
+            result = await self.app.runs.wait(
+                handle, arguments.get("wait_seconds", DEFAULT_WAIT_SECONDS), ctx.progress
+            )
+        except BaseException:
+            handle.scope.cancel()  # the caller gave up on a run it was waiting for: stop it
+            raise
+        return ToolResult.of(result, is_error=result["status"] not in FINISHED_OK | {"running"})
+
+
+class RunStatusTool:
+    spec = ToolSpec(
+        name="run_status",
+        title="run.status",
+        description="The status of an agent run: running or finished, steps so far, the last step, totals.",
+        input_schema={
+            "type": "object",
+            "properties": {"run_id": RUN_ID},
+            "required": ["run_id"],
+            "additionalProperties": False,
+        },
+        read_only=True,
+    )
+
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        from betty_mcp.agent import AgentError
+
+        try:
+            return ToolResult.of(self.app.runs.get(arguments["run_id"]).status())
+        except AgentError as exc:
+            return ToolResult.error(str(exc), code="unknown_run")
+
+
+class RunResultTool:
+    spec = ToolSpec(
+        name="run_result",
+        title="run.result",
+        description=(
+            "The result of an agent run; waits up to wait_seconds (default 0) for it to finish, and "
+            "returns the partial result (status running) otherwise."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "run_id": RUN_ID,
+                "wait_seconds": {"type": "number", "minimum": 0, "maximum": 3600, "default": 0},
+            },
+            "required": ["run_id"],
+            "additionalProperties": False,
+        },
+        output_schema=RUN_OUTPUT,
+        read_only=True,
+    )
+
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        from betty_mcp.agent import AgentError
+
+        try:
+            handle = self.app.runs.get(arguments["run_id"])
+        except AgentError as exc:
+            return ToolResult.error(str(exc), code="unknown_run")
+        result = await self.app.runs.wait(handle, arguments.get("wait_seconds", 0), ctx.progress)
+        return ToolResult.of(result, is_error=result["status"] not in FINISHED_OK | {"running"})
+
+
+class RunCancelTool:
+    spec = ToolSpec(
+        name="run_cancel",
+        title="run.cancel",
+        description="Cancel an agent run: its model call stops and its running skills are killed.",
+        input_schema={
+            "type": "object",
+            "properties": {"run_id": RUN_ID},
+            "required": ["run_id"],
+            "additionalProperties": False,
+        },
+    )
+
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        from betty_mcp.agent import AgentError
+
+        try:
+            return ToolResult.of(await self.app.runs.cancel(arguments["run_id"]))
+        except AgentError as exc:
+            return ToolResult.error(str(exc), code="unknown_run")
+
+
+class AgentsListTool:
+    spec = ToolSpec(
+        name="agents_list",
+        title="agents.list",
+        description="The agents agent_run can use: their skills (and any missing), mode and models.",
+        input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+        output_schema={
+            "type": "object",
+            "properties": {"agents": {"type": "array", "items": {"type": "object"}}},
+            "required": ["agents"],
+        },
+        read_only=True,
+    )
+
+    def __init__(self, app: BettyApp) -> None:
+        self.app = app
+
+    async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        return ToolResult.of(
+            {
+                "agents": [
+                    agent_info(a, self.app)
+                    for a in sorted(self.app.catalog.agents.values(), key=lambda a: a.name)
+                ]
+            }
+        )
+
+
+def agent_info(agent: Any, app: BettyApp) -> dict[str, Any]:
+    m = agent.manifest
+    skills = app.catalog.skills
+    return {
+        "name": agent.name,
+        "description": m.description.strip(),
+        "version": m.version,
+        "status": m.status,
+        "reasoning_mode": m.reasoning_mode,
+        "skills_available": m.skills_available,
+        "missing_skills": [
+            s for s in m.skills_available if s not in skills or skills[s].manifest.status != "active"
+        ],
+        "llm_config": m.llm_config.model_dump(exclude_none=True) if m.llm_config else None,
+        "llm_preference": m.llm_preference,
+        "example_task": m.example_task,
+        "source": agent.source,
+    }
