@@ -208,8 +208,17 @@ async def test_path_arguments_outside_the_workspace_are_refused(workspace: Path)
 async def test_skills_list_and_skill_run_reach_every_skill(workspace: Path) -> None:
     async with stdio_client(workspace, "--include", "test.echo") as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        builtins = {"skills_list", "skill_run", "llm_query", "models_list", "agent_run", "agents_list",
-                    "run_status", "run_result", "run_cancel"}
+        builtins = {
+            "skills_list",
+            "skill_run",
+            "llm_query",
+            "models_list",
+            "agent_run",
+            "agents_list",
+            "run_status",
+            "run_result",
+            "run_cancel",
+        }
         assert names - builtins == {"test_echo"}, "include globs pick per-skill tools"
         found = await client.call_tool("skills_list", {"query": "sleep"})
         assert [s["name"] for s in found.structured_content["skills"]] == ["test.sleep", "test.hang"], (
