@@ -21,6 +21,7 @@ from betty_mcp.tools.llm import LlmQueryTool, ModelsListTool
 from betty_mcp.tools.skills import SkillRunTool, SkillsListTool, SkillTool
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
     from jsonschema.protocols import Validator
 
     from betty_mcp.agent.runs import RunManager
@@ -49,6 +50,8 @@ class BettyApp:
         }
         self._llm: LlmService | None = None
         self._runs: RunManager | None = None
+        # The serving process's long-lived task group (set by the transport); None in one-shot CLI use.
+        self.background: TaskGroup | None = None
         self.catalog = Catalog()
         self.tools: dict[str, Tool] = {}
         self._validators: dict[int, tuple[dict[str, Any], Validator]] = {}
@@ -57,7 +60,7 @@ class BettyApp:
     def reload(self) -> bool:
         """Re-read every source; True when tools, schemas or resources changed."""
         catalog = load_catalog(self.settings, reserved_tool_names=frozenset(self.builtin_tools))
-        changed = catalog.fingerprint() != self.catalog.fingerprint()
+        changed = not self.catalog.skills or catalog.fingerprint() != self.catalog.fingerprint()
         for problem in catalog.problems:
             log.warning("%s", problem)
         self.catalog = catalog
@@ -74,7 +77,7 @@ class BettyApp:
 
             settings = self.settings
             self._llm = await anyio.to_thread.run_sync(
-                lambda: LlmService(settings.llm_router, settings.ledger_path)
+                lambda: LlmService(settings.router, settings.ledger_path)
             )
         return self._llm
 

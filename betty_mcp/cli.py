@@ -1,7 +1,6 @@
-"""The ``betty-mcp`` command: serve, and inspect or run skills and agents from a terminal.
+"""The ``betty-mcp`` commands besides ``serve`` (main.py): inspect and run skills, agents and LLMs.
 
-Output is for people by default; ``--json`` gives output for scripts. With no command,
-``betty-mcp`` serves MCP over stdio, which is what hosts launch.
+Output is for people by default; ``--json`` gives output for scripts.
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ from typing import Annotated, Any
 
 import typer
 
-from betty_mcp.config import TOKEN_ENV, Settings, load_settings
+from betty_mcp.config import Settings, load_settings
 from betty_mcp.errors import BettyError
 
 app = typer.Typer(
     name="betty-mcp",
-    help="Betty skills as MCP tools, plus any LLM.",
+    help="Betty skills as MCP tools, plus any LLM. With no command: serve MCP over stdio.",
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -95,77 +94,15 @@ def _build_app(settings: Settings) -> Any:
     return BettyApp(settings)
 
 
-@app.callback(invoke_without_command=True)
-def root(ctx: typer.Context) -> None:
-    """With no command, serve MCP over stdio."""
-    if ctx.invoked_subcommand is None:
-        serve(
-            None, None, None, None, None, False, False, "127.0.0.1", 8765, None, None, None, None, "warning"
-        )
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve MCP (stdio by default, or streamable HTTP with --http); see 'betty-mcp serve --help'."""
+    from betty_mcp.main import serve as serve_main
 
-
-@app.command()
-def serve(
-    config: ConfigOpt = None,
-    workspace: WorkspaceOpt = None,
-    skills_dir: SkillsDirOpt = None,
-    agents_dir: AgentsDirOpt = None,
-    betty_home: BettyHomeOpt = None,
-    no_bundled: NoBundledOpt = False,
-    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
-    host: Annotated[str, typer.Option(help="HTTP bind address; non-loopback needs a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
-    token: Annotated[str | None, typer.Option(help=f"Bearer token for HTTP (or ${TOKEN_ENV}).")] = None,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allowed-host", help="Extra Host header value accepted over HTTP, e.g. 'mcp.example.com:443'."
-        ),
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option(help="Glob of skills that get their own tool (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Glob of skills without their own tool (repeatable).")
-    ] = None,
-    log_level: LogLevelOpt = "info",
-) -> None:
-    """Serve MCP (stdio by default, or streamable HTTP with --http)."""
-    import anyio
-
-    _setup_logging(log_level)
-    try:
-        settings = _settings(
-            config,
-            workspace,
-            skills_dir,
-            agents_dir,
-            betty_home,
-            no_bundled,
-            include=include,
-            exclude=exclude,
-        )
-        betty = _build_app(settings)
-        if http:
-            from betty_mcp.transports import serve_http
-
-            anyio.run(
-                lambda: serve_http(
-                    betty,
-                    host=host,
-                    port=port,
-                    token=token or os.environ.get(TOKEN_ENV),
-                    allowed_hosts=allowed_host or [],
-                )
-            )
-        else:
-            from betty_mcp.transports import serve_stdio
-
-            anyio.run(serve_stdio, betty)
-    except BettyError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+    serve_main(ctx.args)
 
 
 @skills_app.command("list")
@@ -421,10 +358,6 @@ def _print_problems(betty: Any) -> None:
         typer.echo(str(problem), err=True)
 
 
-def main() -> None:
-    app()
-
-
 # -- LLM commands ---------------------------------------------------------------------------
 
 local_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
@@ -491,7 +424,7 @@ def models(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: Js
     """List every model llm_query can use, whether it is ready, and its prices."""
     from betty_mcp.llm.listing import list_models
 
-    listing = list_models(_llm_settings(config, workspace).llm_router)
+    listing = list_models(_llm_settings(config, workspace).router)
     if as_json:
         _print_json(listing)
         return

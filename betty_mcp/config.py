@@ -8,14 +8,17 @@ Flags override the file. API keys never live here: only environment variable nam
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from betty_mcp.errors import ConfigError
-from betty_mcp.llm.settings import LlmRouterConfig
 from betty_mcp.manifests import Status, describe_validation_error, read_yaml
+
+if TYPE_CHECKING:
+    from betty_mcp.llm.settings import LlmRouterConfig
 
 CONFIG_ENV = "BETTY_CONFIG"
 TOKEN_ENV = "BETTY_MCP_TOKEN"
@@ -57,7 +60,13 @@ class Settings(BaseModel):
     limits: Limits = Limits()
     hot_reload: bool = True
     usage_db: Path | None = None
-    llm_router: LlmRouterConfig = LlmRouterConfig()
+    # Kept as written and validated on first use (``router``), so start-up does no LLM work;
+    # load_settings validates it at once when a file has the block, to report errors early.
+    llm_router: dict[str, Any] | None = None
+
+    @cached_property
+    def router(self) -> LlmRouterConfig:
+        return validate_router(self.llm_router, "settings")
 
     @property
     def runs_dir(self) -> Path:
@@ -72,6 +81,15 @@ class Settings(BaseModel):
         """Where path arguments may point: the workspace, the allowed roots, a served Betty checkout."""
         extra = [self.betty_home] if self.betty_home else []
         return [self.workspace, *self.allowed_roots, *extra]
+
+
+def validate_router(raw: dict[str, Any] | None, source: str) -> LlmRouterConfig:
+    from betty_mcp.llm.settings import LlmRouterConfig
+
+    try:
+        return LlmRouterConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc, prefix="llm_router.")) from None
 
 
 def settings_from_env() -> Settings:
@@ -135,7 +153,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(str(path or "flags"), exc)) from None
-    return settings.model_copy(
+    settings = settings.model_copy(
         update={
             "workspace": settings.workspace.expanduser().resolve(),
             "skills_dirs": [p.expanduser().resolve() for p in settings.skills_dirs],
@@ -144,3 +162,6 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             "betty_home": settings.betty_home.expanduser().resolve() if settings.betty_home else None,
         }
     )
+    if settings.llm_router is not None:  # report a broken block now, naming the file
+        settings.__dict__["router"] = validate_router(settings.llm_router, str(path or "flags"))
+    return settings

@@ -53,7 +53,7 @@ def diagnose(config: Path | None = None, workspace: Path | None = None) -> list[
     findings = [
         Finding("config", True, f"{path} is valid" if path else "no betty.yaml found; using defaults")
     ]
-    models = ModelCatalog(settings.llm_router)
+    models = ModelCatalog(settings.router)
     seen_keys: set[str] = set()
     seen_bases: set[str] = set()
     for spec in models.all():

@@ -103,7 +103,7 @@ def betty_argv(skill: Skill, arguments: dict[str, Any]) -> list[str]:
 def llm_key_names(settings: Settings) -> list[str]:
     from betty_mcp.llm.models import ModelCatalog
 
-    return sorted({s.api_key_env for s in ModelCatalog(settings.llm_router).all() if s.api_key_env})
+    return sorted({s.api_key_env for s in ModelCatalog(settings.router).all() if s.api_key_env})
 
 
 def child_environment(skill: Skill, settings: Settings) -> dict[str, str]:

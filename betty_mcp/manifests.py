@@ -333,11 +333,11 @@ class AgentManifest(_Manifest):
         return [] if value is None else value
 
 
-def describe_validation_error(source: str, exc: ValidationError) -> str:
+def describe_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
     """``skill.yaml: inputs.2.type: unknown type 'blob'; ...`` - one line per problem."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)

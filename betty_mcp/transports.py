@@ -39,9 +39,9 @@ def is_loopback(host: str) -> bool:
 
 async def _serve_with_reload(app: BettyApp, server: BettyServer, serve: Any) -> None:
     async with anyio.create_task_group() as tg:
+        app.background = tg  # agent runs live here, beyond the request that started them
         if app.settings.hot_reload:
             tg.start_soon(watch_sources, app, server.notify_changed)
-        tg.start_soon(app.runs.serve)
         await serve()
         tg.cancel_scope.cancel()
 

@@ -117,7 +117,7 @@ def make(
     app = BettyApp(settings)
     backend = FakeBackend(script)
     service = LlmService(
-        settings.llm_router, settings.ledger_path, backends={"litellm": backend, "embedded": backend}
+        settings.router, settings.ledger_path, backends={"litellm": backend, "embedded": backend}
     )
     return Harness(app, backend, AgentRuntime(app, llm=service), settings.runs_dir)
 

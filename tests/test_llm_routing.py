@@ -51,7 +51,7 @@ def design(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelCatalog:
     for key, value in KEYS.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "betty.yaml").write_text(DESIGN_BLOCK)
-    return ModelCatalog(load_settings(tmp_path / "betty.yaml", workspace=tmp_path).llm_router)
+    return ModelCatalog(load_settings(tmp_path / "betty.yaml", workspace=tmp_path).router)
 
 
 def ids(request: RouteRequest, models: ModelCatalog) -> list[str]:

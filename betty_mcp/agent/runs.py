@@ -4,7 +4,7 @@ Every agent run is a task in the manager's own task group, not in the request th
 it, so it survives the client disconnecting and a ``wait`` that gives up: a caller waiting past
 its deadline gets the partial result (status ``running``) and polls with the run id.
 
-    manager = RunManager(app)          # ``serve()`` runs beside the server (transports.py)
+    manager = RunManager(app)          # runs go in app.background, the server's task group
     handle = manager.start("api.analyzer", "Review openapi.yaml")
     result = await manager.wait(handle, seconds=50, on_progress=report)
 """
@@ -76,16 +76,6 @@ class RunManager:
     def __init__(self, app: BettyApp) -> None:
         self.app = app
         self.runs: dict[str, RunHandle] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-
-    async def serve(self) -> None:
-        """Hold the task group runs live in; cancelling it cancels every run."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                await anyio.sleep_forever()
-            finally:
-                self._tg = None
 
     def start(
         self,
@@ -99,11 +89,11 @@ class RunManager:
         if agent not in self.app.catalog.agents:
             known = ", ".join(sorted(self.app.catalog.agents)) or "none"
             raise AgentError(f"unknown agent '{agent}'; known agents: {known}")
-        if self._tg is None:
+        if self.app.background is None:
             raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
         handle = RunHandle(new_run_id(), agent, task)
         self.runs[handle.run_id] = handle
-        self._tg.start_soon(self._run, handle, context, model, limits)
+        self.app.background.start_soon(self._run, handle, context, model, limits)
         return handle
 
     async def _run(

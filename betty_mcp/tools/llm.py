@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from betty_mcp.errors import BudgetExceeded, ConfigError, ProviderError
-from betty_mcp.llm.types import StreamSink
 from betty_mcp.tools import CallContext, ToolResult, ToolSpec
 
 if TYPE_CHECKING:
     from betty_mcp.app import BettyApp
     from betty_mcp.llm.service import ChatResult
+    from betty_mcp.llm.types import StreamSink
 
 PROGRESS_SECONDS = 2.0
 T = TypeVar("T")
@@ -120,7 +120,7 @@ class LlmQueryTool:
 
     async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
         from betty_mcp.llm.routing import RouteRequest
-        from betty_mcp.llm.types import ChatRequest
+        from betty_mcp.llm.types import ChatRequest, StreamSink
 
         messages = [{"role": "user", "content": arguments["prompt"]}]
         if arguments.get("system_prompt"):
@@ -218,4 +218,4 @@ class ModelsListTool:
     async def call(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
         from betty_mcp.llm.listing import list_models
 
-        return ToolResult.of(list_models(self.app.settings.llm_router))
+        return ToolResult.of(list_models(self.app.settings.router))

@@ -29,7 +29,7 @@ MAX_TIMEOUT_SECONDS = 3600
 
 def known_providers(settings: Any) -> list[str]:
     """Providers configured in ``llm_router.providers`` plus the built-in provider types."""
-    names = list(settings.llm_router.providers)
+    names = list(settings.router.providers)
     return [*names, *(p for p in BUILTIN_PROVIDERS if p not in names)]
 
 
