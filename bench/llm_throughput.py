@@ -1,4 +1,4 @@
-"""Throughput: 100 concurrent llm_query calls over streamable HTTP, against the scripted local server.
+"""Throughput: 100 concurrent llm_query calls over streamable HTTP, against a fast local server.
 
 Baseline: the same 100 calls made concurrently with `litellm.acompletion` in one process, in the
 same run. Reports calls/s, errors (target: 0) and latency percentiles.
@@ -21,10 +21,10 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import betty_command, median, percentile
+from fast_llm_server_proc import fast_llm_server
 from llm_overhead import write_config
 
 from tests.conftest import free_port
-from tests.fakes.scripted_llm import Reply, ScriptedLLM
 
 
 async def through_http(url: str, n: int) -> tuple[float, list[float], int]:
@@ -68,6 +68,7 @@ async def direct(base: str, n: int) -> tuple[float, int]:
                 stream=True,
                 messages=[{"role": "user", "content": "hi"}],
                 max_retries=0,
+                num_retries=0,
             )
             _ = [c async for c in stream]
         except Exception:
@@ -86,9 +87,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
     n = args.concurrency
-    with ScriptedLLM(default=Reply("pong")) as llm, tempfile.TemporaryDirectory() as tmp:
+    with fast_llm_server() as base_url, tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
-        write_config(ws, llm.base_url)
+        write_config(ws, base_url)
         port = free_port()
         server = subprocess.Popen(
             betty_command(ws, "--http", "--port", str(port)),
@@ -102,7 +103,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-        base_elapsed, base_errors = anyio.run(direct, llm.openai_base, n)
+        base_elapsed, base_errors = anyio.run(direct, base_url + "/v1", n)
     print(
         json.dumps(
             {

@@ -106,15 +106,23 @@ def llm_key_names(settings: Settings) -> list[str]:
     return sorted({s.api_key_env for s in ModelCatalog(settings.router).all() if s.api_key_env})
 
 
-def child_environment(skill: Skill, settings: Settings) -> dict[str, str]:
-    keep = list(skill.manifest.mcp.env)
-    if skill.manifest.mcp.llm_keys:
-        keep += llm_key_names(settings)
-    env = without_secrets(os.environ, keep=keep)
+def base_environment(settings: Settings) -> dict[str, str]:
+    """What every handler gets: this environment minus secrets, plus the workspace and settings."""
+    env = without_secrets(os.environ)
     env[WORKSPACE_ENV] = str(settings.workspace)
     env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
     env[SETTINGS_ENV] = settings.model_dump_json()
     env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
+
+
+def child_environment(skill: Skill, settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (from base_environment, computed once by the runner) plus what this skill needs."""
+    env = dict(base if base is not None else base_environment(settings))
+    keep = list(skill.manifest.mcp.env)
+    if skill.manifest.mcp.llm_keys:
+        keep += llm_key_names(settings)
+    env.update({name: os.environ[name] for name in keep if name in os.environ})
     if skill.source == "betty-home":
         root = str(skill.project_root)
         env["BETTY_HOME"] = root
@@ -122,7 +130,9 @@ def child_environment(skill: Skill, settings: Settings) -> dict[str, str]:
     return env
 
 
-def build_invocation(skill: Skill, arguments: dict[str, Any], settings: Settings) -> Invocation:
+def build_invocation(
+    skill: Skill, arguments: dict[str, Any], settings: Settings, base_env: dict[str, str] | None = None
+) -> Invocation:
     command = [interpreter(skill), str(skill.handler)]
     style = skill.manifest.mcp.arguments
     stdin = None
@@ -134,7 +144,7 @@ def build_invocation(skill: Skill, arguments: dict[str, Any], settings: Settings
         command += betty_argv(skill, arguments)
     return Invocation(
         argv=command,
-        env=child_environment(skill, settings),
+        env=child_environment(skill, settings, base_env),
         cwd=working_directory(skill, settings),
         stdin=stdin,
     )

@@ -32,8 +32,8 @@ from betty_mcp.catalog import Skill
 from betty_mcp.config import Settings
 from betty_mcp.envelope import last_json_document, normalise
 from betty_mcp.errors import ArgumentsError
-from betty_mcp.invocation import Invocation, build_invocation, check_paths
-from betty_mcp.secrets import scrub
+from betty_mcp.invocation import Invocation, base_environment, build_invocation, check_paths
+from betty_mcp.secrets import scrub, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _kill_group(pid: int) -> None:
 def _collect(
     process: subprocess.Popen[bytes], stdin: bytes | None, captured: _Captured, cap: int, keep: int
 ) -> None:
-    """Feed stdin and drain stdout (capped) and stderr (its tail) until both close.
+    """Feed stdin, drain stdout (capped) and stderr (its tail) until both close, then reap.
 
     Once the handler has exited, whatever is left of its process group is killed: a stray
     grandchild holding the pipes open must not keep the call waiting.
@@ -111,12 +111,18 @@ def _collect(
                     _kill_group(process.pid)
                 else:
                     captured.stdout += chunk
+    process.wait()  # the pipes are closed: the handler is exiting, or its group was killed
 
 
 class SkillRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
+        self._base_env = base_environment(settings)
+        self._secrets = secret_values()  # the environment's secrets, looked up once
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._secrets)
 
     async def run(
         self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None
@@ -124,7 +130,7 @@ class SkillRunner:
         """Run ``skill`` with already schema-validated ``arguments``; never raises for handler failures."""
         try:
             check_paths(skill, arguments, self.settings)
-            invocation = build_invocation(skill, arguments, self.settings)
+            invocation = build_invocation(skill, arguments, self.settings, self._base_env)
         except ArgumentsError as exc:
             return self._failure(str(exc), code="invalid_arguments")
         timeout = skill.manifest.mcp.timeout_seconds or self.settings.limits.skill_timeout_seconds
@@ -190,7 +196,9 @@ class SkillRunner:
     ) -> SkillResult:
         limits = self.settings.limits
         stdout = captured.stdout.decode("utf-8", errors="replace")
-        stderr = scrub(captured.stderr_tail.decode("utf-8", errors="replace")[-limits.stderr_tail_chars :])
+        stderr = self._scrub(
+            captured.stderr_tail.decode("utf-8", errors="replace")[-limits.stderr_tail_chars :]
+        )
         if timed_out:
             return self._failure(
                 f"skill '{skill.name}' timed out after {timeout:g}s and was killed",
@@ -238,13 +246,13 @@ class SkillRunner:
         if stderr.strip():
             structured["stderr_tail"] = stderr
         if stdout.strip():
-            structured["stdout_head"] = scrub(stdout[:1000])
+            structured["stdout_head"] = self._scrub(stdout[:1000])
         return self._finish(structured, exit_code=exit_code, stdout=stdout)
 
     def _finish(self, structured: dict[str, Any], *, exit_code: int | None, stdout: str) -> SkillResult:
         """Cap the result for hosts; keep the full output in the run folder when anything is cut."""
         raw = json.dumps(structured, ensure_ascii=False, default=str)
-        text = scrub(raw)
+        text = self._scrub(raw)
         if text != raw:
             structured = json.loads(text)
         result = SkillResult(ok=structured["ok"], structured=structured, text=text, exit_code=exit_code)
@@ -255,7 +263,7 @@ class SkillRunner:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{result.call_id}.json"
         path.write_text(text, encoding="utf-8")
-        (folder / f"{result.call_id}.stdout.txt").write_text(scrub(stdout), encoding="utf-8")
+        (folder / f"{result.call_id}.stdout.txt").write_text(self._scrub(stdout), encoding="utf-8")
         reference = {"output_file": str(path), "output_resource": f"betty://outputs/{result.call_id}"}
         if len(text) > cap:
             structured = {
