@@ -64,7 +64,6 @@ class BettyServer(Server[Any]):
             on_read_resource=self._read_resource,
             on_subscriptions_listen=ListenHandler(self.bus),
         )
-        self.middleware = []  # EXPERIMENT
 
     def create_initialization_options(
         self,

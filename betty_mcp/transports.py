@@ -20,6 +20,7 @@ from betty_mcp.app import BettyApp
 from betty_mcp.errors import ConfigError
 from betty_mcp.reload import watch_sources
 from betty_mcp.server import BettyServer
+from betty_mcp.stdio import claim_stdio
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ async def serve_stdio(app: BettyApp) -> None:
     server = BettyServer(app)
 
     async def serve() -> None:
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+        with claim_stdio() as (stdin, stdout):
+            async with stdio_server(stdin, stdout) as (read, write):
+                await server.run(read, write, server.create_initialization_options())
 
     await _serve_with_reload(app, server, serve)
 

@@ -1,0 +1,103 @@
+"""Stdio for the MCP server, read and written on the event loop.
+
+The SDK's ``stdio_server`` wraps stdin/stdout in anyio's thread-backed files: every line read and
+every write is a hop to a worker thread, about a millisecond per call. When stdin and stdout are
+pipes or sockets (as hosts spawn servers), ``claim_stdio`` serves them with non-blocking reads
+and writes on the loop instead. Like the SDK, it moves fd 0 to the null device and fd 1 to
+stderr while serving, so stray output can never corrupt the protocol stream, and puts them back
+afterwards. Anything else (a terminal, a regular file) gets the SDK's own streams.
+
+    with claim_stdio() as streams:
+        async with stdio_server(*streams) as (read, write): ...
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+
+CHUNK = 65536
+
+
+class LineReader:
+    """``async for line in reader``: the lines of a non-blocking file descriptor, decoded as UTF-8."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def __aiter__(self) -> LineReader:
+        return self
+
+    async def __anext__(self) -> str:
+        while b"\n" not in self._buffer:
+            await anyio.wait_readable(self.fd)
+            try:
+                chunk = os.read(self.fd, CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if not self._buffer:
+                    raise StopAsyncIteration
+                line, self._buffer = self._buffer, b""
+                return line.decode("utf-8", errors="replace")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", errors="replace") + "\n"
+
+
+class Writer:
+    """``await write(text)`` then ``await flush()`` on a non-blocking file descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending = bytearray()
+
+    async def write(self, text: str) -> None:
+        self._pending += text.encode("utf-8")
+
+    async def flush(self) -> None:
+        while self._pending:
+            try:
+                written = os.write(self.fd, self._pending)
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+                continue
+            del self._pending[:written]
+
+
+def _pollable(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+@contextmanager
+def claim_stdio() -> Iterator[tuple[Any, Any]]:
+    """Yield (stdin, stdout) streams for ``stdio_server``: loop-native, or (None, None) for the SDK's."""
+    if not (_pollable(0) and _pollable(1)):
+        yield None, None
+        return
+    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    for fd in (wire_in, wire_out):
+        os.set_blocking(fd, False)
+    try:
+        yield LineReader(wire_in), Writer(wire_out)
+    finally:
+        for fd, std in ((wire_in, 0), (wire_out, 1)):
+            os.set_blocking(fd, True)
+            os.dup2(fd, std)
+            os.close(fd)
