@@ -41,25 +41,22 @@ def write_config(ws: Path, base_url: str) -> None:
 
 
 async def direct_calls(base: str, n: int) -> list[float]:
-    from betty_mcp.llm.litellm_adapter import load_litellm
+    """``litellm.acompletion`` with exactly the parameters betty-mcp sends (same LiteLLM client cache)."""
+    from betty_mcp.llm.litellm_adapter import _kwargs, load_litellm
+    from betty_mcp.llm.models import ModelCatalog
+    from betty_mcp.llm.settings import LlmRouterConfig
+    from betty_mcp.llm.types import ChatRequest
 
     litellm = await load_litellm()
+    config = LlmRouterConfig.model_validate({"providers": {"bench": {"endpoint": base, "models": ["fast"]}}})
+    request = ChatRequest([{"role": "user", "content": "hi"}])
+    kwargs = _kwargs(ModelCatalog(config).resolve("bench/fast"), request)
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        stream = await litellm.acompletion(
-            model="openai/fast",
-            api_base=base,
-            api_key="x",
-            messages=[{"role": "user", "content": "hi"}],
-            stream=True,
-            stream_options={"include_usage": True},
-            max_retries=0,
-            num_retries=0,  # as betty-mcp passes: without it LiteLLM takes a slower retrying path
-            timeout=30.0,  # a float, as betty-mcp passes (an int takes a slower path in LiteLLM)
-        )
+        stream = await litellm.acompletion(**kwargs)
         chunks = [chunk async for chunk in stream]
-        litellm.stream_chunk_builder(chunks, messages=[{"role": "user", "content": "hi"}])
+        litellm.stream_chunk_builder(chunks, messages=request.messages)
         times.append(time.perf_counter() - started)
     return times
 
@@ -85,7 +82,7 @@ def main() -> None:
                 reply = peer.call("tools/call", {"name": "llm_query", "arguments": {"prompt": "hi"}})
                 through_mcp.append(time.perf_counter() - started)
                 assert reply["result"]["structuredContent"]["response"] == "pong", reply
-            direct += anyio.run(direct_calls, base_url + "/v1", args.calls // 2 + 10)[10:]
+            direct += anyio.run(direct_calls, base_url, args.calls // 2 + 10)[10:]
         peer.close()
     added = (median(through_mcp) - median(direct)) * 1000
     print(

@@ -2,7 +2,7 @@
 
 LiteLLM is imported on first use, in a worker thread (it takes ~3 s and ~200 MB), with the
 safe settings: no price-map download, no ``.env`` loading, no help banners on stdout, no
-tokenizer downloads, no message logging. Retries are ours (``max_retries=0``): the fallback
+tokenizer downloads, no message or stream logging. Retries are ours (``max_retries=0``): the fallback
 walk moves to the next model instead of waiting.
 """
 
@@ -37,6 +37,8 @@ def _load() -> Any:
             litellm.suppress_debug_info = True
             litellm.disable_hf_tokenizer_download = True
             litellm.turn_off_message_logging = True
+            # No LiteLLM callbacks are used (the ledger is ours): skip its per-stream logging threads.
+            litellm.disable_streaming_logging = True
             _litellm = litellm
     return _litellm
 

@@ -92,7 +92,7 @@ class LlmService:
             self.ledger, estimated_cost_usd=estimate, estimated_tokens=prompt + output, run_id=run_id
         )
 
-    async def _record(
+    def _record(
         self,
         spec: ModelSpec,
         started: float,
@@ -119,8 +119,8 @@ class LlmService:
             fallbacks=tuple(h.as_dict() for h in hops or []),
             error=error,
         )
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.ledger.record, record)
+        # Inline: a WAL insert takes well under a millisecond, a worker-thread hop costs more.
+        self.ledger.record(record)
 
     async def chat(
         self,
@@ -168,15 +168,15 @@ class LlmService:
             except ProviderError as exc:
                 error = exc
             except anyio.get_cancelled_exc_class():
-                await self._record(spec, started, caller, agent, run_id, outcome="cancelled", hops=hops)
+                self._record(spec, started, caller, agent, run_id, outcome="cancelled", hops=hops)
                 raise
             else:
-                await self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
+                self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
                 return ChatResult(
                     completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops
                 )
             hops.append(Hop(spec.id, error.kind, str(error)))
-            await self._record(
+            self._record(
                 spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops
             )
             if not error.retryable:
