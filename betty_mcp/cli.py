@@ -6,7 +6,6 @@ Output is for people by default; ``--json`` gives output for scripts.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -76,7 +75,9 @@ def _settings(
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from betty_mcp.secrets import log_to_stderr
+
+    log_to_stderr(level)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -9,7 +9,6 @@ command is cli.py's.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -56,11 +55,10 @@ def serve(argv: list[str]) -> None:
     from betty_mcp.app import BettyApp
     from betty_mcp.config import load_settings
     from betty_mcp.errors import BettyError
+    from betty_mcp.secrets import log_to_stderr
 
     args = serve_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr(args.log_level)
     try:
         settings = load_settings(
             args.config,

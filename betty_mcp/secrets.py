@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 SECRET_NAME = re.compile(
@@ -37,3 +39,17 @@ def without_secrets(environ: Mapping[str, str], keep: Iterable[str] = ()) -> dic
     """A copy of ``environ`` minus secret-looking variables, except those named in ``keep``."""
     kept = set(keep)
     return {k: v for k, v in environ.items() if k in kept or not is_secret_name(k)}
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Formats log lines (tracebacks included) with every known secret replaced."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def log_to_stderr(level: str) -> None:
+    """The process's logging: stderr only (stdout may be the MCP wire), secrets scrubbed."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
