@@ -243,3 +243,56 @@ async def test_agent_run_against_a_real_local_model_ends_cleanly(workspace: Path
     )
     events = [json.loads(line) for line in trace.contents[0].text.splitlines()]
     assert events[-1]["event"] == "run_finished" and events[-1]["status"] == out["status"]
+
+
+async def test_background_runs_survive_the_client_disconnecting_over_http(
+    workspace: Path, llm: ScriptedLLM
+) -> None:
+    from mcp.client import Client
+
+    from tests.conftest import http_server
+
+    flags = setup_agent(workspace, llm, skills=["test.sleep"])
+    llm.script("main", ToolCalls([("test_sleep", {"seconds": 1})]), Reply("done after the client left"))
+    with http_server(workspace, *flags) as url:
+        async with Client(url) as first:
+            run_id = (
+                await first.call_tool("agent_run", {"agent": "demo.echoer", "task": "t", "wait": False})
+            ).structured_content["run_id"]
+        async with Client(url) as second:
+            result = await second.call_tool("run_result", {"run_id": run_id, "wait_seconds": 30})
+    assert result.structured_content["status"] == "completed"
+    assert result.structured_content["answer"] == "done after the client left"
+
+
+def test_the_run_command_shows_progress_and_sets_the_exit_code(workspace: Path, llm: ScriptedLLM) -> None:
+    flags = setup_agent(workspace, llm, skills=["test.echo"])
+    llm.script("main", ToolCalls([("test_echo", {"message": "cli"})]), Reply("echoed cli"), Error(401))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "betty_mcp",
+                "run",
+                "demo.echoer",
+                "echo cli",
+                *args,
+                *flags,
+                "--skills-dir",
+                str(Path(__file__).parent / "fixtures" / "skills"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=workspace,
+            timeout=120,
+        )
+
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "echoed cli"
+    assert "step 2: test.echo ok" in ok.stderr and "completed" in ok.stderr
+    failed = run("--json")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["status"] == "failed"
