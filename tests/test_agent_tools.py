@@ -296,3 +296,18 @@ def test_the_run_command_shows_progress_and_sets_the_exit_code(workspace: Path, 
     failed = run("--json")
     assert failed.returncode == 1
     assert json.loads(failed.stdout)["status"] == "failed"
+
+
+async def test_a_wait_that_runs_out_returns_the_partial_result(workspace: Path, llm: ScriptedLLM) -> None:
+    flags = setup_agent(workspace, llm, skills=["test.sleep"])
+    llm.script("main", Reply("warm"), ToolCalls([("test_sleep", {"seconds": 3})]), Reply("slept"))
+    async with stdio_client(workspace, *flags) as client:
+        await client.call_tool("llm_query", {"prompt": "warm", "model": "scripted/main"})  # LiteLLM loaded
+        partial = await client.call_tool(
+            "agent_run", {"agent": "demo.echoer", "task": "t", "wait_seconds": 1}
+        )
+        out = partial.structured_content
+        assert not partial.is_error and out["status"] == "running", out
+        assert [s["kind"] for s in out["steps"]] == ["llm"], "the model turn so far; the skill still runs"
+        final = await client.call_tool("run_result", {"run_id": out["run_id"], "wait_seconds": 30})
+    assert final.structured_content["status"] == "completed"

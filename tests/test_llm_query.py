@@ -292,3 +292,16 @@ def test_cli_query_models_usage_and_doctor(workspace: Path, llm: ScriptedLLM) ->
     assert checks["endpoint scripted"]["ok"] and checks["endpoint ollama"]["ok"]
     failed = cli("query", "x", "--model", "nope")
     assert failed.returncode == 1 and "unknown model 'nope'" in failed.stderr
+
+
+async def test_the_llm_query_skill_runs_the_same_code(workspace: Path, llm: ScriptedLLM) -> None:
+    """skills/llm.query (a Betty skill, run as a subprocess) reaches the provider with its key."""
+    write_config(workspace, llm)
+    llm.script("main", Reply("from the skill", prompt_tokens=2, completion_tokens=3))
+    async with stdio_client(workspace, env=ENV) as client:
+        result = await client.call_tool("skill_run", {"name": "llm.query", "arguments": {"prompt": "hi"}})
+    assert not result.is_error, result.content[0].text
+    out = result.structured_content
+    assert out["response"] == "from the skill" and out["model_used"] == "scripted/main"
+    assert out["tokens_used"]["total"] == 5
+    assert llm.requests_for("main")[0].headers["authorization"] == f"Bearer {SECRET}"

@@ -20,8 +20,13 @@ HANDLER = ROOT / "skills" / "agent.define" / "agent_define.py"
 def make_skill(ws: Path, name: str, status: str = "active") -> None:
     folder = ws / "skills" / name
     folder.mkdir(parents=True)
-    manifest = {"name": name, "version": "1.0.0", "description": f"{name}.", "status": status,
-                "entrypoints": [{"handler": "run.py"}]}
+    manifest = {
+        "name": name,
+        "version": "1.0.0",
+        "description": f"{name}.",
+        "status": status,
+        "entrypoints": [{"handler": "run.py"}],
+    }
     (folder / "skill.yaml").write_text(json.dumps(manifest))
     (folder / "run.py").write_text("print('{}')\n")
 
@@ -30,9 +35,14 @@ def make_agent(ws: Path, name: str = "api.designer", **fields: Any) -> Path:
     folder = ws / "agents" / name
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "name": name, "version": "1.0.0", "description": "Designs APIs.", "status": "active",
-        "capabilities": ["Design RESTful APIs"], "skills_available": ["api.validate", "api.define"],
-        "reasoning_mode": "iterative", **fields,
+        "name": name,
+        "version": "1.0.0",
+        "description": "Designs APIs.",
+        "status": "active",
+        "capabilities": ["Design RESTful APIs"],
+        "skills_available": ["api.validate", "api.define"],
+        "reasoning_mode": "iterative",
+        **fields,
     }
     (folder / "agent.yaml").write_text(json.dumps(manifest))  # JSON is YAML
     return folder / "agent.yaml"
@@ -52,16 +62,22 @@ def settings(ws: Path, **extra: Any) -> str:
 
 def call(ws: Path, *args: str, **extra: Any) -> tuple[int, dict[str, Any]]:
     env = {**os.environ, "BETTY_WORKSPACE": str(ws), "BETTY_MCP_SETTINGS": settings(ws, **extra)}
-    proc = subprocess.run([sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True, env=env, timeout=60
+    )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_valid_agent_is_registered(ws: Path) -> None:
-    make_agent(ws, llm_config={"primary_provider": "anthropic", "fallback_provider": "ollama",
-                               "reasoning_budget": "high"},
-               error_handling={"max_retries": 2, "timeout_seconds": 600,
-                               "retry_strategy": "exponential_backoff"})
+    make_agent(
+        ws,
+        llm_config={
+            "primary_provider": "anthropic",
+            "fallback_provider": "ollama",
+            "reasoning_budget": "high",
+        },
+        error_handling={"max_retries": 2, "timeout_seconds": 600, "retry_strategy": "exponential_backoff"},
+    )
     code, out = call(ws, "agents/api.designer/agent.yaml")
     assert code == 0, out
     data = out["data"]
@@ -75,8 +91,11 @@ def test_valid_agent_is_registered(ws: Path) -> None:
 
 def test_every_problem_is_reported_and_nothing_registered(ws: Path) -> None:
     manifest = make_agent(
-        ws, version="1.0", skills_available=["api.validat", "api.old", "nothing.like.it"],
-        llm_config={"primary_provider": "antropic", "fallback_provider": "ollama"}, llm_preference="gpt",
+        ws,
+        version="1.0",
+        skills_available=["api.validat", "api.old", "nothing.like.it"],
+        llm_config={"primary_provider": "antropic", "fallback_provider": "ollama"},
+        llm_preference="gpt",
         error_handling={"max_retries": 15, "timeout_seconds": 7200, "retry_strategy": "yolo"},
     )
     code, out = call(ws, str(manifest))
@@ -119,12 +138,21 @@ def test_configured_router_providers_are_known(ws: Path) -> None:
     assert code == 0 and out["data"]["action"] == "added" and out["data"]["registered"] is False
 
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({"reasoning_mode": "sometimes"}, "reasoning_mode: Input should be 'iterative' or 'oneshot'"),
-    ({"error_handling": {"timeout_seconds": 0}}, "error_handling.timeout_seconds: Input should be greater"),
-    ({"error_handling": {"max_retries": -1}}, "error_handling.max_retries: Input should be greater than or"),
-    ({"skills_available": "api.validate"}, "skills_available: Input should be a valid list"),
-])
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"reasoning_mode": "sometimes"}, "reasoning_mode: Input should be 'iterative' or 'oneshot'"),
+        (
+            {"error_handling": {"timeout_seconds": 0}},
+            "error_handling.timeout_seconds: Input should be greater",
+        ),
+        (
+            {"error_handling": {"max_retries": -1}},
+            "error_handling.max_retries: Input should be greater than or",
+        ),
+        ({"skills_available": "api.validate"}, "skills_available: Input should be a valid list"),
+    ],
+)
 def test_model_errors(ws: Path, fields: dict[str, Any], expected: str) -> None:
     manifest = make_agent(ws, **fields)
     code, out = call(ws, str(manifest))
@@ -166,8 +194,9 @@ async def test_define_over_mcp(ws: Path) -> None:
     make_agent(ws, name="api.broken", skills_available=["api.missing"])
     async with stdio_client(ws, "--skills-dir", str(ws / "skills"), fixtures=False) as client:
         good = await client.call_tool("agent_define", {"manifest_path": "agents/api.designer/agent.yaml"})
-        bad = await client.call_tool("agent_define", {"manifest_path": "agents/api.broken/agent.yaml",
-                                                      "register": False})
+        bad = await client.call_tool(
+            "agent_define", {"manifest_path": "agents/api.broken/agent.yaml", "register": False}
+        )
     assert not good.is_error and good.structured_content["action"] == "added"
     assert bad.is_error
     assert "skill 'api.missing' does not exist" in bad.structured_content["errors"][0]["message"]

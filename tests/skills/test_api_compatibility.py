@@ -34,7 +34,11 @@ LIST_PARAMS = "/paths/~1pets/get/parameters"
 
 def run_skill(workspace: Path, *args: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, str(HANDLER), *args], cwd=workspace, capture_output=True, text=True, timeout=60,
+        [sys.executable, str(HANDLER), *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "BETTY_WORKSPACE": str(workspace), "BETTY_ALLOWED_ROOTS": ""},
     )
     doc = last_json_document(proc.stdout)
@@ -48,8 +52,9 @@ def write(workspace: Path, name: str, doc: Any) -> str:
     return name
 
 
-def compare(workspace: Path, old: dict[str, Any], mutate: Callable[[dict[str, Any]], None],
-            *flags: str) -> tuple[int, dict[str, Any]]:
+def compare(
+    workspace: Path, old: dict[str, Any], mutate: Callable[[dict[str, Any]], None], *flags: str
+) -> tuple[int, dict[str, Any]]:
     new = copy.deepcopy(old)
     mutate(new)
     return run_skill(workspace, write(workspace, "old.yaml", old), write(workspace, "new.yaml", new), *flags)
@@ -66,8 +71,14 @@ def data_of(rc: int, doc: dict[str, Any]) -> dict[str, Any]:
 
 # -- no change, real documents ---------------------------------------------------------------------
 
-REAL_SPECS = ["petstore.yaml", "petstore-expanded.yaml", "uspto.yaml", "link-example.yaml",
-              "callback-example.yaml", "api-with-examples.yaml"]
+REAL_SPECS = [
+    "petstore.yaml",
+    "petstore-expanded.yaml",
+    "uspto.yaml",
+    "link-example.yaml",
+    "callback-example.yaml",
+    "api-with-examples.yaml",
+]
 
 
 @pytest.mark.parametrize("name", REAL_SPECS)
@@ -102,6 +113,7 @@ def test_petstore_to_petstore_expanded(workspace: Path) -> None:
 
 # -- paths and operations --------------------------------------------------------------------------
 
+
 def test_removed_operation(workspace: Path) -> None:
     data = data_of(*compare(workspace, PETSTORE, lambda d: d["paths"]["/pets"].pop("post")))
     assert data["compatible"] is False
@@ -124,11 +136,13 @@ def test_added_path_and_operation_are_not_breaking(workspace: Path) -> None:
     data = data_of(*compare(workspace, PETSTORE, mutate))
     assert data["compatible"] is True
     assert kinds(data["non_breaking_changes"]) == [
-        ("operation-added", "/paths/~1pets~1{petId}/delete"), ("path-added", "/paths/~1owners"),
+        ("operation-added", "/paths/~1pets~1{petId}/delete"),
+        ("path-added", "/paths/~1owners"),
     ]
 
 
 # -- schemas: properties, types, enums -------------------------------------------------------------
+
 
 def test_renamed_response_field_is_removed_plus_added_at_every_use_site(workspace: Path) -> None:
     def mutate(d: dict[str, Any]) -> None:
@@ -145,16 +159,20 @@ def test_renamed_response_field_is_removed_plus_added_at_every_use_site(workspac
     removed = data["breaking_changes"][2]
     assert removed["defined_at"] == "/components/schemas/Pet/properties/name"
     assert removed["property"] == "name" and removed["operation"] == "GET /pets/{petId}"
-    assert ("response-property-added", f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/properties/petName") \
-        in kinds(data["non_breaking_changes"])
-    assert ("request-property-removed", f"{CREATE_BODY}/properties/name") \
-        in kinds(data["non_breaking_changes"])
+    assert (
+        "response-property-added",
+        f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/properties/petName",
+    ) in kinds(data["non_breaking_changes"])
+    assert ("request-property-removed", f"{CREATE_BODY}/properties/name") in kinds(
+        data["non_breaking_changes"]
+    )
 
 
 def test_new_required_query_parameter(workspace: Path) -> None:
     def mutate(d: dict[str, Any]) -> None:
         d["paths"]["/pets"]["get"]["parameters"].append(
-            {"name": "owner", "in": "query", "required": True, "schema": {"type": "string"}})
+            {"name": "owner", "in": "query", "required": True, "schema": {"type": "string"}}
+        )
 
     data = data_of(*compare(workspace, PETSTORE, mutate))
     assert kinds(data["breaking_changes"]) == [("required-parameter-added", f"{LIST_PARAMS}/1")]
@@ -164,7 +182,8 @@ def test_new_required_query_parameter(workspace: Path) -> None:
 def test_optional_parameter_added_or_made_required(workspace: Path) -> None:
     def add_optional(d: dict[str, Any]) -> None:
         d["paths"]["/pets"]["get"]["parameters"].append(
-            {"name": "sort", "in": "query", "schema": {"type": "string"}})
+            {"name": "sort", "in": "query", "schema": {"type": "string"}}
+        )
 
     data = data_of(*compare(workspace, PETSTORE, add_optional))
     assert data["compatible"] is True
@@ -223,8 +242,9 @@ def test_enum_narrowed_breaks_requests_widened_breaks_responses(workspace: Path)
     data = data_of(*compare(workspace, old, _set_tag_enum(["dog", "cat"])))
     assert kinds(data["breaking_changes"]) == [("request-enum-narrowed", f"{CREATE_BODY}/{tag}")]
     assert data["breaking_changes"][0]["removed"] == ["bird"]
-    assert ("response-enum-narrowed", f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/{tag}") \
-        in kinds(data["non_breaking_changes"])
+    assert ("response-enum-narrowed", f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/{tag}") in kinds(
+        data["non_breaking_changes"]
+    )
 
     old = _with_tag_enum(["dog", "cat"])
     data = data_of(*compare(workspace, old, _set_tag_enum(["dog", "cat", "bird"])))
@@ -239,9 +259,15 @@ def test_enum_narrowed_breaks_requests_widened_breaks_responses(workspace: Path)
 def test_query_parameter_enum_narrowed(workspace: Path) -> None:
     old = copy.deepcopy(PETSTORE)
     old["paths"]["/pets"]["get"]["parameters"].append(
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["available", "sold"]}})
-    data = data_of(*compare(workspace, old, lambda d: d["paths"]["/pets"]["get"]["parameters"][1][
-        "schema"].update(enum=["available"])))
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["available", "sold"]}}
+    )
+    data = data_of(
+        *compare(
+            workspace,
+            old,
+            lambda d: d["paths"]["/pets"]["get"]["parameters"][1]["schema"].update(enum=["available"]),
+        )
+    )
     assert kinds(data["breaking_changes"]) == [("request-enum-narrowed", f"{LIST_PARAMS}/1/schema")]
     assert "'sold'" in data["breaking_changes"][0]["message"]
 
@@ -260,7 +286,9 @@ def test_read_only_property_is_not_a_request_property(workspace: Path) -> None:
 def test_recursive_schema_terminates_and_reports_deep_change(workspace: Path) -> None:
     old = copy.deepcopy(PETSTORE)
     old["components"]["schemas"]["Pet"]["properties"]["children"] = {
-        "type": "array", "items": {"$ref": "#/components/schemas/Pet"}}
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Pet"},
+    }
 
     def drop_tag(d: dict[str, Any]) -> None:
         d["components"]["schemas"]["Pet"]["properties"].pop("tag")
@@ -268,14 +296,16 @@ def test_recursive_schema_terminates_and_reports_deep_change(workspace: Path) ->
     data = data_of(*compare(workspace, old, drop_tag))
     removed = [c for c in data["breaking_changes"] if c["operation"] == "GET /pets/{petId}"]
     assert kinds(removed) == [
-        ("response-property-removed", f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/properties/tag")]
+        ("response-property-removed", f"{PET_BY_ID}/responses/200/{JSON_SCHEMA}/properties/tag")
+    ]
 
 
 def test_shared_component_reported_once_per_response(workspace: Path) -> None:
     old = copy.deepcopy(PETSTORE)
     old["components"]["schemas"]["Person"] = {"type": "object", "properties": {"name": {"type": "string"}}}
     old["components"]["schemas"]["Pet"]["properties"].update(
-        owner={"$ref": "#/components/schemas/Person"}, vet={"$ref": "#/components/schemas/Person"})
+        owner={"$ref": "#/components/schemas/Person"}, vet={"$ref": "#/components/schemas/Person"}
+    )
 
     def mutate(d: dict[str, Any]) -> None:
         d["components"]["schemas"]["Person"]["properties"]["name"]["type"] = "integer"
@@ -290,17 +320,24 @@ def test_shared_component_reported_once_per_response(workspace: Path) -> None:
 
 # -- responses -------------------------------------------------------------------------------------
 
+
 def test_removed_404_response(workspace: Path) -> None:
     fields = "/{dataset}/{version}/fields"
     data = data_of(*compare(workspace, USPTO, lambda d: d["paths"][fields]["get"]["responses"].pop("404")))
     assert kinds(data["breaking_changes"]) == [
-        ("response-code-removed", "/paths/~1{dataset}~1{version}~1fields/get/responses/404")]
+        ("response-code-removed", "/paths/~1{dataset}~1{version}~1fields/get/responses/404")
+    ]
     assert data["non_breaking_changes"] == []
 
 
 def test_new_response_code_is_not_breaking(workspace: Path) -> None:
-    data = data_of(*compare(workspace, USPTO, lambda d: d["paths"]["/"]["get"]["responses"].update(
-        {"503": {"description": "maintenance"}})))
+    data = data_of(
+        *compare(
+            workspace,
+            USPTO,
+            lambda d: d["paths"]["/"]["get"]["responses"].update({"503": {"description": "maintenance"}}),
+        )
+    )
     assert data["compatible"] is True
     assert kinds(data["non_breaking_changes"]) == [("response-code-added", "/paths/~1/get/responses/503")]
 
@@ -311,16 +348,20 @@ def test_required_request_property_in_uspto_form(workspace: Path) -> None:
 
     def mutate(d: dict[str, Any]) -> None:
         d["paths"][records]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"][
-            "required"].append("rows")
+            "required"
+        ].append("rows")
 
     data = data_of(*compare(workspace, USPTO, mutate))
-    assert kinds(data["breaking_changes"]) == [(
-        "request-property-became-required",
-        f"/paths/~1{{dataset}}~1{{version}}~1records/post/requestBody/content/{media}/schema/properties/rows",
-    )]
+    assert kinds(data["breaking_changes"]) == [
+        (
+            "request-property-became-required",
+            f"/paths/~1{{dataset}}~1{{version}}~1records/post/requestBody/content/{media}/schema/properties/rows",
+        )
+    ]
 
 
 # -- authentication --------------------------------------------------------------------------------
+
 
 def _with_api_key(doc: dict[str, Any]) -> None:
     doc["components"]["securitySchemes"] = {"api_key": {"type": "apiKey", "in": "header", "name": "X-Key"}}
@@ -338,8 +379,9 @@ def test_added_global_security_is_breaking(workspace: Path) -> None:
 def test_operation_security_added_and_relaxed(workspace: Path) -> None:
     old = copy.deepcopy(PETSTORE)
     _with_api_key(old)
-    data = data_of(*compare(workspace, old, lambda d: d["paths"]["/pets"]["post"].update(
-        security=[{"api_key": []}])))
+    data = data_of(
+        *compare(workspace, old, lambda d: d["paths"]["/pets"]["post"].update(security=[{"api_key": []}]))
+    )
     assert kinds(data["breaking_changes"]) == [("auth-changed", "/paths/~1pets/post/security")]
 
     old["security"] = [{"api_key": []}]
@@ -352,29 +394,40 @@ def test_security_scheme_definition_changed(workspace: Path) -> None:
     old = copy.deepcopy(PETSTORE)
     _with_api_key(old)
     old["security"] = [{"api_key": []}]
-    data = data_of(*compare(workspace, old, lambda d: d["components"]["securitySchemes"]["api_key"].update(
-        {"in": "query"})))
+    data = data_of(
+        *compare(
+            workspace, old, lambda d: d["components"]["securitySchemes"]["api_key"].update({"in": "query"})
+        )
+    )
     assert kinds(data["breaking_changes"]) == [("auth-changed", "/components/securitySchemes/api_key")]
     assert "in: header -> query" in data["breaking_changes"][0]["message"]
 
 
 # -- fail_on_breaking, outputs, formats ------------------------------------------------------------
 
+
 def test_fail_on_breaking_turns_breaking_changes_into_errors(workspace: Path) -> None:
     rc, doc = compare(workspace, PETSTORE, lambda d: d["paths"]["/pets"].pop("post"), "--fail_on_breaking")
     assert rc == 1 and doc["ok"] is False and doc["status"] == "failed"
-    assert doc["errors"] == [{
-        "code": "operation-removed", "message": "operation POST /pets was removed",
-        "location": "/paths/~1pets/post",
-    }]
+    assert doc["errors"] == [
+        {
+            "code": "operation-removed",
+            "message": "operation POST /pets was removed",
+            "location": "/paths/~1pets/post",
+        }
+    ]
     assert doc["data"]["compatible"] is False
     structured = normalise(doc, rc)
     assert structured["ok"] is False and structured["breaking_changes"][0]["kind"] == "operation-removed"
 
 
 def test_fail_on_breaking_without_breaking_changes_succeeds(workspace: Path) -> None:
-    rc, doc = compare(workspace, PETSTORE, lambda d: d["paths"]["/pets"]["get"].update(summary="List pets"),
-                      "--fail_on_breaking")
+    rc, doc = compare(
+        workspace,
+        PETSTORE,
+        lambda d: d["paths"]["/pets"]["get"].update(summary="List pets"),
+        "--fail_on_breaking",
+    )
     data = data_of(rc, doc)
     assert data["compatible"] is True
     assert kinds(data["non_breaking_changes"]) == [("description-changed", "/paths/~1pets/get/summary")]
@@ -400,21 +453,33 @@ def test_json_document_against_yaml(workspace: Path) -> None:
     data = data_of(*run_skill(workspace, old_name, new_name))
     assert (data["old_version"], data["new_version"]) == ("1.0.0", "1.1.0")
     assert kinds(data["breaking_changes"]) == [
-        ("response-code-removed", "/paths/~1pets/get/responses/default")]
+        ("response-code-removed", "/paths/~1pets/get/responses/default")
+    ]
 
 
 def test_swagger_2_documents(workspace: Path) -> None:
     old = {
-        "swagger": "2.0", "info": {"title": "t", "version": "1"},
-        "paths": {"/items": {"post": {
-            "parameters": [
-                {"name": "limit", "in": "query", "type": "integer"},
-                {"name": "body", "in": "body", "required": True, "schema": {"$ref": "#/definitions/Item"}},
-            ],
-            "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/Item"}}},
-        }}},
-        "definitions": {"Item": {
-            "type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}}}},
+        "swagger": "2.0",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/items": {
+                "post": {
+                    "parameters": [
+                        {"name": "limit", "in": "query", "type": "integer"},
+                        {
+                            "name": "body",
+                            "in": "body",
+                            "required": True,
+                            "schema": {"$ref": "#/definitions/Item"},
+                        },
+                    ],
+                    "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/Item"}}},
+                }
+            }
+        },
+        "definitions": {
+            "Item": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}}}
+        },
     }
 
     def mutate(d: dict[str, Any]) -> None:
@@ -426,11 +491,13 @@ def test_swagger_2_documents(workspace: Path) -> None:
         ("type-changed", "/paths/~1items/post/parameters/0"),
         ("response-property-removed", "/paths/~1items/post/responses/200/schema/properties/name"),
     ]
-    assert ("request-property-removed", "/paths/~1items/post/parameters/1/schema/properties/name") \
-        in kinds(data["non_breaking_changes"])
+    assert ("request-property-removed", "/paths/~1items/post/parameters/1/schema/properties/name") in kinds(
+        data["non_breaking_changes"]
+    )
 
 
 # -- bad inputs ------------------------------------------------------------------------------------
+
 
 def _failure(rc: int, doc: dict[str, Any]) -> dict[str, Any]:
     assert rc == 1 and doc["ok"] is False, doc
@@ -460,14 +527,27 @@ def test_path_outside_workspace(workspace: Path) -> None:
     assert "outside the workspace" in error["message"] and "old_spec_path" in error["message"]
 
 
-@pytest.mark.parametrize(("content", "code", "text"), [
-    ("- just\n- a list\n", "not_openapi", "its top level is a list"),
-    ("name: my-service\nversion: 2\n", "not_openapi",
-     "no 'openapi' (or 'swagger') field (top-level keys: name, version)"),
-    ("openapi: 2.5.0\ninfo: {title: t, version: '1'}\npaths: {}\n", "unsupported_version", "openapi: 2.5.0"),
-    ("openapi: 3.0.0\ninfo: {title: t, version: '1'}\npaths: [a]\n", "not_openapi",
-     "'paths' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("content", "code", "text"),
+    [
+        ("- just\n- a list\n", "not_openapi", "its top level is a list"),
+        (
+            "name: my-service\nversion: 2\n",
+            "not_openapi",
+            "no 'openapi' (or 'swagger') field (top-level keys: name, version)",
+        ),
+        (
+            "openapi: 2.5.0\ninfo: {title: t, version: '1'}\npaths: {}\n",
+            "unsupported_version",
+            "openapi: 2.5.0",
+        ),
+        (
+            "openapi: 3.0.0\ninfo: {title: t, version: '1'}\npaths: [a]\n",
+            "not_openapi",
+            "'paths' must be a mapping",
+        ),
+    ],
+)
 def test_not_an_openapi_document(workspace: Path, content: str, code: str, text: str) -> None:
     shutil.copy(OPENAPI_DIR / "petstore.yaml", workspace / "old.yaml")
     (workspace / "new.yaml").write_text(content)
@@ -477,13 +557,19 @@ def test_not_an_openapi_document(workspace: Path, content: str, code: str, text:
 
 
 def test_broken_ref_names_the_ref_and_where_it_is_used(workspace: Path) -> None:
-    rc, doc = compare(workspace, PETSTORE, lambda d: d["components"]["schemas"]["Pets"]["items"].update(
-        {"$ref": "#/components/schemas/Pett"}))
+    rc, doc = compare(
+        workspace,
+        PETSTORE,
+        lambda d: d["components"]["schemas"]["Pets"]["items"].update({"$ref": "#/components/schemas/Pett"}),
+    )
     error = _failure(rc, doc)
     assert len(doc["errors"]) == 1
     assert error["code"] == "broken_ref"
     assert (error["ref"], error["used_at"], error["spec"]) == (
-        "#/components/schemas/Pett", "/components/schemas/Pets/items", "new")
+        "#/components/schemas/Pett",
+        "/components/schemas/Pets/items",
+        "new",
+    )
     assert error["message"] == (
         "new spec 'new.yaml': $ref '#/components/schemas/Pett' used at /components/schemas/Pets/items "
         "does not resolve: /components/schemas has no 'Pett' (did you mean 'Pet'?)"
@@ -495,15 +581,18 @@ def test_reference_loop_and_external_ref(workspace: Path) -> None:
         d["components"]["schemas"]["A"] = {"$ref": "#/components/schemas/B"}
         d["components"]["schemas"]["B"] = {"$ref": "#/components/schemas/A"}
         d["paths"]["/pets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {
-            "$ref": "other.yaml#/Pets"}
+            "$ref": "other.yaml#/Pets"
+        }
 
     rc, doc = compare(workspace, PETSTORE, mutate)
     assert rc == 1
     codes = {e["code"]: e for e in doc["errors"]}
     assert set(codes) == {"unsupported_ref", "ref_cycle"}
     assert codes["unsupported_ref"]["used_at"] == f"/paths/~1pets/get/responses/200/{JSON_SCHEMA}"
-    assert "#/components/schemas/A -> #/components/schemas/B -> #/components/schemas/A" \
+    assert (
+        "#/components/schemas/A -> #/components/schemas/B -> #/components/schemas/A"
         in codes["ref_cycle"]["message"]
+    )
 
 
 def test_missing_argument_is_a_failure_envelope(workspace: Path) -> None:
@@ -512,6 +601,7 @@ def test_missing_argument_is_a_failure_envelope(workspace: Path) -> None:
 
 
 # -- over MCP --------------------------------------------------------------------------------------
+
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ERAS)
@@ -524,13 +614,20 @@ async def test_compatibility_over_mcp(workspace: Path, mode: str) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert "api_compatibility" in tools
         assert set(tools["api_compatibility"].output_schema["properties"]) >= {
-            "compatible", "breaking_changes", "non_breaking_changes", "summary", "old_version", "new_version"}
+            "compatible",
+            "breaking_changes",
+            "non_breaking_changes",
+            "summary",
+            "old_version",
+            "new_version",
+        }
         arguments = {"old_spec_path": "old.yaml", "new_spec_path": "new.yaml"}
         report = await client.call_tool("api_compatibility", arguments)
         failed = await client.call_tool("api_compatibility", {**arguments, "fail_on_breaking": True})
     assert not report.is_error
     assert report.structured_content["compatible"] is False
     assert kinds(report.structured_content["breaking_changes"]) == [
-        ("operation-removed", "/paths/~1pets/post")]
+        ("operation-removed", "/paths/~1pets/post")
+    ]
     assert failed.is_error
     assert failed.structured_content["errors"][0]["location"] == "/paths/~1pets/post"

@@ -55,8 +55,14 @@ def read(workspace: Path, relative: str) -> dict[str, Any]:
 
 
 def run_script(script: Path, workspace: Path, *argv: str) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run([sys.executable, str(script), *argv], cwd=workspace, capture_output=True, text=True,
-                          env={"BETTY_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env={"BETTY_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     return proc.returncode, normalise(last_json_document(proc.stdout), proc.returncode)
 
 
@@ -77,14 +83,24 @@ def follow(doc: dict[str, Any], ref: str) -> Any:
 
 # -- generation ---------------------------------------------------------------------------
 
+
 def test_one_resource(ws: Path) -> None:
     result = generate("order-service", ["order"])
     assert result == {
-        "openapi_path": "api/order-service.openapi.yaml", "files": ["api/order-service.openapi.yaml"],
-        "paths": 2, "operations": 5,
-        "resources": [{"name": "order", "plural": "orders", "schema": "Order", "collection_path": "/orders",
-                       "item_path": "/orders/{orderId}",
-                       "operations": ["list", "get", "create", "update", "delete"]}],
+        "openapi_path": "api/order-service.openapi.yaml",
+        "files": ["api/order-service.openapi.yaml"],
+        "paths": 2,
+        "operations": 5,
+        "resources": [
+            {
+                "name": "order",
+                "plural": "orders",
+                "schema": "Order",
+                "collection_path": "/orders",
+                "item_path": "/orders/{orderId}",
+                "operations": ["list", "get", "create", "update", "delete"],
+            }
+        ],
     }
     doc = read(ws, result["openapi_path"])
     assert doc["openapi"] == "3.1.0" and doc["info"]["version"] == "1.0.0"
@@ -95,30 +111,44 @@ def test_one_resource(ws: Path) -> None:
     ops = [o["operationId"] for p in doc["paths"].values() for m, o in p.items() if m != "parameters"]
     assert sorted(ops) == ["createOrder", "deleteOrder", "getOrder", "listOrders", "updateOrder"]
     listing = doc["paths"]["/orders"]["get"]
-    assert [p["$ref"] for p in listing["parameters"]] == ["#/components/parameters/Limit",
-                                                          "#/components/parameters/Offset"]
+    assert [p["$ref"] for p in listing["parameters"]] == [
+        "#/components/parameters/Limit",
+        "#/components/parameters/Offset",
+    ]
     assert set(listing["responses"]) == {"200", "400", "401", "500"}
     assert set(doc["paths"]["/orders/{orderId}"]["delete"]["responses"]) == {"204", "401", "404", "500"}
     schemas = doc["components"]["schemas"]
     assert set(schemas) == {"Problem", "Pagination", "Order", "OrderCreate", "OrderUpdate", "OrderList"}
     assert schemas["Order"]["required"] == ["id", "name", "createdAt", "updatedAt"]  # default fields
-    assert schemas["OrderList"]["properties"]["items"] == {"type": "array",
-                                                          "items": {"$ref": "#/components/schemas/Order"}}
+    assert schemas["OrderList"]["properties"]["items"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Order"},
+    }
     not_found = doc["components"]["responses"]["NotFound"]["content"]
     assert not_found["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     assert set(schemas["Problem"]["properties"]) == {"type", "title", "status", "detail", "instance"}
     assert doc["security"] == [{"bearerAuth": []}]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
-    assert doc["servers"] == [{"url": "https://api.example.com/order-service/v1",
-                               "description": "Production"}]
-    assert all(ref in {f"#/components/{k}/{n}" for k, t in doc["components"].items() for n in t}
-               for ref in refs(doc))
+    assert doc["servers"] == [
+        {"url": "https://api.example.com/order-service/v1", "description": "Production"}
+    ]
+    assert all(
+        ref in {f"#/components/{k}/{n}" for k, t in doc["components"].items() for n in t} for ref in refs(doc)
+    )
 
 
 def test_three_resources_with_fields_and_operations(ws: Path) -> None:
     resources = [
-        {"name": "order-item", "fields": {"quantity": "integer", "unit_price": "number", "note": "string?",
-                                          "tags": "string[]?", "shipped_on": "date?"}},
+        {
+            "name": "order-item",
+            "fields": {
+                "quantity": "integer",
+                "unit_price": "number",
+                "note": "string?",
+                "tags": "string[]?",
+                "shipped_on": "date?",
+            },
+        },
         {"name": "category", "operations": ["list", "get"]},
         {"name": "person", "fields": {"email": "email"}, "operations": ["create", "delete"]},
     ]
@@ -126,13 +156,27 @@ def test_three_resources_with_fields_and_operations(ws: Path) -> None:
     assert result["openapi_path"] == "specs/v2/shop.openapi.yaml"
     assert (result["paths"], result["operations"]) == (6, 9)
     doc = read(ws, result["openapi_path"])
-    assert list(doc["paths"]) == ["/order-items", "/order-items/{orderItemId}", "/categories",
-                                  "/categories/{categoryId}", "/people", "/people/{personId}"]
+    assert list(doc["paths"]) == [
+        "/order-items",
+        "/order-items/{orderItemId}",
+        "/categories",
+        "/categories/{categoryId}",
+        "/people",
+        "/people/{personId}",
+    ]
     assert list(doc["paths"]["/people/{personId}"]) == ["parameters", "delete"]
     assert doc["paths"]["/order-items"]["get"]["operationId"] == "listOrderItems"
     item = doc["components"]["schemas"]["OrderItem"]
-    assert list(item["properties"]) == ["id", "quantity", "unitPrice", "note", "tags", "shippedOn",
-                                        "createdAt", "updatedAt"]
+    assert list(item["properties"]) == [
+        "id",
+        "quantity",
+        "unitPrice",
+        "note",
+        "tags",
+        "shippedOn",
+        "createdAt",
+        "updatedAt",
+    ]
     assert item["required"] == ["id", "quantity", "unitPrice", "createdAt", "updatedAt"]
     assert item["properties"]["tags"] == {"type": "array", "items": {"type": "string"}}
     assert item["properties"]["shippedOn"] == {"type": "string", "format": "date"}
@@ -143,26 +187,51 @@ def test_three_resources_with_fields_and_operations(ws: Path) -> None:
 
 
 def test_snake_case_and_cursor_pagination(ws: Path) -> None:
-    result = generate("shop", [{"name": "lineItem", "fields": {"unitPrice": "number"}}],
-                      "--property_case", "snake", "--pagination", "cursor")
+    result = generate(
+        "shop",
+        [{"name": "lineItem", "fields": {"unitPrice": "number"}}],
+        "--property_case",
+        "snake",
+        "--pagination",
+        "cursor",
+    )
     doc = read(ws, result["openapi_path"])
     assert "/line-items/{line_item_id}" in doc["paths"]
-    assert list(doc["components"]["schemas"]["LineItem"]["properties"]) == ["id", "unit_price", "created_at",
-                                                                             "updated_at"]
+    assert list(doc["components"]["schemas"]["LineItem"]["properties"]) == [
+        "id",
+        "unit_price",
+        "created_at",
+        "updated_at",
+    ]
     assert set(doc["components"]["parameters"]) == {"Limit", "Cursor"}
     pagination = doc["components"]["schemas"]["Pagination"]["properties"]
     assert pagination["next_cursor"] == {"type": ["string", "null"]}
-    code, validated = run_script(VALIDATOR, ws, result["openapi_path"], "--property_case", "snake",
-                                 "--strict", "--rule_set", "all")
+    code, validated = run_script(
+        VALIDATOR, ws, result["openapi_path"], "--property_case", "snake", "--strict", "--rule_set", "all"
+    )
     assert code == 0 and validated["valid"] and validated["warnings"] == [] and validated["notes"] == []
 
 
-@pytest.mark.parametrize(("word", "expected"), [
-    ("order", "orders"), ("category", "categories"), ("key", "keys"), ("address", "addresses"),
-    ("box", "boxes"), ("status", "statuses"), ("analysis", "analyses"), ("person", "people"),
-    ("child", "children"), ("news", "news"), ("leaf", "leaves"), ("photo", "photos"), ("hero", "heroes"),
-    ("branch", "branches"), ("index", "indices"),
-])
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("order", "orders"),
+        ("category", "categories"),
+        ("key", "keys"),
+        ("address", "addresses"),
+        ("box", "boxes"),
+        ("status", "statuses"),
+        ("analysis", "analyses"),
+        ("person", "people"),
+        ("child", "children"),
+        ("news", "news"),
+        ("leaf", "leaves"),
+        ("photo", "photos"),
+        ("hero", "heroes"),
+        ("branch", "branches"),
+        ("index", "indices"),
+    ],
+)
 def test_plural(word: str, expected: str) -> None:
     assert apidef_model.plural(word) == expected
 
@@ -176,16 +245,21 @@ def test_irregular_plurals_in_paths(ws: Path) -> None:
 
 
 def test_asyncapi_document(ws: Path) -> None:
-    result = generate("shop", ["order", {"name": "category", "operations": ["list", "get", "delete"]}],
-                      "--asyncapi")
+    result = generate(
+        "shop", ["order", {"name": "category", "operations": ["list", "get", "delete"]}], "--asyncapi"
+    )
     assert result["asyncapi_path"] == "api/shop.asyncapi.yaml"
     assert result["files"] == ["api/shop.openapi.yaml", "api/shop.asyncapi.yaml"]
     doc = read(ws, result["asyncapi_path"])
     assert doc["asyncapi"] == "3.0.0" and doc["info"]["version"] == "1.0.0"
     assert list(doc["channels"]) == ["orderCreated", "orderUpdated", "orderDeleted", "categoryDeleted"]
     assert doc["channels"]["orderCreated"]["address"] == "shop.order.created"
-    assert set(doc["operations"]) == {"sendOrderCreated", "sendOrderUpdated", "sendOrderDeleted",
-                                      "sendCategoryDeleted"}
+    assert set(doc["operations"]) == {
+        "sendOrderCreated",
+        "sendOrderUpdated",
+        "sendOrderDeleted",
+        "sendCategoryDeleted",
+    }
     for name, op in doc["operations"].items():
         assert op["action"] == "send"
         channel = follow(doc, op["channel"]["$ref"])
@@ -200,7 +274,8 @@ def test_asyncapi_document(ws: Path) -> None:
     deleted = doc["components"]["schemas"]["CategoryDeletedEvent"]["properties"]["data"]
     assert deleted["required"] == ["id"]
     assert doc["components"]["messages"]["OrderUpdated"]["payload"] == {
-        "$ref": "#/components/schemas/OrderUpdatedEvent"}
+        "$ref": "#/components/schemas/OrderUpdatedEvent"
+    }
 
 
 def test_no_asyncapi_unless_asked(ws: Path) -> None:
@@ -217,28 +292,43 @@ def test_yaml_has_no_anchors(ws: Path) -> None:
 
 # -- input checks -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("resources", "message"), [
-    ([], "resources must be a non-empty array of names"),
-    ("order", "got str 'order'"),
-    (["Order Item!"], "resources[0]: name 'Order Item!' is not a resource name"),
-    (["order", 7], "resources[1] must be a name or an object with 'name', got int"),
-    ([{"name": "order", "fields": {"total": "money"}}],
-     "resources[0] ('order'): field 'total' has unknown type 'money'; known types: string, integer"),
-    ([{"name": "order", "fields": {"total": 5}}], "resources[0] ('order'): field 'total' has type 5"),
-    ([{"name": "order", "fields": {}}], "resources[0] ('order'): fields must be a non-empty object"),
-    ([{"name": "order", "fields": {"id": "uuid"}}], "field 'id' is generated on every resource"),
-    ([{"name": "order", "fields": {"unit_price": "number", "unitPrice": "number"}}],
-     "fields 'unitPrice' and another one are both 'unitPrice' in camel case"),
-    ([{"name": "order", "operations": ["list", "purge"]}], "unknown operation(s) 'purge'"),
-    ([{"name": "order", "operations": []}], "operations must be a non-empty array"),
-    ([{"name": "order", "verbs": ["list"]}], "resources[0] has unknown key(s) verbs"),
-    (["orders"],
-     "resources[0] ('orders'): 'orders' looks plural; name resources in the singular (e.g. 'order')"),
-    (["order", "Order"], "resources[1] ('order') clashes with resources[0] ('order'): both generate Order"),
-    (["order", "order-list"],
-     "resources[1] ('order list') clashes with resources[0] ('order'): both generate OrderList"),
-    (["problem"], "reserved for a shared schema"),
-])
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ([], "resources must be a non-empty array of names"),
+        ("order", "got str 'order'"),
+        (["Order Item!"], "resources[0]: name 'Order Item!' is not a resource name"),
+        (["order", 7], "resources[1] must be a name or an object with 'name', got int"),
+        (
+            [{"name": "order", "fields": {"total": "money"}}],
+            "resources[0] ('order'): field 'total' has unknown type 'money'; known types: string, integer",
+        ),
+        ([{"name": "order", "fields": {"total": 5}}], "resources[0] ('order'): field 'total' has type 5"),
+        ([{"name": "order", "fields": {}}], "resources[0] ('order'): fields must be a non-empty object"),
+        ([{"name": "order", "fields": {"id": "uuid"}}], "field 'id' is generated on every resource"),
+        (
+            [{"name": "order", "fields": {"unit_price": "number", "unitPrice": "number"}}],
+            "fields 'unitPrice' and another one are both 'unitPrice' in camel case",
+        ),
+        ([{"name": "order", "operations": ["list", "purge"]}], "unknown operation(s) 'purge'"),
+        ([{"name": "order", "operations": []}], "operations must be a non-empty array"),
+        ([{"name": "order", "verbs": ["list"]}], "resources[0] has unknown key(s) verbs"),
+        (
+            ["orders"],
+            "resources[0] ('orders'): 'orders' looks plural; name resources in the singular (e.g. 'order')",
+        ),
+        (
+            ["order", "Order"],
+            "resources[1] ('order') clashes with resources[0] ('order'): both generate Order",
+        ),
+        (
+            ["order", "order-list"],
+            "resources[1] ('order list') clashes with resources[0] ('order'): both generate OrderList",
+        ),
+        (["problem"], "reserved for a shared schema"),
+    ],
+)
 def test_bad_resources(ws: Path, resources: Any, message: str) -> None:
     error = refused("shop", resources)
     assert error.code == "invalid_input"
@@ -246,11 +336,14 @@ def test_bad_resources(ws: Path, resources: Any, message: str) -> None:
     assert not (ws / "api").exists()
 
 
-@pytest.mark.parametrize(("service", "options", "message"), [
-    ("shop!", (), "service_name 'shop!' is not a name"),
-    ("shop", ("--version", "one"), "version 'one' is not a version number"),
-    ("shop", ("--server_url", "ftp://x"), "server_url 'ftp://x' is not an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    ("service", "options", "message"),
+    [
+        ("shop!", (), "service_name 'shop!' is not a name"),
+        ("shop", ("--version", "one"), "version 'one' is not a version number"),
+        ("shop", ("--server_url", "ftp://x"), "server_url 'ftp://x' is not an http(s) URL"),
+    ],
+)
 def test_bad_service_options(ws: Path, service: str, options: tuple[str, ...], message: str) -> None:
     assert message in refused(service, ["order"], *options).message
 
@@ -278,13 +371,26 @@ def test_existing_documents_need_overwrite(ws: Path) -> None:
 
 # -- round trip through api.validate ------------------------------------------------------
 
-@pytest.mark.parametrize("resources", [
-    ["order"],
-    ["order",
-     {"name": "category", "fields": {"title": "string", "parentId": "uuid?"}, "operations": ["list", "get"]},
-     {"name": "person", "fields": {"email": "email", "born": "date?"},
-      "operations": ["create", "update", "delete"]}],
-])
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        ["order"],
+        [
+            "order",
+            {
+                "name": "category",
+                "fields": {"title": "string", "parentId": "uuid?"},
+                "operations": ["list", "get"],
+            },
+            {
+                "name": "person",
+                "fields": {"email": "email", "born": "date?"},
+                "operations": ["create", "update", "delete"],
+            },
+        ],
+    ],
+)
 def test_generated_document_passes_api_validate(ws: Path, resources: list[Any]) -> None:
     code, result = run_script(HANDLER, ws, "shop", json.dumps(resources))
     assert code == 0 and result["ok"]
@@ -308,14 +414,20 @@ def test_script_reports_bad_input(ws: Path) -> None:
 @pytest.mark.anyio
 async def test_define_then_validate_over_mcp(workspace: Path) -> None:
     async with stdio_client(workspace, fixtures=False) as client:
-        defined = await client.call_tool("api_define", {
-            "service_name": "Order Service", "asyncapi": True,
-            "resources": ["order", {"name": "customer", "fields": {"email": "email"}}]})
+        defined = await client.call_tool(
+            "api_define",
+            {
+                "service_name": "Order Service",
+                "asyncapi": True,
+                "resources": ["order", {"name": "customer", "fields": {"email": "email"}}],
+            },
+        )
         assert not defined.is_error, defined.structured_content
         spec_path = defined.structured_content["openapi_path"]
         validated = await client.call_tool("api_validate", {"spec_path": spec_path, "strict": True})
-        outside = await client.call_tool("api_define", {"service_name": "x", "resources": ["order"],
-                                                        "output_dir": "../outside"})
+        outside = await client.call_tool(
+            "api_define", {"service_name": "x", "resources": ["order"], "output_dir": "../outside"}
+        )
     data = defined.structured_content
     assert (data["paths"], data["operations"]) == (4, 10)
     assert data["asyncapi_path"] == "api/order-service.asyncapi.yaml"

@@ -60,9 +60,14 @@ def located(result: dict[str, Any], rule_id: str) -> list[str]:
 
 def run_script(workspace: Path, *argv: str) -> tuple[int, dict[str, Any]]:
     """The handler as the server runs it; the normalised result the server would return."""
-    proc = subprocess.run([sys.executable, str(HANDLER), *argv], cwd=workspace, capture_output=True,
-                          text=True, env={"BETTY_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"},
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(HANDLER), *argv],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env={"BETTY_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     return proc.returncode, normalise(last_json_document(proc.stdout), proc.returncode)
 
 
@@ -76,6 +81,7 @@ def petstore() -> dict[str, Any]:
 
 
 # -- the real documents --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", REAL_SPECS)
 def test_real_specs_are_structurally_valid(ws: Path, name: str) -> None:
@@ -96,8 +102,12 @@ def test_petstore_findings(ws: Path) -> None:
     assert located(result, "info-description") == ["/info/description"]
     assert len(result["warnings"]) == 11
     first = result["warnings"][1]
-    assert first == {"rule_id": "responses-4xx", "severity": "warning", "path": "/paths/~1pets/get/responses",
-                     "message": "GET /pets documents no 4xx response (e.g. 400, 404)"}
+    assert first == {
+        "rule_id": "responses-4xx",
+        "severity": "warning",
+        "path": "/paths/~1pets/get/responses",
+        "message": "GET /pets documents no 4xx response (e.g. 400, 404)",
+    }
     # GET /pets returns an array but takes `limit`: no pagination finding; names are camel case.
     assert located(result, "pagination-params") == [] and located(result, "property-case") == []
     assert result["rules_checked"] == [r.id for r in oas_rules.select("recommended")]
@@ -106,9 +116,14 @@ def test_petstore_findings(ws: Path) -> None:
 def test_callback_example_lacks_an_operation_id(ws: Path) -> None:
     result = check("callback-example.yaml")
     assert result["ok"] is False and result["valid"] is False
-    assert result["errors"] == [{"rule_id": "operation-id-present", "severity": "error",
-                                 "path": "/paths/~1streams/post",
-                                 "message": "POST /streams has no operationId"}]
+    assert result["errors"] == [
+        {
+            "rule_id": "operation-id-present",
+            "severity": "error",
+            "path": "/paths/~1streams/post",
+            "message": "POST /streams has no operationId",
+        }
+    ]
 
 
 def test_petstore_expanded_operation_id_with_spaces(ws: Path) -> None:
@@ -146,6 +161,7 @@ def test_api_with_examples_lacks_client_errors(ws: Path) -> None:
 
 # -- options ------------------------------------------------------------------------------
 
+
 def test_strict_turns_warnings_into_errors(ws: Path) -> None:
     result = check("petstore.yaml", "--strict")
     assert result["ok"] is False and result["valid"] is False
@@ -155,8 +171,13 @@ def test_strict_turns_warnings_into_errors(ws: Path) -> None:
 
 def test_rule_sets(ws: Path) -> None:
     minimal = check("petstore.yaml", "--rule_set", "minimal")
-    assert minimal["rules_checked"] == ["info-version", "operation-id-present", "operation-id-unique",
-                                        "responses-success", "security-schemes-exist"]
+    assert minimal["rules_checked"] == [
+        "info-version",
+        "operation-id-present",
+        "operation-id-unique",
+        "responses-success",
+        "security-schemes-exist",
+    ]
     assert minimal["warnings"] == [] and minimal["valid"]
     everything = check("petstore.yaml", "--rule_set", "all")
     assert set(everything["rules_checked"]) == set(oas_rules.RULES)
@@ -192,16 +213,20 @@ def test_property_case_option(ws: Path) -> None:
 
 # -- structure and references --------------------------------------------------------------
 
+
 def test_broken_local_ref(ws: Path) -> None:
     doc = petstore()
-    doc["paths"]["/pets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] = \
+    doc["paths"]["/pets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] = (
         "#/components/schemas/Nope"
+    )
     result = check(write_yaml(ws / "broken.yaml", doc))
     assert result["valid"] is False
     [error] = [f for f in result["errors"] if f["rule_id"] == "ref-resolvable"]
     assert error["path"] == "/paths/~1pets/get/responses/200/content/application~1json/schema/$ref"
-    assert error["message"] == \
-        "$ref '#/components/schemas/Nope' does not resolve: no 'Nope' in /components/schemas"
+    assert (
+        error["message"]
+        == "$ref '#/components/schemas/Nope' does not resolve: no 'Nope' in /components/schemas"
+    )
 
 
 def test_relative_file_refs(ws: Path) -> None:
@@ -209,18 +234,23 @@ def test_relative_file_refs(ws: Path) -> None:
     write_yaml(ws / "common" / "schemas.yaml", {"Pet": petstore()["components"]["schemas"]["Pet"]})
     doc = petstore()
     doc["paths"]["/pets/{petId}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {
-        "$ref": "common/schemas.yaml#/Pet"}
+        "$ref": "common/schemas.yaml#/Pet"
+    }
     assert check(write_yaml(ws / "split.yaml", doc))["valid"]
 
     doc["paths"]["/pets/{petId}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {
-        "$ref": "common/schemas.yaml#/Dog"}
+        "$ref": "common/schemas.yaml#/Dog"
+    }
     [error] = check(write_yaml(ws / "split.yaml", doc))["errors"]
     assert error["rule_id"] == "ref-resolvable"
-    assert error["message"] == "$ref 'common/schemas.yaml#/Dog' does not resolve in schemas.yaml: " \
-                               "no 'Dog' in / (the document root)"
+    assert (
+        error["message"] == "$ref 'common/schemas.yaml#/Dog' does not resolve in schemas.yaml: "
+        "no 'Dog' in / (the document root)"
+    )
 
     doc["paths"]["/pets/{petId}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {
-        "$ref": "../outside.yaml#/Pet"}
+        "$ref": "../outside.yaml#/Pet"
+    }
     [error] = check(write_yaml(ws / "split.yaml", doc))["errors"]
     assert "outside the workspace" in error["message"]
 
@@ -249,8 +279,11 @@ def test_remote_ref_is_a_warning(ws: Path) -> None:
 
 
 def test_bad_yaml_names_line_and_column(ws: Path) -> None:
-    text = (OPENAPI_DIR / "petstore.yaml").read_text().replace("  title: Swagger Petstore",
-                                                               "  title: [Swagger Petstore")
+    text = (
+        (OPENAPI_DIR / "petstore.yaml")
+        .read_text()
+        .replace("  title: Swagger Petstore", "  title: [Swagger Petstore")
+    )
     (ws / "bad.yaml").write_text(text)
     result = check("bad.yaml")
     assert result["valid"] is False and result["spec_version"] == "unknown"
@@ -264,8 +297,12 @@ def test_missing_info(ws: Path) -> None:
     del doc["info"]
     result = check(write_yaml(ws / "noinfo.yaml", doc))
     assert result["valid"] is False
-    assert {"rule_id": "openapi-structure", "severity": "error", "path": "/info",
-            "message": "'info' is a required property"} in result["errors"]
+    assert {
+        "rule_id": "openapi-structure",
+        "severity": "error",
+        "path": "/info",
+        "message": "'info' is a required property",
+    } in result["errors"]
     assert located(result, "info-version") == ["/info/version"]
 
 
@@ -286,10 +323,13 @@ def test_duplicate_operation_id(ws: Path) -> None:
     assert dup["message"] == "operationId 'listPets' of POST /pets is also used by GET /pets"
 
 
-@pytest.mark.parametrize(("value", "path", "words"), [
-    (3.0, "/openapi", "quote it"),
-    ("4.0.0", "/openapi", "unsupported OpenAPI version '4.0.0'"),
-])
+@pytest.mark.parametrize(
+    ("value", "path", "words"),
+    [
+        (3.0, "/openapi", "quote it"),
+        ("4.0.0", "/openapi", "unsupported OpenAPI version '4.0.0'"),
+    ],
+)
 def test_bad_openapi_version(ws: Path, value: Any, path: str, words: str) -> None:
     doc = petstore()
     doc["openapi"] = value
@@ -307,20 +347,31 @@ def test_not_an_openapi_document(ws: Path) -> None:
 
 def test_swagger_2_json(ws: Path) -> None:
     doc = {
-        "swagger": "2.0", "info": {"title": "Users", "version": "1.0", "description": "Users."},
+        "swagger": "2.0",
+        "info": {"title": "Users", "version": "1.0", "description": "Users."},
         "host": "api.example.com",
-        "paths": {"/user_accounts/{id}": {"get": {
-            "operationId": "getUser", "summary": "One user",
-            "parameters": [{"name": "id", "in": "path", "required": True, "type": "string"}],
-            "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/User"}},
-                          "404": {"description": "not found", "schema": {"$ref": "#/definitions/Problem"}},
-                          "500": {"description": "failed", "schema": {"$ref": "#/definitions/Problem"}}},
-            "security": [{"apiKey": []}]}}},
+        "paths": {
+            "/user_accounts/{id}": {
+                "get": {
+                    "operationId": "getUser",
+                    "summary": "One user",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "type": "string"}],
+                    "responses": {
+                        "200": {"description": "ok", "schema": {"$ref": "#/definitions/User"}},
+                        "404": {"description": "not found", "schema": {"$ref": "#/definitions/Problem"}},
+                        "500": {"description": "failed", "schema": {"$ref": "#/definitions/Problem"}},
+                    },
+                    "security": [{"apiKey": []}],
+                }
+            }
+        },
         "securityDefinitions": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-Key"}},
         "definitions": {
             "User": {"type": "object", "properties": {"user_name": {"type": "string"}}},
-            "Problem": {"type": "object",
-                        "properties": {"title": {"type": "string"}, "status": {"type": "integer"}}},
+            "Problem": {
+                "type": "object",
+                "properties": {"title": {"type": "string"}, "status": {"type": "integer"}},
+            },
         },
     }
     (ws / "users.json").write_text(json.dumps(doc))
@@ -334,8 +385,11 @@ def test_swagger_2_json(ws: Path) -> None:
     doc["info"]["version"] = 1  # Swagger 2 wants a string
     (ws / "users.json").write_text(json.dumps(doc))
     assert check("users.json")["errors"][0] == {
-        "rule_id": "openapi-structure", "severity": "error", "path": "/info/version",
-        "message": "1 is not of type 'string'"}
+        "rule_id": "openapi-structure",
+        "severity": "error",
+        "path": "/info/version",
+        "message": "1 is not of type 'string'",
+    }
 
 
 def test_openapi_3_1(ws: Path) -> None:
@@ -381,6 +435,7 @@ def test_malformed_document_still_gives_a_result(ws: Path) -> None:
 
 # -- the rules, one by one -----------------------------------------------------------------
 
+
 def bad_document() -> dict[str, Any]:
     """A document that breaks every guideline rule at least once."""
     error = {"description": "failed", "content": {"application/json": {"schema": {"type": "string"}}}}
@@ -388,19 +443,38 @@ def bad_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "Bad", "version": ""},
         "paths": {
-            "/getUser_Item/{id}": {"get": {
-                "operationId": "get user",
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"400": error},
-                "security": [{"undeclared": []}],
-            }},
-            "/items": {"get": {
-                "operationId": "get user", "summary": "List",
-                "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {
-                    "type": "array",
-                    "items": {"type": "object", "properties": {"Item_Name": {"type": "string"}}},
-                }}}}},
-            }},
+            "/getUser_Item/{id}": {
+                "get": {
+                    "operationId": "get user",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"400": error},
+                    "security": [{"undeclared": []}],
+                }
+            },
+            "/items": {
+                "get": {
+                    "operationId": "get user",
+                    "summary": "List",
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {"Item_Name": {"type": "string"}},
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
             "/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
         },
     }
@@ -416,38 +490,75 @@ def test_every_rule_fires_on_a_bad_document(ws: Path) -> None:
     assert located(result, "security-defined") == ["/paths/~1items/get", "/paths/~1health/get"]
     assert located(result, "responses-success") == ["/paths/~1getUser_Item~1{id}/get/responses"]
     assert located(result, "property-case") == [
-        "/paths/~1items/get/responses/200/content/application~1json/schema/items/properties/Item_Name"]
+        "/paths/~1items/get/responses/200/content/application~1json/schema/items/properties/Item_Name"
+    ]
 
 
 def test_a_clean_document_has_no_findings(ws: Path) -> None:
-    problem = {"description": "problem",
-               "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+    problem = {
+        "description": "problem",
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    }
     doc = {
         "openapi": "3.0.3",
-        "info": {"title": "Clean", "version": "1.0.0", "description": "Clean.", "contact": {"name": "Team"},
-                 "license": {"name": "MIT"}},
+        "info": {
+            "title": "Clean",
+            "version": "1.0.0",
+            "description": "Clean.",
+            "contact": {"name": "Team"},
+            "license": {"name": "MIT"},
+        },
         "servers": [{"url": "https://api.example.com"}],
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {"/line-items": {"get": {
-            "operationId": "listLineItems", "summary": "List line items", "tags": ["line-items"],
-            "parameters": [{"name": "page_size", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {
-                "200": {"description": "ok", "content": {"application/json": {"schema": {
-                    "type": "array",
-                    "items": {"type": "object", "properties": {"unitPrice": {"type": "number"}}}}}}},
-                "400": problem, "500": problem,
-            },
-        }}},
+        "paths": {
+            "/line-items": {
+                "get": {
+                    "operationId": "listLineItems",
+                    "summary": "List line items",
+                    "tags": ["line-items"],
+                    "parameters": [{"name": "page_size", "in": "query", "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {"unitPrice": {"type": "number"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": problem,
+                        "500": problem,
+                    },
+                }
+            }
+        },
     }
     result = check(write_yaml(ws / "clean.yaml", doc), "--rule_set", "all", "--strict")
     assert result["valid"] and findings(result) == []
 
 
-@pytest.mark.parametrize(("word", "plural"), [
-    ("orders", True), ("order", False), ("categories", True), ("people", True), ("status", False),
-    ("addresses", True), ("address", False), ("line-items", True), ("data", True), ("analysis", False),
-])
+@pytest.mark.parametrize(
+    ("word", "plural"),
+    [
+        ("orders", True),
+        ("order", False),
+        ("categories", True),
+        ("people", True),
+        ("status", False),
+        ("addresses", True),
+        ("address", False),
+        ("line-items", True),
+        ("data", True),
+        ("analysis", False),
+    ],
+)
 def test_looks_plural(word: str, plural: bool) -> None:
     assert oas_rules.looks_plural(word) is plural
 
@@ -462,6 +573,7 @@ def test_rule_table() -> None:
 
 
 # -- as the server runs it -----------------------------------------------------------------
+
 
 def test_script_failure_envelope_keeps_every_field(ws: Path) -> None:
     code, result = run_script(ws, "callback-example.yaml", "--rule_set", "minimal")
@@ -497,6 +609,10 @@ async def test_validate_over_mcp(workspace: Path) -> None:
     assert ok.structured_content["valid"] is True and len(ok.structured_content["warnings"]) == 11
     assert ok.structured_content["notes"][0]["rule_id"] == "info-contact"
     assert bad.is_error and bad.structured_content["valid"] is False
-    assert {"rule_id": "operation-id-present", "severity": "error", "path": "/paths/~1streams/post",
-            "message": "POST /streams has no operationId"} in bad.structured_content["errors"]
+    assert {
+        "rule_id": "operation-id-present",
+        "severity": "error",
+        "path": "/paths/~1streams/post",
+        "message": "POST /streams has no operationId",
+    } in bad.structured_content["errors"]
     assert all(f["severity"] == "error" for f in bad.structured_content["errors"])

@@ -15,17 +15,29 @@ from betty_mcp.config import Settings
 from tests.conftest import ROOT, stdio_client
 
 HANDLER = ROOT / "skills" / "policy.enforce" / "policy_enforce.py"
-FRAMEWORK_SKILLS = {"skill.create", "skill.define", "agent.define", "registry.update", "registry.query",
-                    "policy.enforce"}
+FRAMEWORK_SKILLS = {
+    "skill.create",
+    "skill.define",
+    "agent.define",
+    "registry.update",
+    "registry.query",
+    "policy.enforce",
+}
 
 
-def make_skill(ws: Path, name: str, *, folder: str | None = None, handler: bool = True,
-               **fields: Any) -> Path:
+def make_skill(
+    ws: Path, name: str, *, folder: str | None = None, handler: bool = True, **fields: Any
+) -> Path:
     directory = ws / "skills" / (folder or name)
     directory.mkdir(parents=True, exist_ok=True)
-    manifest = {"name": name, "version": "1.0.0", "description": f"{name} does a thing.", "status": "active",
-                "entrypoints": [{"command": "/x", "handler": "run.py", "permissions": ["filesystem:read"]}],
-                **fields}
+    manifest = {
+        "name": name,
+        "version": "1.0.0",
+        "description": f"{name} does a thing.",
+        "status": "active",
+        "entrypoints": [{"command": "/x", "handler": "run.py", "permissions": ["filesystem:read"]}],
+        **fields,
+    }
     (directory / "skill.yaml").write_text(json.dumps(manifest, indent=1))
     if handler:
         (directory / "run.py").write_text("print('{}')\n")
@@ -35,8 +47,16 @@ def make_skill(ws: Path, name: str, *, folder: str | None = None, handler: bool 
 def make_agent(ws: Path, name: str, skills: list[str], **fields: Any) -> Path:
     directory = ws / "agents" / name
     directory.mkdir(parents=True, exist_ok=True)
-    manifest = {"name": name, "version": "1.0.0", "description": "An agent.", "status": "active",
-                "capabilities": ["things"], "skills_available": skills, "reasoning_mode": "oneshot", **fields}
+    manifest = {
+        "name": name,
+        "version": "1.0.0",
+        "description": "An agent.",
+        "status": "active",
+        "capabilities": ["things"],
+        "skills_available": skills,
+        "reasoning_mode": "oneshot",
+        **fields,
+    }
     (directory / "agent.yaml").write_text(json.dumps(manifest, indent=1))
     return directory / "agent.yaml"
 
@@ -44,7 +64,11 @@ def make_agent(ws: Path, name: str, skills: list[str], **fields: Any) -> Path:
 def call(ws: Path, *args: str, config: Settings | None = None, **env: str) -> tuple[int, dict[str, Any]]:
     config = config or Settings(workspace=ws, bundled=False)
     proc = subprocess.run(
-        [sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True, timeout=60,
+        [sys.executable, str(HANDLER), *args],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "BETTY_WORKSPACE": str(ws), "BETTY_MCP_SETTINGS": config.model_dump_json(), **env},
     )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -63,15 +87,28 @@ def test_compliant_skill(workspace: Path) -> None:
 
 
 def test_every_skill_rule_reports_with_file_and_message(workspace: Path) -> None:
-    path = make_skill(workspace, "Data_Clean", folder="data.clean", handler=False, version="1.0",
-                      status="retired", description="", permissions=["sudo"],
-                      entrypoints=[{"handler": "run.py", "permissions": ["filesystem:read", "net:raw"]}])
+    path = make_skill(
+        workspace,
+        "Data_Clean",
+        folder="data.clean",
+        handler=False,
+        version="1.0",
+        status="retired",
+        description="",
+        permissions=["sudo"],
+        entrypoints=[{"handler": "run.py", "permissions": ["filesystem:read", "net:raw"]}],
+    )
     code, out = call(workspace, "--manifest_path", str(path))
     assert code == 1 and out["ok"] is False and out["compliant"] is False
     assert rules(out) == [
-        ("description.present", "error"), ("handler.exists", "error"), ("naming.folder", "error"),
-        ("naming.format", "error"), ("permissions.unknown", "error"), ("permissions.unknown", "error"),
-        ("status.known", "error"), ("version.semver", "error"),
+        ("description.present", "error"),
+        ("handler.exists", "error"),
+        ("naming.folder", "error"),
+        ("naming.format", "error"),
+        ("permissions.unknown", "error"),
+        ("permissions.unknown", "error"),
+        ("status.known", "error"),
+        ("version.semver", "error"),
     ]
     assert {v["path"] for v in out["violations"]} == {str(path)}
     messages = {v["message"] for v in out["violations"]}
@@ -101,8 +138,10 @@ def test_lifecycle_warnings_do_not_fail(workspace: Path) -> None:
     code, out = call(workspace, "--directory", "skills")
     assert code == 0 and out["compliant"] is True and out["checked"] == 4
     found = {(Path(v["path"]).parent.name, v["rule_id"], v["severity"]) for v in out["violations"]}
-    assert found == {("old.one", "status.deprecated_hint", "warning"),
-                     ("no.status", "status.missing", "warning")}
+    assert found == {
+        ("old.one", "status.deprecated_hint", "warning"),
+        ("no.status", "status.missing", "warning"),
+    }
 
 
 def test_unparseable_manifests(workspace: Path) -> None:
@@ -118,13 +157,19 @@ def test_unparseable_manifests(workspace: Path) -> None:
 
 
 def test_agent_rules(workspace: Path) -> None:
-    path = make_agent(workspace, "api.designer", ["data.clean"], reasoning_mode="sometimes",
-                      permissions=["filesystem:write", "root"])
+    path = make_agent(
+        workspace,
+        "api.designer",
+        ["data.clean"],
+        reasoning_mode="sometimes",
+        permissions=["filesystem:write", "root"],
+    )
     code, out = call(workspace, "--manifest_path", str(path))
     assert code == 1
     assert rules(out) == [("manifest.schema", "error"), ("permissions.unknown", "error")]
     assert next(v for v in out["violations"] if v["rule_id"] == "manifest.schema")["message"].startswith(
-        "reasoning_mode: Input should be 'iterative' or 'oneshot'")
+        "reasoning_mode: Input should be 'iterative' or 'oneshot'"
+    )
 
 
 def test_batch_directory_checks_references(workspace: Path) -> None:
@@ -139,10 +184,16 @@ def test_batch_directory_checks_references(workspace: Path) -> None:
     code, out = call(workspace, "--directory", ".")
     assert code == 1 and out["checked"] == 5
     assert [(v["rule_id"], v["severity"], v["message"]) for v in out["violations"]] == [
-        ("reference.deprecated", "warning",
-         "skills_available.1: active agent lists skill 's.old', which is deprecated"),
-        ("reference.archived", "error",
-         "skills_available.2: active agent lists skill 's.gone', which is archived"),
+        (
+            "reference.deprecated",
+            "warning",
+            "skills_available.1: active agent lists skill 's.old', which is deprecated",
+        ),
+        (
+            "reference.archived",
+            "error",
+            "skills_available.2: active agent lists skill 's.gone', which is archived",
+        ),
         ("reference.unknown", "warning", "skills_available.3: skill 's.nowhere' does not exist"),
     ]
     assert {v["path"] for v in out["violations"]} == {str(active)}
@@ -173,14 +224,17 @@ def test_bundled_skills_folder_in_batch(workspace: Path) -> None:
     assert [v for v in out["violations"] if Path(v["path"]).parent.name in FRAMEWORK_SKILLS] == []
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ((), "nothing to check"),
-    (("--manifest_path", "skills/x/skill.yaml", "--batch"), "either manifest_path or batch/directory"),
-    (("--manifest_path", "missing.yaml"), "does not exist"),
-    (("--manifest_path", "skills"), "is a folder; use directory"),
-    (("--directory", "file.txt"), "is not a folder"),
-    (("--directory", "/"), "outside the workspace"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "nothing to check"),
+        (("--manifest_path", "skills/x/skill.yaml", "--batch"), "either manifest_path or batch/directory"),
+        (("--manifest_path", "missing.yaml"), "does not exist"),
+        (("--manifest_path", "skills"), "is a folder; use directory"),
+        (("--directory", "file.txt"), "is not a folder"),
+        (("--directory", "/"), "outside the workspace"),
+    ],
+)
 def test_argument_errors(workspace: Path, args: tuple[str, ...], message: str) -> None:
     (workspace / "skills").mkdir()
     (workspace / "file.txt").write_text("x")

@@ -20,15 +20,28 @@ QUERY = ROOT / "skills" / "registry.query" / "registry_query.py"
 
 
 def skill(name: str = "data.clean", version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "version": version, "description": f"{name} does things", "status": "active",
-            "tags": ["data"], **extra}
+    return {
+        "name": name,
+        "version": version,
+        "description": f"{name} does things",
+        "status": "active",
+        "tags": ["data"],
+        **extra,
+    }
 
 
 def write_skill(ws: Path, name: str, version: str = "1.0.0", **extra: Any) -> Path:
     folder = ws / "skills" / name
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"name": name, "version": version, "description": f"{name} skill", "status": "active",
-                "tags": ["data"], **extra, "entrypoints": [{"handler": "run.py"}]}
+    manifest = {
+        "name": name,
+        "version": version,
+        "description": f"{name} skill",
+        "status": "active",
+        "tags": ["data"],
+        **extra,
+        "entrypoints": [{"handler": "run.py"}],
+    }
     (folder / "skill.yaml").write_text(json.dumps(manifest, indent=1))
     (folder / "run.py").write_text("print('{}')\n")
     return folder / "skill.yaml"
@@ -37,7 +50,8 @@ def write_skill(ws: Path, name: str, version: str = "1.0.0", **extra: Any) -> Pa
 def write_agent(ws: Path, name: str, version: str = "1.0.0", capabilities: list[str] | None = None) -> Path:
     folder = ws / "agents" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "agent.yaml").write_text(textwrap.dedent(f"""\
+    (folder / "agent.yaml").write_text(
+        textwrap.dedent(f"""\
         name: {name}
         version: {version}
         description: An agent.
@@ -45,13 +59,20 @@ def write_agent(ws: Path, name: str, version: str = "1.0.0", capabilities: list[
         capabilities: {json.dumps(capabilities or ["Design REST APIs"])}
         skills_available: [api.validate]
         reasoning_mode: iterative
-        """))
+        """)
+    )
     return folder / "agent.yaml"
 
 
 def call(handler: Path, ws: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run([sys.executable, str(handler), *args], cwd=ws, capture_output=True, text=True,
-                          env={**os.environ, "BETTY_WORKSPACE": str(ws)}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(handler), *args],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BETTY_WORKSPACE": str(ws)},
+        timeout=60,
+    )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -160,8 +181,15 @@ def test_query_by_status_and_capability(workspace: Path) -> None:
     registry.register("skills", skill(name="old.thing", status="deprecated"))
     registry.register("skills", skill(name="new.thing"))
     assert [r["name"] for r in registry.query("skills", status="deprecated")] == ["old.thing"]
-    registry.register("agents", {"name": "api.designer", "version": "1.0.0", "status": "active",
-                                 "capabilities": ["Design RESTful APIs", "Review OpenAPI specs"]})
+    registry.register(
+        "agents",
+        {
+            "name": "api.designer",
+            "version": "1.0.0",
+            "status": "active",
+            "capabilities": ["Design RESTful APIs", "Review OpenAPI specs"],
+        },
+    )
     registry.register("agents", {"name": "data.agent", "version": "1.0.0", "capabilities": ["Clean CSVs"]})
     hits = registry.query("agents", capability="openapi")
     assert [h["name"] for h in hits] == ["api.designer"]
@@ -194,8 +222,9 @@ def test_concurrent_writers_lose_nothing(workspace: Path) -> None:
         for i in range(10):
             registry.register("skills", {"name": f"p{sys.argv[2]}.s{i}", "version": "1.0.0"})
         """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(workspace), str(n)], cwd=ROOT)
-             for n in range(6)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(workspace), str(n)], cwd=ROOT) for n in range(6)
+    ]
     assert [p.wait(timeout=60) for p in procs] == [0] * 6
     entries = Registry(workspace).entries("skills")
     assert len(entries) == 60
@@ -299,8 +328,9 @@ async def test_update_and_query_over_mcp(workspace: Path) -> None:
         added = await client.call_tool("registry_update", {"manifest_path": "agents/api.designer/agent.yaml"})
         await client.call_tool("registry_update", {"manifest_path": "skills/data.clean/skill.yaml"})
         found = await client.call_tool("registry_query", {"kind": "agents", "capability": "restful api"})
-        none = await client.call_tool("registry_query",
-                                      {"name": "data.clean", "fuzzy": False, "status": "draft"})
+        none = await client.call_tool(
+            "registry_query", {"name": "data.clean", "fuzzy": False, "status": "draft"}
+        )
     assert not added.is_error and added.structured_content["action"] == "added"
     assert found.structured_content["count"] == 1
     assert found.structured_content["results"][0]["name"] == "api.designer"

@@ -35,22 +35,37 @@ def settings(ws: Path, *skills_dirs: Path, bundled: bool = False) -> Settings:
 
 
 def call(ws: Path, *args: str, config: Settings | None = None) -> tuple[int, dict[str, Any]]:
-    env = {**os.environ, "BETTY_WORKSPACE": str(ws),
-           "BETTY_MCP_SETTINGS": (config or settings(ws)).model_dump_json()}
-    proc = subprocess.run([sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True,
-                          env=env, timeout=60)
+    env = {
+        **os.environ,
+        "BETTY_WORKSPACE": str(ws),
+        "BETTY_MCP_SETTINGS": (config or settings(ws)).model_dump_json(),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True, env=env, timeout=60
+    )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_scaffold_loads_runs_and_passes_its_test(workspace: Path) -> None:
-    code, out = call(workspace, "data.clean", 'Clean "messy" rows \\ fast.', "--inputs", json.dumps(INPUTS),
-                     "--target_dir", "my-skills")
+    code, out = call(
+        workspace,
+        "data.clean",
+        'Clean "messy" rows \\ fast.',
+        "--inputs",
+        json.dumps(INPUTS),
+        "--target_dir",
+        "my-skills",
+    )
     assert code == 0, out
     folder = workspace / "my-skills" / "data.clean"
     data = out["data"]
     assert (data["tool"], data["directory"], data["handler"]) == ("data_clean", str(folder), "data_clean.py")
-    assert sorted(p.name for p in folder.iterdir()) == ["SKILL.md", "data_clean.py", "skill.yaml",
-                                                        "test_data_clean.py"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "SKILL.md",
+        "data_clean.py",
+        "skill.yaml",
+        "test_data_clean.py",
+    ]
     manifest = load_skill_manifest(folder / "skill.yaml")
     assert manifest.description == 'Clean "messy" rows \\ fast.'
     assert [(p.name, p.type, p.required) for p in manifest.params] == [
@@ -59,16 +74,25 @@ def test_scaffold_loads_runs_and_passes_its_test(workspace: Path) -> None:
     assert manifest.params[6].enum == ["fast", "full"] and manifest.handler == "data_clean.py"
     assert "betty-mcp skills run data.clean source_path=... columns=..." in (folder / "SKILL.md").read_text()
     argv = ["in.csv", '["a", "b"]', "--ratio", "0.5", "--strict"]
-    proc = subprocess.run([sys.executable, "data_clean.py", *argv], cwd=folder, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "data_clean.py", *argv], cwd=folder, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     envelope = json.loads(proc.stdout)
     assert envelope["ok"] is True and envelope["data"]["skill"] == "data.clean"
-    assert envelope["data"]["received"] == {"source_path": "in.csv", "columns": ["a", "b"], "limit": 10,
-                                            "ratio": 0.5, "strict": True, "options": None, "mode": None}
+    assert envelope["data"]["received"] == {
+        "source_path": "in.csv",
+        "columns": ["a", "b"],
+        "limit": 10,
+        "ratio": 0.5,
+        "strict": True,
+        "options": None,
+        "mode": None,
+    }
     pytest_argv = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_data_clean.py"]
-    tested = subprocess.run([sys.executable, *pytest_argv], cwd=folder, capture_output=True, text=True,
-                            timeout=120)
+    tested = subprocess.run(
+        [sys.executable, *pytest_argv], cwd=folder, capture_output=True, text=True, timeout=120
+    )
     assert tested.returncode == 0, tested.stdout
     assert "1 passed" in tested.stdout
 
@@ -77,8 +101,12 @@ def test_scaffold_is_ruff_clean(workspace: Path) -> None:
     description = "Clean rows. " + "A long description that the docstring has to wrap. " * 4
     assert call(workspace, "data.clean", description, "--inputs", json.dumps(INPUTS))[0] == 0
     ruff = ROOT / ".venv" / "bin" / "ruff"
-    lint = subprocess.run([str(ruff), "check", "--config", str(ROOT / "pyproject.toml"), "skills"],
-                          cwd=workspace, capture_output=True, text=True)
+    lint = subprocess.run(
+        [str(ruff), "check", "--config", str(ROOT / "pyproject.toml"), "skills"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+    )
     assert lint.returncode == 0, lint.stdout
 
 
@@ -88,8 +116,15 @@ async def test_scaffold_runs_through_the_runner(workspace: Path) -> None:
     assert call(workspace, "data.clean", "Clean rows.", "--inputs", json.dumps(INPUTS))[0] == 0
     config = settings(workspace, workspace / "skills")
     skill = load_catalog(config).skills["data.clean"]
-    arguments = {"source_path": "in.csv", "columns": ["x"], "limit": 3, "ratio": 1.5, "strict": True,
-                 "options": {"k": [1]}, "mode": "full"}
+    arguments = {
+        "source_path": "in.csv",
+        "columns": ["x"],
+        "limit": 3,
+        "ratio": 1.5,
+        "strict": True,
+        "options": {"k": [1]},
+        "mode": "full",
+    }
     result = await SkillRunner(config).run(skill, arguments)
     assert result.ok, result.structured
     assert result.structured["received"] == arguments
@@ -106,14 +141,17 @@ def test_default_target_is_the_first_configured_skills_dir(workspace: Path) -> N
     assert load_skill_manifest(workspace / "skills" / "data.plain" / "skill.yaml").params == []
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("Data.clean", "not a Betty name"),
-    ("clean", "not a Betty name"),
-    ("data..clean", "not a Betty name"),
-    ("data.2clean", "not a Betty name"),
-    ("../escape.x", "not a Betty name"),
-    ("a." + "b" * 51, "is too long"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("Data.clean", "not a Betty name"),
+        ("clean", "not a Betty name"),
+        ("data..clean", "not a Betty name"),
+        ("data.2clean", "not a Betty name"),
+        ("../escape.x", "not a Betty name"),
+        ("a." + "b" * 51, "is too long"),
+    ],
+)
 def test_invalid_names_are_refused(workspace: Path, name: str, message: str) -> None:
     code, out = call(workspace, name, "Something.")
     assert code == 1 and out["errors"][0]["code"] == "invalid_name" and message in out["errors"][0]["message"]
@@ -147,20 +185,29 @@ def test_target_outside_workspace_is_refused(workspace: Path, tmp_path: Path) ->
     assert not (tmp_path / "outside").exists()
 
 
-@pytest.mark.parametrize(("inputs", "message"), [
-    ('{"name": "x"}', "inputs must be an array"),
-    ('["x"]', "inputs[0] must be an object"),
-    ('[{"name": "Bad-Name"}]', "inputs[0].name 'Bad-Name' must be a snake_case identifier"),
-    ('[{"name": "a"}, {"name": "a"}]', "inputs[1].name 'a' is declared twice"),
-    ('[{"name": "a", "type": "blob"}]', "inputs[0].type 'blob' is not one of string, boolean"),
-    ('[{"name": "a", "type": "boolean", "required": true}]', "a boolean input is a flag"),
-    ('[{"name": "a", "colour": "red"}]', "inputs[0]: unknown field(s) colour"),
-    ('[{"name": "a", "required": "yes"}]', "inputs[0].required must be true or false"),
-    ('[{"name": "a", "required": true, "default": "x"}]', "a required input cannot have a default"),
-    ('[{"name": "a", "type": "integer", "default": "5"}]', "inputs[0].default '5' is not of type integer"),
-    ('[{"name": "a", "type": "number", "default": true}]', "inputs[0].default True is not of type number"),
-    ("[not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ('{"name": "x"}', "inputs must be an array"),
+        ('["x"]', "inputs[0] must be an object"),
+        ('[{"name": "Bad-Name"}]', "inputs[0].name 'Bad-Name' must be a snake_case identifier"),
+        ('[{"name": "a"}, {"name": "a"}]', "inputs[1].name 'a' is declared twice"),
+        ('[{"name": "a", "type": "blob"}]', "inputs[0].type 'blob' is not one of string, boolean"),
+        ('[{"name": "a", "type": "boolean", "required": true}]', "a boolean input is a flag"),
+        ('[{"name": "a", "colour": "red"}]', "inputs[0]: unknown field(s) colour"),
+        ('[{"name": "a", "required": "yes"}]', "inputs[0].required must be true or false"),
+        ('[{"name": "a", "required": true, "default": "x"}]', "a required input cannot have a default"),
+        (
+            '[{"name": "a", "type": "integer", "default": "5"}]',
+            "inputs[0].default '5' is not of type integer",
+        ),
+        (
+            '[{"name": "a", "type": "number", "default": true}]',
+            "inputs[0].default True is not of type number",
+        ),
+        ("[not json", "not valid JSON"),
+    ],
+)
 def test_bad_inputs_are_refused(workspace: Path, inputs: str, message: str) -> None:
     code, out = call(workspace, "data.clean", "Clean.", "--inputs", inputs)
     assert code == 1 and message in out["errors"][0]["message"]

@@ -15,18 +15,32 @@ import pytest
 from tests.conftest import ROOT, stdio_client
 
 HANDLER = ROOT / "skills" / "skill.define" / "skill_define.py"
-FRAMEWORK_SKILLS = ["skill.create", "skill.define", "agent.define", "registry.update", "registry.query",
-                    "policy.enforce"]
+FRAMEWORK_SKILLS = [
+    "skill.create",
+    "skill.define",
+    "agent.define",
+    "registry.update",
+    "registry.query",
+    "policy.enforce",
+]
 
 
 GOOD_INPUTS = "[{name: source_path, type: string, required: true}]"
 
 
-def make_skill(ws: Path, name: str = "data.clean", version: str = "1.0.0", *, folder: str | None = None,
-               handler: bool = True, inputs: str = GOOD_INPUTS) -> Path:
+def make_skill(
+    ws: Path,
+    name: str = "data.clean",
+    version: str = "1.0.0",
+    *,
+    folder: str | None = None,
+    handler: bool = True,
+    inputs: str = GOOD_INPUTS,
+) -> Path:
     directory = ws / "skills" / (folder or name)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "skill.yaml").write_text(textwrap.dedent(f"""\
+    (directory / "skill.yaml").write_text(
+        textwrap.dedent(f"""\
         name: {name}
         version: {version}
         description: Clean a data file.
@@ -38,15 +52,22 @@ def make_skill(ws: Path, name: str = "data.clean", version: str = "1.0.0", *, fo
             handler: clean.py
             runtime: python
             permissions: [filesystem:read]
-        """))
+        """)
+    )
     if handler:
         (directory / "clean.py").write_text("print('{}')\n")
     return directory / "skill.yaml"
 
 
 def call(ws: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run([sys.executable, str(HANDLER), *args], cwd=ws, capture_output=True, text=True,
-                          env={**os.environ, "BETTY_WORKSPACE": str(ws), **(env or {})}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(HANDLER), *args],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BETTY_WORKSPACE": str(ws), **(env or {})},
+        timeout=60,
+    )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -105,8 +126,9 @@ def test_folder_mismatch_is_a_warning(workspace: Path) -> None:
     make_skill(workspace, name="data.clean", folder="cleaner")
     code, out = call(workspace, "skills/cleaner/skill.yaml")
     assert code == 0
-    assert out["data"]["warnings"] == [f"{workspace}/skills/cleaner/skill.yaml: name: 'data.clean' differs "
-                                       "from its folder 'cleaner'"]
+    assert out["data"]["warnings"] == [
+        f"{workspace}/skills/cleaner/skill.yaml: name: 'data.clean' differs from its folder 'cleaner'"
+    ]
 
 
 def test_registry_refusals_surface(workspace: Path) -> None:
@@ -134,8 +156,12 @@ def test_wrong_kind_missing_and_outside(workspace: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", FRAMEWORK_SKILLS)
 def test_framework_skills_are_valid(workspace: Path, name: str) -> None:
-    code, out = call(workspace, str(ROOT / "skills" / name / "skill.yaml"), "--no-register",
-                     env={"BETTY_ALLOWED_ROOTS": str(ROOT / "skills")})
+    code, out = call(
+        workspace,
+        str(ROOT / "skills" / name / "skill.yaml"),
+        "--no-register",
+        env={"BETTY_ALLOWED_ROOTS": str(ROOT / "skills")},
+    )
     assert code == 0, out
     assert out["data"]["name"] == name and out["data"]["warnings"] == []
 

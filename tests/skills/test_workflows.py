@@ -23,9 +23,15 @@ THREE_STEPS = {
     "name": "echo-chain",
     "steps": [
         {"id": "s1", "skill": "test.echo", "args": {"message": "hello", "times": 2}},
-        {"id": "s2", "skill": "test.echo",
-         "args": {"message": "${steps.s1.message}", "times": "${steps.s1.times}",
-                  "tags": ["${steps.s1.message}!"]}},
+        {
+            "id": "s2",
+            "skill": "test.echo",
+            "args": {
+                "message": "${steps.s1.message}",
+                "times": "${steps.s1.times}",
+                "tags": ["${steps.s1.message}!"],
+            },
+        },
         {"skill": "test.echo", "inputs": {"message": "s2 said ${steps.s2.message} x${steps.s2.times}"}},
     ],
 }
@@ -41,12 +47,19 @@ def call(
     handler: Path, workspace: Path, *argv: str, agents_dir: Path | None = None
 ) -> tuple[int, dict[str, Any]]:
     """Run a handler as the server does; returns (exit code, envelope)."""
-    settings = Settings(workspace=workspace, skills_dirs=[FIXTURE_SKILLS],
-                        agents_dirs=[agents_dir] if agents_dir else [])
+    settings = Settings(
+        workspace=workspace, skills_dirs=[FIXTURE_SKILLS], agents_dirs=[agents_dir] if agents_dir else []
+    )
     env = {k: v for k, v in os.environ.items() if k != "BETTY_WORKFLOW_STACK"}
     env.update(BETTY_MCP_SETTINGS=settings.model_dump_json(), BETTY_WORKSPACE=str(workspace))
-    proc = subprocess.run([sys.executable, str(handler), *argv], cwd=workspace, env=env,
-                          capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, str(handler), *argv],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -90,17 +103,22 @@ def test_validate_accepts_a_chain_and_names_steps_without_id(workspace: Path) ->
 
 
 def test_validate_reports_bad_references_with_their_steps(workspace: Path) -> None:
-    workflow = {"steps": [
-        {"id": "a", "skill": "test.echo", "args": {"message": "${steps.b.message}"}},
-        {"id": "b", "skill": "test.echo", "args": {"message": "${steps.ghost.message}"}},
-        {"id": "c", "skill": "test.echo", "args": {"message": "${steps.c.message}"}},
-        {"id": "d", "skill": "test.echo", "args": {"message": "${steps.a}", "tags": ["${steps.a.tags}"]}},
-    ]}
+    workflow = {
+        "steps": [
+            {"id": "a", "skill": "test.echo", "args": {"message": "${steps.b.message}"}},
+            {"id": "b", "skill": "test.echo", "args": {"message": "${steps.ghost.message}"}},
+            {"id": "c", "skill": "test.echo", "args": {"message": "${steps.c.message}"}},
+            {"id": "d", "skill": "test.echo", "args": {"message": "${steps.a}", "tags": ["${steps.a.tags}"]}},
+        ]
+    }
     code, out = validate(workspace, workflow)
     assert code == 1 and out["ok"] is False and out["data"]["valid"] is False
     errors = messages(out)
-    assert ("a", "${steps.b.message}: step 'a' (step 1) refers to step 2, which runs later; a step can only "
-            "use the results of earlier steps") in errors
+    assert (
+        "a",
+        "${steps.b.message}: step 'a' (step 1) refers to step 2, which runs later; a step can only "
+        "use the results of earlier steps",
+    ) in errors
     assert ("b", "${steps.ghost.message}: no step has id 'ghost' (steps: a, b, c, d)") in errors
     assert any(step == "c" and "refers to itself" in m for step, m in errors)
     assert any(step == "d" and "${steps.a}: name a field of the step's result" in m for step, m in errors)
@@ -116,14 +134,19 @@ def test_validate_reports_unknown_skill_with_a_suggestion(workspace: Path) -> No
 
 
 def test_validate_checks_argument_types_but_not_whole_references(workspace: Path) -> None:
-    workflow = {"steps": [
-        {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
-        {"id": "s2", "skill": "test.echo", "args": {"times": "three", "colour": "red", "shout": "yes"}},
-        # a whole reference may be an integer at run time; embedded text is always a string
-        {"id": "s3", "skill": "test.echo",
-         "args": {"message": "${steps.s1.message}", "times": "${steps.s1.times}"}},
-        {"id": "s4", "skill": "test.echo", "args": {"message": "m", "times": "x${steps.s1.times}"}},
-    ]}
+    workflow = {
+        "steps": [
+            {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
+            {"id": "s2", "skill": "test.echo", "args": {"times": "three", "colour": "red", "shout": "yes"}},
+            # a whole reference may be an integer at run time; embedded text is always a string
+            {
+                "id": "s3",
+                "skill": "test.echo",
+                "args": {"message": "${steps.s1.message}", "times": "${steps.s1.times}"},
+            },
+            {"id": "s4", "skill": "test.echo", "args": {"message": "m", "times": "x${steps.s1.times}"}},
+        ]
+    }
     code, out = validate(workspace, workflow)
     assert code == 1
     errors = messages(out)
@@ -150,14 +173,22 @@ def test_validate_reports_yaml_errors_with_line_and_column(workspace: Path) -> N
     [
         ({"name": "x"}, [(None, "steps: Field required")]),
         ({"steps": []}, [(None, "steps: List should have at least 1 item after validation, not 0")]),
-        ({"steps": [{"id": "ok", "skill": "test.echo", "args": {"message": "m"}}, {"args": {}}]},
-         [("step2", "steps.1: a step needs exactly one of 'skill' or 'agent'")]),
-        ({"steps": [{"id": "has space", "skill": "test.crash"}]},
-         [("has space", "steps.0.id: String should match pattern '^[A-Za-z_][A-Za-z0-9_-]*$'")]),
-        ({"fail_fast": "sometimes", "steps": [{"skill": "test.crash"}]},
-         [(None, "fail_fast: Input should be a valid boolean, unable to interpret input")]),
-        ({"steps": [{"skill": "test.echo", "args": {"message": "m"}, "inputs": {"message": "n"}}]},
-         [("step1", "steps.0: give the step's arguments as 'args' or 'inputs', not both")]),
+        (
+            {"steps": [{"id": "ok", "skill": "test.echo", "args": {"message": "m"}}, {"args": {}}]},
+            [("step2", "steps.1: a step needs exactly one of 'skill' or 'agent'")],
+        ),
+        (
+            {"steps": [{"id": "has space", "skill": "test.crash"}]},
+            [("has space", "steps.0.id: String should match pattern '^[A-Za-z_][A-Za-z0-9_-]*$'")],
+        ),
+        (
+            {"fail_fast": "sometimes", "steps": [{"skill": "test.crash"}]},
+            [(None, "fail_fast: Input should be a valid boolean, unable to interpret input")],
+        ),
+        (
+            {"steps": [{"skill": "test.echo", "args": {"message": "m"}, "inputs": {"message": "n"}}]},
+            [("step1", "steps.0: give the step's arguments as 'args' or 'inputs', not both")],
+        ),
         ([1, 2], [(None, "(top level): expected a mapping with 'steps', the file is a list")]),
     ],
 )
@@ -173,8 +204,9 @@ def test_validate_reports_duplicate_ids_including_generated_ones(workspace: Path
     workflow = {"steps": [{"skill": "test.crash"}, {"id": "step1", "skill": "test.crash"}]}
     code, out = validate(workspace, workflow)
     assert code == 1
-    assert messages(out) == [("step1", "duplicate step id 'step1' (steps 1 and 2; steps without an id are "
-                                       "named step<N>)")]
+    assert messages(out) == [
+        ("step1", "duplicate step id 'step1' (steps 1 and 2; steps without an id are named step<N>)")
+    ]
 
 
 def test_validate_refuses_paths_outside_the_workspace(workspace: Path) -> None:
@@ -193,17 +225,24 @@ def test_validate_refuses_paths_outside_the_workspace(workspace: Path) -> None:
 
 
 def test_validate_lists_inputs_and_warns_on_unknown_fields(workspace: Path) -> None:
-    workflow = {"name": "w", "owner": "me", "steps": [
-        {"skill": "test.echo", "args": {"message": "${inputs.greeting}, ${env.USER}"}, "retries": 3},
-    ]}
+    workflow = {
+        "name": "w",
+        "owner": "me",
+        "steps": [
+            {"skill": "test.echo", "args": {"message": "${inputs.greeting}, ${env.USER}"}, "retries": 3},
+        ],
+    }
     code, out = validate(workspace, workflow)
     assert code == 0
     assert out["data"]["inputs"] == ["greeting"]
     assert [(w["step"], w["message"]) for w in out["data"]["warnings"]] == [
         (None, "unknown field 'owner' is ignored"),
         ("step1", "unknown field 'retries' is ignored"),
-        ("step1", "'${env.USER}' is not a workflow reference (${steps.<id>.<field>} or ${inputs.<name>}); "
-                  "it is passed on as text"),
+        (
+            "step1",
+            "'${env.USER}' is not a workflow reference (${steps.<id>.<field>} or ${inputs.<name>}); "
+            "it is passed on as text",
+        ),
     ]
 
 
@@ -231,9 +270,11 @@ def test_run_with_fail_fast_stops_at_the_first_failure(workspace: Path) -> None:
     steps = by_id(out)
     assert [s["status"] for s in steps.values()] == ["success", "failed", "skipped", "skipped", "skipped"]
     assert steps["boom"]["errors"][0]["message"] == (
-        "skill 'test.crash' failed with exit code 1: RuntimeError: boom: the handler crashed")
+        "skill 'test.crash' failed with exit code 1: RuntimeError: boom: the handler crashed"
+    )
     assert steps["independent"]["errors"][0]["message"] == (
-        "not run: fail_fast stopped the workflow after step 'boom' failed")
+        "not run: fail_fast stopped the workflow after step 'boom' failed"
+    )
     data = out["data"]
     assert (data["completed"], data["failed"], data["skipped"]) == (1, 1, 3)
     assert [e["step"] for e in out["errors"]] == ["boom"]
@@ -245,22 +286,32 @@ def test_run_without_fail_fast_skips_only_dependents(workspace: Path) -> None:
     assert code == 1 and out["ok"] is False
     steps = by_id(out)
     assert {k: s["status"] for k, s in steps.items()} == {
-        "first": "success", "boom": "failed", "independent": "success", "needs_boom": "skipped",
-        "needs_needs": "skipped"}
+        "first": "success",
+        "boom": "failed",
+        "independent": "success",
+        "needs_boom": "skipped",
+        "needs_needs": "skipped",
+    }
     assert steps["independent"]["result"]["message"] == "three"
     assert steps["needs_boom"]["errors"][0]["message"] == (
-        "not run: it uses the result of step 'boom', which failed")
+        "not run: it uses the result of step 'boom', which failed"
+    )
     assert steps["needs_needs"]["errors"][0]["message"] == (
-        "not run: it uses the result of step 'needs_boom', which was skipped")
+        "not run: it uses the result of step 'needs_boom', which was skipped"
+    )
     assert (out["data"]["completed"], out["data"]["failed"], out["data"]["skipped"]) == (2, 1, 2)
 
 
-@pytest.mark.parametrize(("in_file", "flag", "statuses"), [
-    (True, "--no-fail_fast", ["success", "failed", "success", "skipped", "skipped"]),
-    (False, "--fail_fast", ["success", "failed", "skipped", "skipped", "skipped"]),
-])
-def test_run_fail_fast_argument_overrides_the_file(workspace: Path, in_file: bool, flag: str,
-                                                   statuses: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("in_file", "flag", "statuses"),
+    [
+        (True, "--no-fail_fast", ["success", "failed", "success", "skipped", "skipped"]),
+        (False, "--fail_fast", ["success", "failed", "skipped", "skipped", "skipped"]),
+    ],
+)
+def test_run_fail_fast_argument_overrides_the_file(
+    workspace: Path, in_file: bool, flag: str, statuses: list[str]
+) -> None:
     code, out = call(RUN, workspace, write(workspace, crash_chain(in_file)), flag)
     assert code == 1
     assert out["data"]["fail_fast"] is (not in_file)
@@ -268,29 +319,37 @@ def test_run_fail_fast_argument_overrides_the_file(workspace: Path, in_file: boo
 
 
 def test_run_fails_a_step_whose_reference_names_a_missing_field(workspace: Path) -> None:
-    workflow = {"steps": [
-        {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
-        {"id": "s2", "skill": "test.echo", "args": {"message": "${steps.s1.nope}"}},
-        {"id": "s3", "skill": "test.echo", "args": {"message": "${steps.s1.tags.5}"}},
-    ], "fail_fast": False}
+    workflow = {
+        "steps": [
+            {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
+            {"id": "s2", "skill": "test.echo", "args": {"message": "${steps.s1.nope}"}},
+            {"id": "s3", "skill": "test.echo", "args": {"message": "${steps.s1.tags.5}"}},
+        ],
+        "fail_fast": False,
+    }
     code, out = call(RUN, workspace, write(workspace, workflow))
     assert code == 1
     steps = by_id(out)
     assert steps["s2"]["status"] == "failed" and steps["s2"]["duration_ms"] == 0
-    assert steps["s2"]["errors"] == [{
-        "code": "bad_reference",
-        "message": "${steps.s1.nope}: the result of step 's1' has no field 'nope' (fields: ok, status, "
-                   "message, times, tags)",
-    }]
+    assert steps["s2"]["errors"] == [
+        {
+            "code": "bad_reference",
+            "message": "${steps.s1.nope}: the result of step 's1' has no field 'nope' (fields: ok, status, "
+            "message, times, tags)",
+        }
+    ]
     assert steps["s3"]["errors"][0]["message"] == (
-        "${steps.s1.tags.5}: the result of step 's1'.tags has no field '5' (a list of 0 item(s))")
+        "${steps.s1.tags.5}: the result of step 's1'.tags has no field '5' (a list of 0 item(s))"
+    )
 
 
 def test_run_checks_types_after_substitution(workspace: Path) -> None:
-    workflow = {"steps": [
-        {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
-        {"id": "s2", "skill": "test.echo", "args": {"message": "${steps.s1.times}"}},
-    ]}
+    workflow = {
+        "steps": [
+            {"id": "s1", "skill": "test.echo", "args": {"message": "hi"}},
+            {"id": "s2", "skill": "test.echo", "args": {"message": "${steps.s1.times}"}},
+        ]
+    }
     code, out = call(RUN, workspace, write(workspace, workflow))
     assert code == 1
     assert by_id(out)["s2"]["errors"][0] == {
@@ -317,28 +376,48 @@ def test_run_uses_inputs_and_refuses_missing_ones_before_running(workspace: Path
 
 def test_run_refuses_an_invalid_workflow_without_running_anything(workspace: Path) -> None:
     marker = workspace / "ran.txt"
-    workflow = {"steps": [
-        {"skill": "test.readfile", "args": {"file_path": "ran.txt"}},
-        {"skill": "no.such.skill"},
-    ]}
+    workflow = {
+        "steps": [
+            {"skill": "test.readfile", "args": {"file_path": "ran.txt"}},
+            {"skill": "no.such.skill"},
+        ]
+    }
     code, out = call(RUN, workspace, write(workspace, workflow))
     assert code == 1 and not marker.exists()
-    assert out["data"] == {"workflow": "wf", "warnings": [], "steps": [], "completed": 0, "failed": 0,
-                           "skipped": 0}
+    assert out["data"] == {
+        "workflow": "wf",
+        "warnings": [],
+        "steps": [],
+        "completed": 0,
+        "failed": 0,
+        "skipped": 0,
+    }
     assert messages(out) == [("step2", "unknown skill 'no.such.skill'; see skills_list")]
 
 
 def test_run_reports_agent_steps_as_not_runnable_yet(workspace: Path, tmp_path: Path) -> None:
     agents = tmp_path / "agents"
     (agents / "demo.designer").mkdir(parents=True)
-    (agents / "demo.designer" / "agent.yaml").write_text(yaml.safe_dump({
-        "name": "demo.designer", "version": "0.1.0", "description": "Designs APIs",
-        "capabilities": ["design"],
-        "skills_available": ["test.echo"], "reasoning_mode": "oneshot", "status": "active"}))
-    workflow = {"fail_fast": False, "steps": [
-        {"id": "design", "agent": "demo.designer", "input": "Design an orders API"},
-        {"id": "after", "skill": "test.echo", "args": {"message": "still runs"}},
-    ]}
+    (agents / "demo.designer" / "agent.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "demo.designer",
+                "version": "0.1.0",
+                "description": "Designs APIs",
+                "capabilities": ["design"],
+                "skills_available": ["test.echo"],
+                "reasoning_mode": "oneshot",
+                "status": "active",
+            }
+        )
+    )
+    workflow = {
+        "fail_fast": False,
+        "steps": [
+            {"id": "design", "agent": "demo.designer", "input": "Design an orders API"},
+            {"id": "after", "skill": "test.echo", "args": {"message": "still runs"}},
+        ],
+    }
     name = write(workspace, workflow)
     code, out = call(VALIDATE, workspace, name, agents_dir=agents)
     assert code == 0 and [w["code"] for w in out["data"]["warnings"]] == ["agent_step_unsupported"]
@@ -364,10 +443,13 @@ def test_run_refuses_a_workflow_that_runs_itself(workspace: Path) -> None:
 
 
 def test_run_cuts_large_step_results_and_says_why_a_reference_fails(workspace: Path) -> None:
-    workflow = {"fail_fast": False, "steps": [
-        {"id": "big", "skill": "test.big", "args": {"megabytes": 1}},
-        {"id": "use", "skill": "test.echo", "args": {"message": "${steps.big.rows.0}"}},
-    ]}
+    workflow = {
+        "fail_fast": False,
+        "steps": [
+            {"id": "big", "skill": "test.big", "args": {"megabytes": 1}},
+            {"id": "use", "skill": "test.echo", "args": {"message": "${steps.big.rows.0}"}},
+        ],
+    }
     code, out = call(RUN, workspace, write(workspace, workflow))
     assert code == 1
     steps = by_id(out)
@@ -384,12 +466,19 @@ def test_run_cuts_large_step_results_and_says_why_a_reference_fails(workspace: P
 def test_substitute_keeps_types_for_whole_references_and_stringifies_embedded_ones() -> None:
     results = {"s1": {"ok": True, "n": 3, "obj": {"a": [1, {"b": True}]}}}
     value = {
-        "n": "${steps.s1.n}", "deep": "${steps.s1.obj.a.1.b}", "text": "n=${steps.s1.n} obj=${steps.s1.obj}",
-        "list": ["${inputs.x}", "${other}"], "flag": False,
+        "n": "${steps.s1.n}",
+        "deep": "${steps.s1.obj.a.1.b}",
+        "text": "n=${steps.s1.n} obj=${steps.s1.obj}",
+        "list": ["${inputs.x}", "${other}"],
+        "flag": False,
     }
     assert substitute(value, results, {"x": {"k": 1}}) == {
-        "n": 3, "deep": True, "text": 'n=3 obj={"a": [1, {"b": true}]}', "list": [{"k": 1}, "${other}"],
-        "flag": False}
+        "n": 3,
+        "deep": True,
+        "text": 'n=3 obj={"a": [1, {"b": true}]}',
+        "list": [{"k": 1}, "${other}"],
+        "flag": False,
+    }
     with pytest.raises(ReferenceProblem, match=r"step 'gone' has no result"):
         substitute("${steps.gone.x}", results, {})
 
@@ -399,10 +488,21 @@ def test_substitute_keeps_types_for_whole_references_and_stringifies_embedded_on
 
 @pytest.mark.anyio
 async def test_workflow_tools_over_mcp(workspace: Path) -> None:
-    good = write(workspace, {"name": "greet", "steps": [
-        {"id": "hello", "skill": "test.echo", "args": {"message": "${inputs.who}", "shout": True}},
-        {"id": "again", "skill": "test.echo", "args": {"message": "${steps.hello.message}?", "times": 2}},
-    ]}, "good.yaml")
+    good = write(
+        workspace,
+        {
+            "name": "greet",
+            "steps": [
+                {"id": "hello", "skill": "test.echo", "args": {"message": "${inputs.who}", "shout": True}},
+                {
+                    "id": "again",
+                    "skill": "test.echo",
+                    "args": {"message": "${steps.hello.message}?", "times": 2},
+                },
+            ],
+        },
+        "good.yaml",
+    )
     bad_steps = [{"skill": "test.echo", "args": {"message": "${steps.later.x}"}}]
     bad = write(workspace, {"steps": bad_steps}, "bad.yaml")
     async with stdio_client(workspace) as client:
@@ -414,7 +514,8 @@ async def test_workflow_tools_over_mcp(workspace: Path) -> None:
     assert valid.structured_content["valid"] is True and valid.structured_content["inputs"] == ["who"]
     assert invalid.is_error and invalid.structured_content["valid"] is False
     assert invalid.structured_content["errors"][0]["message"] == (
-        "${steps.later.x}: no step has id 'later' (steps: step1)")
+        "${steps.later.x}: no step has id 'later' (steps: step1)"
+    )
     assert not ran.is_error
     content = ran.structured_content
     assert content["completed"] == 2 and [s["status"] for s in content["steps"]] == ["success", "success"]
