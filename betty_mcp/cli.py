@@ -54,26 +54,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level for stderr.")]
 
 
-def _settings(
-    config: Path | None,
-    workspace: Path | None,
-    skills_dir: list[Path] | None,
-    agents_dir: list[Path] | None,
-    betty_home: Path | None,
-    no_bundled: bool,
-    **extra: Any,
-) -> Settings:
-    return load_settings(
-        config,
-        workspace=workspace,
-        skills_dirs=skills_dir,
-        agents_dirs=agents_dir,
-        betty_home=betty_home,
-        bundled=False if no_bundled else None,
-        **extra,
-    )
-
-
 def _setup_logging(level: str) -> None:
     from betty_mcp.secrets import log_to_stderr
 
@@ -87,12 +67,6 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def _build_app(settings: Settings) -> Any:
-    from betty_mcp.app import BettyApp
-
-    return BettyApp(settings)
 
 
 @app.command(
@@ -347,9 +321,20 @@ def _load(
     betty_home: Path | None,
     no_bundled: bool,
 ) -> Any:
+    """The app as the server would build it from these flags (and betty.yaml)."""
+    from betty_mcp.app import BettyApp
+
     _setup_logging("error")
     try:
-        return _build_app(_settings(config, workspace, skills_dir, agents_dir, betty_home, no_bundled))
+        settings = load_settings(
+            config,
+            workspace=workspace,
+            skills_dirs=skills_dir,
+            agents_dirs=agents_dir,
+            betty_home=betty_home,
+            bundled=False if no_bundled else None,
+        )
+        return BettyApp(settings)
     except BettyError as exc:
         _fail(str(exc))
 

@@ -12,8 +12,13 @@ if TYPE_CHECKING:
 
 # A waiting agent_run answers before hosts' ~60 s limits; the run itself goes on in the background.
 DEFAULT_WAIT_SECONDS = 50.0
-FINISHED_OK = {"completed"}
 RUN_ID = {"type": "string", "minLength": 1, "description": "The run id agent_run returned."}
+RUN_ID_INPUT = {
+    "type": "object",
+    "properties": {"run_id": RUN_ID},
+    "required": ["run_id"],
+    "additionalProperties": False,
+}
 
 RUN_OUTPUT = {
     "type": "object",
@@ -110,7 +115,7 @@ class AgentRunTool:
         except BaseException:
             handle.scope.cancel()  # the caller gave up on a run it was waiting for: stop it
             raise
-        return ToolResult.of(result, is_error=result["status"] not in FINISHED_OK | {"running"})
+        return run_result(result)
 
 
 class RunStatusTool:
@@ -118,12 +123,7 @@ class RunStatusTool:
         name="run_status",
         title="run.status",
         description="The status of an agent run: running or finished, steps so far, the last step, totals.",
-        input_schema={
-            "type": "object",
-            "properties": {"run_id": RUN_ID},
-            "required": ["run_id"],
-            "additionalProperties": False,
-        },
+        input_schema=RUN_ID_INPUT,
         read_only=True,
     )
 
@@ -171,7 +171,7 @@ class RunResultTool:
         except AgentError as exc:
             return ToolResult.error(str(exc), code="unknown_run")
         result = await self.app.runs.wait(handle, arguments.get("wait_seconds", 0), ctx.progress)
-        return ToolResult.of(result, is_error=result["status"] not in FINISHED_OK | {"running"})
+        return run_result(result)
 
 
 class RunCancelTool:
@@ -179,12 +179,7 @@ class RunCancelTool:
         name="run_cancel",
         title="run.cancel",
         description="Cancel an agent run: its model call stops and its running skills are killed.",
-        input_schema={
-            "type": "object",
-            "properties": {"run_id": RUN_ID},
-            "required": ["run_id"],
-            "additionalProperties": False,
-        },
+        input_schema=RUN_ID_INPUT,
     )
 
     def __init__(self, app: BettyApp) -> None:
@@ -245,3 +240,8 @@ def agent_info(agent: Any, app: BettyApp) -> dict[str, Any]:
         "example_task": m.example_task,
         "source": agent.source,
     }
+
+
+def run_result(result: dict[str, Any]) -> ToolResult:
+    """A run's (partial) result: an error result unless the run completed or is still going."""
+    return ToolResult.of(result, is_error=result["status"] not in ("completed", "running"))
