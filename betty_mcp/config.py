@@ -45,6 +45,8 @@ class Limits(BaseModel):
     max_result_chars: int = Field(default=40_000, ge=1_000, le=400_000)
     max_output_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     stderr_tail_chars: int = Field(default=4_000, ge=0)
+    # Fork Python handlers from a process that has their heavy imports done (zygote.py).
+    fork_server: bool = True
 
 
 class Settings(BaseModel):
@@ -93,9 +95,14 @@ def validate_router(raw: dict[str, Any] | None, source: str) -> LlmRouterConfig:
 
 
 def settings_from_env() -> Settings:
-    """The serving process's settings inside a handler; flags-free defaults when run by hand."""
+    """The serving process's settings inside a handler; flags-free defaults when run by hand.
+
+    A handler is short-lived: skills it runs (workflow.run) start cold, not through a zygote.
+    """
     raw = os.environ.get(SETTINGS_ENV)
-    return Settings.model_validate_json(raw) if raw else load_settings()
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    settings.limits.fork_server = False
+    return settings
 
 
 def find_config_file(explicit: Path | None) -> Path | None:

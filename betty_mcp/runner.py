@@ -18,6 +18,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from betty_mcp.envelope import last_json_document, normalise
 from betty_mcp.errors import ArgumentsError
 from betty_mcp.invocation import Invocation, base_environment, build_invocation, check_paths
 from betty_mcp.secrets import scrub, secret_values
+from betty_mcp.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,9 @@ class SkillRunner:
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
         self._base_env = base_environment(settings)
         self._secrets = secret_values()  # the environment's secrets, looked up once
+        self._zygote = (
+            Zygote(self._base_env, str(settings.workspace)) if settings.limits.fork_server else None
+        )
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -150,7 +155,7 @@ class SkillRunner:
         Timeout and cancellation kill the process group, which closes the pipes and ends the thread.
         """
         limits = self.settings.limits
-        process = subprocess.Popen(
+        process = self._fork(invocation, skill) or subprocess.Popen(
             invocation.argv,
             stdin=subprocess.PIPE if invocation.stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -183,6 +188,17 @@ class SkillRunner:
                 if process.poll() is None:
                     await anyio.to_thread.run_sync(process.wait)
         return captured, None if timed_out else process.returncode, timed_out
+
+    def _fork(self, invocation: Invocation, skill: Skill) -> Any:
+        """A handler forked from the warm zygote when it can run this call, else None."""
+        if (
+            self._zygote is None
+            or invocation.stdin is not None
+            or invocation.argv[0] != sys.executable
+            or skill.source == "betty-home"  # its own PYTHONPATH: a fresh interpreter
+        ):
+            return None
+        return self._zygote.fork(invocation.argv[1:], str(invocation.cwd), invocation.env)
 
     @staticmethod
     async def _heartbeat(progress: Progress, name: str) -> None:
