@@ -23,10 +23,15 @@ from common import BENCH_SKILLS, INITIALIZE, StdioPeer, betty_command, median, p
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument(
+        "--cold", action="store_true", help="no zygote: every call spawns a fresh interpreter"
+    )
     args = parser.parse_args()
     handler = BENCH_SKILLS / "bench.noop" / "noop.py"
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
+        if args.cold:
+            (workspace / "betty.yaml").write_text("limits:\n  fork_server: false\n")
         peer = StdioPeer(betty_command(workspace, "--skills-dir", str(BENCH_SKILLS)), workspace)
         peer.request(INITIALIZE)
         peer.notify("notifications/initialized")
@@ -40,6 +45,8 @@ def main() -> None:
             reply = peer.call("tools/call", {"name": "bench_noop", "arguments": {"value": f"v{i}"}})
             mcp_s = time.perf_counter() - started
             assert reply["result"]["structuredContent"]["value"] == f"v{i}", reply
+            if i == 9:
+                time.sleep(3)  # let the zygote finish its imports: measure the steady state
             if i >= 10:  # warm-up calls are not counted
                 direct.append(direct_s)
                 through_mcp.append(mcp_s)
@@ -48,7 +55,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "benchmark": "call_overhead",
+                "benchmark": "call_overhead" + (" (cold: no zygote)" if args.cold else ""),
                 "calls": args.calls,
                 "direct_ms_p50": round(median(direct) * 1000, 2),
                 "direct_ms_p99": round(percentile(direct, 99) * 1000, 2),

@@ -24,22 +24,35 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def settled_rss(command: list[str], cwd: Path) -> tuple[float, int]:
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def settled_rss(
+    command: list[str], cwd: Path, *, call_a_skill: bool = False
+) -> tuple[float, int, float | None]:
+    """RSS after start-up; with ``call_a_skill``, also the zygote's once the first skill call started it."""
     peer = StdioPeer(command, cwd)
     peer.request(INITIALIZE)
     peer.notify("notifications/initialized")
     tools = len(peer.call("tools/list", {})["result"]["tools"])
     time.sleep(1.0)  # let background start-up work (the file watcher) settle
     rss = rss_mb(peer.proc.pid)
+    zygote = None
+    if call_a_skill:
+        peer.call("tools/call", {"name": "registry_query", "arguments": {"name": "x"}})
+        time.sleep(3.0)  # the zygote does its imports
+        zygote = sum(rss_mb(c) for c in children(peer.proc.pid))
     peer.close()
-    return rss, tools
+    return rss, tools, zygote
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
-        bare, _ = settled_rss([sys.executable, str(ROOT / "bench" / "bare_server.py")], workspace)
-        betty, tools = settled_rss(betty_command(workspace), workspace)
+        bare, _, _ = settled_rss([sys.executable, str(ROOT / "bench" / "bare_server.py")], workspace)
+        betty, tools, zygote = settled_rss(betty_command(workspace), workspace, call_a_skill=True)
     print(
         json.dumps(
             {
@@ -47,6 +60,7 @@ def main() -> None:
                 "betty_tools": tools,
                 "bare_sdk_rss_mb": round(bare, 1),
                 "betty_rss_mb": round(betty, 1),
+                "zygote_rss_mb_after_first_skill_call": round(zygote or 0, 1),
                 "ratio": round(betty / bare, 3),
                 "target_mb": 120,
                 "met": betty < 120,

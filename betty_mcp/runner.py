@@ -35,7 +35,7 @@ from betty_mcp.envelope import last_json_document, normalise
 from betty_mcp.errors import ArgumentsError
 from betty_mcp.invocation import Invocation, base_environment, build_invocation, check_paths
 from betty_mcp.secrets import scrub, secret_values
-from betty_mcp.zygote import Zygote
+from betty_mcp.zygote import ZYGOTE_ENV, Zygote
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,12 @@ class SkillRunner:
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
         self._base_env = base_environment(settings)
         self._secrets = secret_values()  # the environment's secrets, looked up once
-        self._zygote = (
-            Zygote(self._base_env, str(settings.workspace)) if settings.limits.fork_server else None
-        )
+        self._zygote: Zygote | None = None
+        if os.environ.get(ZYGOTE_ENV):  # inside a handler (workflow.run): use the server's zygote
+            self._zygote = Zygote.attach(os.environ[ZYGOTE_ENV])
+        elif settings.limits.fork_server:
+            self._zygote = Zygote(self._base_env, str(settings.workspace))
+            self._base_env[ZYGOTE_ENV] = self._zygote.path
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._secrets)

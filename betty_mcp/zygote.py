@@ -37,6 +37,7 @@ PRELOAD = (
     "openapi_spec_validator",
 )
 MAX_JOB = 8 * 1024 * 1024
+ZYGOTE_ENV = "BETTY_MCP_ZYGOTE"
 
 
 def _become_handler(job: dict, fds: list[int]) -> None:
@@ -190,18 +191,31 @@ class ForkedHandler:
 
 
 class Zygote:
-    """The server's side: starts the zygote on first use, and forks handlers through it once ready."""
+    """The server's side: starts the zygote on first use, and forks handlers through it once ready.
+
+    Handlers that run skills themselves (workflow.run) attach to their server's zygote, named in
+    their environment (``ZYGOTE_ENV``), instead of starting one.
+    """
 
     def __init__(self, env: dict[str, str], cwd: str) -> None:
         self._env = env
         self._cwd = cwd
-        self._path = os.path.join(tempfile.mkdtemp(prefix="betty-mcp-"), "zygote.sock")
+        self.path = os.path.join(tempfile.mkdtemp(prefix="betty-mcp-"), "zygote.sock")
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
+        self._attached = False
+
+    @classmethod
+    def attach(cls, path: str) -> Zygote:
+        zygote = cls.__new__(cls)
+        zygote.path, zygote._process, zygote._attached = path, None, True
+        zygote._ready = threading.Event()
+        zygote._ready.set()
+        return zygote
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "betty_mcp.zygote", self._path],
+            [sys.executable, "-m", "betty_mcp.zygote", self.path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=self._cwd,
@@ -217,16 +231,17 @@ class Zygote:
 
     def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> ForkedHandler | None:
         """A handler running ``argv``, or None while the zygote is not ready (the caller spawns one)."""
-        if self._process is None:
-            self._start()
-        if not self._ready.is_set() or self._process is None or self._process.poll() is not None:
-            return None
+        if not self._attached:
+            if self._process is None:
+                self._start()
+            if not self._ready.is_set() or self._process is None or self._process.poll() is not None:
+                return None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.connect(self._path)
+            conn.connect(self.path)
             socket.send_fds(
                 conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode()], [null, out_w, err_w]
             )
