@@ -1,1 +1,7 @@
-"""LLM access (LiteLLM adapter, router, ledger). Arrives with the llm_query issue; nothing here yet."""
+"""LLM access: settings (the ``llm_router`` block), models, routing (pure), the fallback walk
+(service), backends (the LiteLLM adapter, the only module importing litellm; the embedded model)
+and the usage ledger with budgets.
+
+    service = LlmService(settings.router, settings.ledger_path)
+    result = await service.chat(ChatRequest(messages), RouteRequest(prompt=...), caller="llm_query")
+"""
