@@ -129,6 +129,25 @@ def kind_of(path: Path, declared: str | None = None) -> Kind:
     return by_name
 
 
+def manifest_file(value: str, kind: Kind) -> Path:
+    """The manifest ``value`` names (a file, or a folder holding one), inside the workspace."""
+    from betty_mcp.skillkit import workspace_path
+
+    name, article, other, wrong = (
+        ("skill.yaml", "a", "agent.yaml", "an agent manifest; use agent.define")
+        if kind == "skills"
+        else ("agent.yaml", "an", "skill.yaml", "a skill manifest; use skill.define")
+    )
+    path = workspace_path(value, must_exist=True, kind="manifest_path")
+    if path.is_dir():
+        path = path / name
+        if not path.is_file():
+            raise SkillError(f"manifest_path '{value}' is a folder without {article} {name}", "not_found")
+    if path.name == other:
+        raise SkillError(f"{path} is {wrong}", code="wrong_kind")
+    return path
+
+
 def load_manifest(kind: Kind, path: Path) -> tuple[dict[str, Any], Any]:
     """The raw manifest and its model, validated with the catalog loader's models.
 

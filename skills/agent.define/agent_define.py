@@ -14,9 +14,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from betty_mcp.registry import Registry, RegistryError, load_manifest, parse_version
-from betty_mcp.skillkit import SkillError, run, workspace, workspace_path
+from betty_mcp.registry import Registry, RegistryError, load_manifest, manifest_file, parse_version
 from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.skillkit import run, workspace
 
 BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama", "openai_compatible", "embedded", "local")
 RETRY_STRATEGIES = (
@@ -81,14 +81,7 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     from betty_mcp.catalog import load_catalog
     from betty_mcp.config import settings_from_env
 
-    path = workspace_path(args.manifest_path, must_exist=True, kind="manifest_path")
-    if path.is_dir():
-        path = path / "agent.yaml"
-        if not path.is_file():
-            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without an agent.yaml",
-                             code="not_found")
-    if path.name == "skill.yaml":
-        raise SkillError(f"{path} is a skill manifest; use skill.define", code="wrong_kind")
+    path = manifest_file(args.manifest_path, "agents")
     raw, manifest = load_manifest("agents", path)
     source = str(path)
     settings = settings_from_env()

@@ -11,20 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.registry import Registry, load_manifest, parse_version
-from betty_mcp.skillkit import SkillError, run, workspace, workspace_path
+from betty_mcp.registry import Registry, load_manifest, manifest_file, parse_version
+from betty_mcp.skillkit import SkillError, run, workspace
 from betty_mcp.skillkit import parser as make_parser
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    path = workspace_path(args.manifest_path, must_exist=True, kind="manifest_path")
-    if path.is_dir():
-        path = path / "skill.yaml"
-        if not path.is_file():
-            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder without a skill.yaml",
-                             code="not_found")
-    if path.name == "agent.yaml":
-        raise SkillError(f"{path} is an agent manifest; use agent.define", code="wrong_kind")
+    path = manifest_file(args.manifest_path, "skills")
     raw, manifest = load_manifest("skills", path)
     parse_version(manifest.version, subject=f"{path}: version")
     if not (path.parent / manifest.handler).is_file():
