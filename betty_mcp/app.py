@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from betty_mcp.catalog import Catalog, load_catalog
 from betty_mcp.config import Settings
+from betty_mcp.errors import describe_argument_error
 from betty_mcp.runner import SkillRunner
 from betty_mcp.tools import Tool
 from betty_mcp.tools.agent import AgentRunTool, AgentsListTool, RunCancelTool, RunResultTool, RunStatusTool
@@ -107,19 +108,4 @@ class BettyApp:
         errors = sorted(self._validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
         if not errors:
             return None
-        return "; ".join(_describe(e, schema) for e in errors[:10])
-
-
-def _describe(error: Any, schema: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        prefix = f"in '{where}': " if where else ""
-        return f"{prefix}missing required argument '{missing}'"
-    if error.validator == "additionalProperties" and not where:
-        accepted = ", ".join(schema.get("properties", {})) or "none"
-        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
-        return f"unknown argument(s) {', '.join(repr(e) for e in extra)}; accepted: {accepted}"
-    if error.validator == "type" and not where:
-        return f"arguments must be an object, got {type(error.instance).__name__}"
-    return f"argument '{where}': {error.message}" if where else error.message
+        return "; ".join(describe_argument_error(e, schema) for e in errors[:10])

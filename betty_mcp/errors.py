@@ -1,4 +1,6 @@
-"""The project's exceptions: one shallow tree, each a thing a person can act on."""
+"""The project's exceptions (a shallow tree, each a thing a person can act on); argument errors in words."""
+
+from typing import Any
 
 
 class BettyError(Exception):
@@ -42,3 +44,19 @@ class ProviderError(BettyError):
     @property
     def retryable(self) -> bool:
         return self.kind in self.RETRYABLE
+
+
+def describe_argument_error(error: Any, schema: dict[str, Any]) -> str:
+    """One jsonschema error about tool arguments, said for a person: missing, unknown, or wrong."""
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        prefix = f"in '{where}': " if where else ""
+        return f"{prefix}missing required argument '{missing}'"
+    if error.validator == "additionalProperties" and not where:
+        accepted = ", ".join(schema.get("properties", {})) or "none"
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        return f"unknown argument(s) {', '.join(repr(e) for e in extra)}; accepted: {accepted}"
+    if error.validator == "type" and not where:
+        return f"arguments must be an object, got {type(error.instance).__name__}"
+    return f"argument '{where}': {error.message}" if where else error.message

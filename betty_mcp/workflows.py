@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from betty_mcp.catalog import Catalog
 from betty_mcp.config import Settings
-from betty_mcp.errors import ArgumentsError
+from betty_mcp.errors import ArgumentsError, describe_argument_error
 from betty_mcp.invocation import check_paths
 from betty_mcp.skillkit import SkillError, load_document, workspace_path
 
@@ -296,7 +296,7 @@ def argument_problems(
     for error in sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.path)):
         if unresolved and _unknowable(error):
             continue
-        problems.append(_describe(error, schema))
+        problems.append(describe_argument_error(error, schema))
     return problems
 
 
@@ -307,17 +307,6 @@ def _unknowable(error: Any) -> bool:
     if isinstance(instance, str) and REFERENCE.fullmatch(instance):
         return True
     return error.validator != "type" and _has_reference(instance)
-
-
-def _describe(error: Any, schema: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "required" and not where:
-        return f"missing required argument {error.message.split(' is a required')[0]}"
-    if error.validator == "additionalProperties" and not where:
-        accepted = ", ".join(schema.get("properties", {})) or "none"
-        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
-        return f"unknown argument(s) {', '.join(repr(e) for e in extra)}; accepted: {accepted}"
-    return f"argument '{where}': {error.message}" if where else error.message
 
 
 # -- loading and static checks ----------------------------------------------------------------
