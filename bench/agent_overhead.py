@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from betty_mcp.agent import AgentRuntime, RunLimits  # noqa: E402
-from betty_mcp.app import BettyApp  # noqa: E402
-from betty_mcp.config import load_settings  # noqa: E402
+from betty_mcp.core.config import load_settings  # noqa: E402
+from betty_mcp.core.llm_config import LlmRouterConfig  # noqa: E402
 from betty_mcp.llm.service import LlmService  # noqa: E402
-from betty_mcp.llm.settings import LlmRouterConfig  # noqa: E402
 from betty_mcp.llm.types import Completion, ToolCall  # noqa: E402
+from betty_mcp.services import Services  # noqa: E402
 from tests.fakes.fake_backend import FakeBackend  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "skills"
@@ -65,14 +65,13 @@ def build(ws: Path, skills: list[str], turns: list[Completion]) -> tuple[AgentRu
         agents_dirs=[ws / "agents"],
         bundled=False,
     )
-    app = BettyApp(settings)
     backend = FakeBackend({"fake/model": turns})
     llm = LlmService(
         LlmRouterConfig.model_validate(ROUTER),
         settings.ledger_path,
         backends={"litellm": backend, "embedded": backend},
     )
-    return AgentRuntime(app, llm=llm), backend
+    return Services(settings, llm=llm).agent_runtime(), backend
 
 
 def call(name: str, args: dict, i: int) -> Completion:

@@ -42,9 +42,9 @@ def write_config(ws: Path, base_url: str) -> None:
 
 async def direct_calls(base: str, n: int) -> list[float]:
     """``litellm.acompletion`` with exactly the parameters betty-mcp sends (same LiteLLM client cache)."""
+    from betty_mcp.core.llm_config import LlmRouterConfig
     from betty_mcp.llm.litellm_adapter import _kwargs, load_litellm
     from betty_mcp.llm.models import ModelCatalog
-    from betty_mcp.llm.settings import LlmRouterConfig
     from betty_mcp.llm.types import ChatRequest
 
     litellm = await load_litellm()

@@ -1,3 +1,3 @@
-from betty_mcp.main import main
+from betty_mcp.cli.main import main
 
 main()

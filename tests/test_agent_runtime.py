@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from betty_mcp.agent import (
-    AgentError,
     AgentRuntime,
     RunLimits,
     RunState,
@@ -23,11 +22,11 @@ from betty_mcp.agent import (
     parse_plan,
     read_trace,
 )
-from betty_mcp.app import BettyApp
-from betty_mcp.config import load_settings
-from betty_mcp.errors import ProviderError
+from betty_mcp.core.config import load_settings
+from betty_mcp.core.errors import AgentError, AuthenticationFailed, ProviderUnavailable
 from betty_mcp.llm.service import LlmService
 from betty_mcp.llm.types import ChatRequest, Completion, ToolCall
+from betty_mcp.services import Services
 from tests.conftest import FIXTURE_SKILLS, alive
 from tests.fakes.fake_backend import FakeBackend
 
@@ -52,7 +51,7 @@ print(json.dumps({"ok": True, "created": True}))
 
 @dataclass
 class Harness:
-    app: BettyApp
+    app: Services
     backend: FakeBackend
     runtime: AgentRuntime
     runs_dir: Path
@@ -114,12 +113,12 @@ def make(
         bundled=False,
         llm_router={**ROUTER, **(router or {})},
     )
-    app = BettyApp(settings)
     backend = FakeBackend(script)
     service = LlmService(
         settings.router, settings.ledger_path, backends={"litellm": backend, "embedded": backend}
     )
-    return Harness(app, backend, AgentRuntime(app, llm=service), settings.runs_dir)
+    services = Services(settings, llm=service)
+    return Harness(services, backend, services.agent_runtime(), settings.runs_dir)
 
 
 def calls(*requested: tuple[str, Any], cost: float | None = None) -> Completion:
@@ -455,7 +454,7 @@ async def test_a_primary_failure_mid_run_continues_the_same_run_on_the_fallback(
         tmp_path,
         [{"name": "echoer", "skills": ["test.echo"], "llm_config": PRIMARY_AND_FALLBACK}],
         {"a/one": [calls(("test_echo", {"message": "1"})), calls(("test_echo", {"message": "2"})),
-                   ProviderError("a/one: 503 overloaded", "server")],
+                   ProviderUnavailable("a/one: 503 overloaded")],
          "b/two": [finish]},
     )  # fmt: skip
     result = await h.runtime.run("echoer", "Echo twice")
@@ -471,7 +470,7 @@ async def test_a_non_retryable_model_error_fails_the_run_with_its_message(tmp_pa
     h = make(
         tmp_path,
         [{"name": "echoer", "skills": ["test.echo"]}],
-        {"a/one": [ProviderError("a/one: auth: invalid API key", "auth")], "b/two": [answer("never")]},
+        {"a/one": [AuthenticationFailed("a/one: auth: invalid API key")], "b/two": [answer("never")]},
     )
     result = await h.runtime.run("echoer", "Hello")
     assert result.status == "failed" and "invalid API key" in (result.error or "")

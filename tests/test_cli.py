@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FIXTURE_SKILLS, ROOT
 
 
@@ -83,7 +85,7 @@ def test_agents_list_reports_missing_skills(tmp_path: Path) -> None:
     agents.mkdir(parents=True)
     (agents / "agent.yaml").write_text(
         "name: demo.agent\nversion: 0.1.0\ndescription: d\ncapabilities: [x]\n"
-        "skills_available: [test.echo, no.such]\nreasoning_mode: oneshot\nstatus: active\n"
+        "skills_available: [test.echo, test.draft, no.such]\nreasoning_mode: oneshot\nstatus: active\n"
     )
     out = cli(
         "agents",
@@ -96,7 +98,27 @@ def test_agents_list_reports_missing_skills(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     demo = next(a for a in json.loads(out.stdout) if a["name"] == "demo.agent")
-    assert demo["missing_skills"] == ["no.such"] and demo["reasoning_mode"] == "oneshot"
+    assert demo["missing_skills"] == ["test.draft", "no.such"] and demo["reasoning_mode"] == "oneshot"
+    assert demo["why_missing"]["test.draft"] == "skill status is draft, not active"
+
+
+@pytest.mark.anyio
+async def test_cli_and_mcp_describe_an_agent_alike(tmp_path: Path) -> None:
+    """One rule decides what an agent cannot use: the CLI and the agents_list tool agree."""
+    from tests.conftest import stdio_client
+
+    agents = tmp_path / "agents" / "demo.agent"
+    agents.mkdir(parents=True)
+    (agents / "agent.yaml").write_text(
+        "name: demo.agent\nversion: 0.1.0\ndescription: d\ncapabilities: [x]\n"
+        "skills_available: [test.echo, test.draft, no.such]\nreasoning_mode: oneshot\nstatus: active\n"
+    )
+    flags = ["--agents-dir", str(tmp_path / "agents"), "--skills-dir", str(FIXTURE_SKILLS)]
+    shown = json.loads(cli("agents", "show", "demo.agent", "--json", *flags, cwd=tmp_path).stdout)
+    async with stdio_client(tmp_path, *flags, fixtures=False) as client:
+        listed = (await client.call_tool("agents_list", {})).structured_content["agents"]
+    served = next(a for a in listed if a["name"] == "demo.agent")
+    assert served == shown and served["missing_skills"] == ["test.draft", "no.such"]
 
 
 def test_a_bad_config_file_is_named_with_the_field(tmp_path: Path) -> None:

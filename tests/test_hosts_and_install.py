@@ -127,7 +127,7 @@ async def test_installed_wheel_serves_the_bundled_skills(wheel: Path, tmp_path: 
     assert {s["source"] for s in listed.structured_content["skills"]} == {"bundled"}
     assert "name:" in located.contents[0].text
     probe = subprocess.run(
-        [sys.executable, "-c", "import betty_mcp.catalog as c; print(c.bundled_root())"],
+        [sys.executable, "-c", "import betty_mcp.core.catalog as c; print(c.bundled_root())"],
         env=params.env,
         cwd=elsewhere,
         capture_output=True,

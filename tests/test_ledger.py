@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from betty_mcp.errors import BettyError, BudgetExceeded
+from betty_mcp.core.errors import BettyError, BudgetExceeded
 from betty_mcp.llm.ledger import (
     MIGRATIONS,
     Budgets,

@@ -229,9 +229,9 @@ async def test_models_list_shows_readiness_and_prices(workspace: Path, llm: Scri
 
 def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> None:
     """The adapter returns tool calls (agent runs need them), through the real HTTP path."""
+    from betty_mcp.core.llm_config import LlmRouterConfig
     from betty_mcp.llm.litellm_adapter import LiteLLMBackend
     from betty_mcp.llm.models import ModelCatalog
-    from betty_mcp.llm.settings import LlmRouterConfig
     from betty_mcp.llm.types import ChatRequest, StreamSink
 
     llm.script("main", ToolCalls([("api_validate", {"spec_path": "a.yaml"})]))
@@ -253,9 +253,9 @@ def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> N
 
 def test_start_up_does_not_import_litellm(workspace: Path) -> None:
     code = (
-        "import sys; from betty_mcp.config import load_settings; from betty_mcp.app import BettyApp;"
-        "from betty_mcp.server import BettyServer; from betty_mcp import transports;"
-        "BettyServer(BettyApp(load_settings())); print('litellm' in sys.modules)"
+        "import sys; from betty_mcp.core.config import load_settings;"
+        "from betty_mcp.services import Services; from betty_mcp.mcp import transports;"
+        "transports.build_server(Services(load_settings())); print('litellm' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace, check=True

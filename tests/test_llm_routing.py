@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from betty_mcp.config import load_settings
-from betty_mcp.errors import BudgetExceeded, ConfigError, ProviderError
+from betty_mcp.core.config import load_settings
+from betty_mcp.core.errors import AllModelsFailed, BudgetExceeded, ConfigError, provider_error
+from betty_mcp.core.llm_config import LlmRouterConfig
 from betty_mcp.llm.models import ModelCatalog
 from betty_mcp.llm.routing import AgentPreference, RouteRequest, estimate_complexity, route
-from betty_mcp.llm.service import LlmFailed, LlmService
-from betty_mcp.llm.settings import LlmRouterConfig
+from betty_mcp.llm.service import LlmService
 from betty_mcp.llm.types import ChatRequest, Completion
 from tests.fakes.fake_backend import FakeBackend
 
@@ -176,7 +176,7 @@ async def test_retryable_errors_fall_back_at_once_and_every_hop_is_recorded(
 ) -> None:
     backend = FakeBackend(
         {
-            "a/one": [ProviderError(f"a/one: {kind}", kind)],
+            "a/one": [provider_error(kind, f"a/one: {kind}")],
             "b/two": [Completion("from two", prompt_tokens=3, completion_tokens=2)],
         }
     )
@@ -193,8 +193,8 @@ async def test_retryable_errors_fall_back_at_once_and_every_hop_is_recorded(
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", ["auth", "bad_request"])
 async def test_auth_and_bad_request_errors_never_fall_back(tmp_path: Path, kind: str) -> None:
-    backend = FakeBackend({"a/one": [ProviderError(f"a/one: {kind}: nope", kind)]})
-    with pytest.raises(LlmFailed) as caught:
+    backend = FakeBackend({"a/one": [provider_error(kind, f"a/one: {kind}: nope")]})
+    with pytest.raises(AllModelsFailed) as caught:
         await service(tmp_path, LOCAL_PAIR, backend).chat(
             ChatRequest([{"role": "user", "content": "x"}]), RouteRequest(), caller="test"
         )
@@ -212,7 +212,7 @@ async def test_context_window_errors_move_to_a_larger_model(tmp_path: Path) -> N
         "fallbacks": {"a/one": ["c/small", "b/two"]},
     }
     block["providers"]["a"]["models"][0]["fallbacks"] = []
-    backend = FakeBackend({"a/one": [ProviderError("a/one: context_window: too long", "context_window")]})
+    backend = FakeBackend({"a/one": [provider_error("context_window", "a/one: context_window: too long")]})
     result = await service(tmp_path, block, backend).chat(
         ChatRequest([{"role": "user", "content": "x"}]), RouteRequest(), caller="test"
     )
@@ -224,7 +224,7 @@ async def test_context_window_errors_move_to_a_larger_model(tmp_path: Path) -> N
 async def test_the_whole_walk_has_one_deadline(tmp_path: Path) -> None:
     backend = FakeBackend(delay=5)
     started = time.monotonic()
-    with pytest.raises(LlmFailed) as caught:
+    with pytest.raises(AllModelsFailed) as caught:
         await service(tmp_path, LOCAL_PAIR, backend).chat(
             ChatRequest([{"role": "user", "content": "x"}]),
             RouteRequest(),

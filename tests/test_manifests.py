@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from betty_mcp.catalog import load_catalog
-from betty_mcp.config import load_settings
-from betty_mcp.errors import ManifestError
-from betty_mcp.manifests import AgentManifest, SkillManifest, load_skill_manifest, parse_manifest
+from betty_mcp.core.catalog import load_catalog
+from betty_mcp.core.config import load_settings
+from betty_mcp.core.errors import ManifestError
+from betty_mcp.core.manifests import AgentManifest, SkillManifest, load_skill_manifest, parse_manifest
 
 
 def skill(data: dict) -> SkillManifest:
@@ -119,9 +119,8 @@ def test_odd_but_real_fields_are_accepted() -> None:
         ({"inputs": "spec_path"}, "skill.yaml: inputs: Input should be a valid list"),
         (
             {"status": "retired"},
-            "skill.yaml: status: Input should be 'active', 'draft', 'deprecated' or 'archived'",
+            "skill.yaml: status: Input should be 'draft', 'active', 'deprecated' or 'archived'",
         ),
-        ({"entrypoints": []}, "no handler: add entrypoints[0].handler"),
         ({"inputs": [{"type": "string"}]}, "skill.yaml: inputs.0.name: Field required"),
         (
             {"mcp": {"arguments": "telepathy"}},
@@ -137,7 +136,7 @@ def test_broken_skill_manifests_name_the_field_and_problem(data: dict, message: 
 
 def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     path = write_skill(tmp_path, "a.b", "name: a.b\ninputs: [oops\n") / "skill.yaml"
-    with pytest.raises(ManifestError, match=r"skill.yaml: line 3, column 1: invalid YAML"):
+    with pytest.raises(ManifestError, match=r"skill.yaml: invalid YAML at line 3, column 1"):
         load_skill_manifest(path)
 
 
@@ -192,8 +191,9 @@ def test_catalog_reports_broken_duplicate_and_colliding_skills_without_stopping(
     assert "bad/skill.yaml" in problems and "invalid YAML" in problems
     assert "handler 'missing.py' not found" in problems
     assert "skill 'a.b' is also defined in" in problems and "the first one is kept" in problems
-    assert f"tool name '{long_name.replace('.', '_')}' is not valid for MCP hosts" in problems
-    assert "agent 'x' lists skills that do not exist: no.such" in problems
+    tool = long_name.replace(".", "_")
+    assert f"tool name '{tool}' has {len(tool)} characters, over hosts' limit" in problems
+    assert "agent 'x' cannot use: no.such (no such skill in the catalog)" in problems
 
 
 def test_statuses_and_globs_choose_which_skills_get_tools(tmp_path: Path) -> None:
@@ -229,7 +229,7 @@ def test_betty_home_checkout_runs_with_its_own_conventions(tmp_path: Path) -> No
     """A Betty checkout's handler imports the checkout's `betty` package and sees BETTY_HOME and its cwd."""
     import anyio
 
-    from betty_mcp.app import BettyApp
+    from betty_mcp.services import Services
 
     home = tmp_path / "betty"
     (home / "betty").mkdir(parents=True)
@@ -252,9 +252,36 @@ def test_betty_home_checkout_runs_with_its_own_conventions(tmp_path: Path) -> No
     )
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    app = BettyApp(load_settings(None, workspace=workspace, betty_home=home, bundled=False))
+    app = Services(load_settings(None, workspace=workspace, betty_home=home, bundled=False))
     result = anyio.run(app.runner.run, app.catalog.skills["hello.world"], {"who": "ann"})
     assert result.ok, result.structured
     assert result.structured["greeting"] == "from the betty package"
     assert result.structured["home"] == str(home) and result.structured["cwd"] == str(home)
     assert app.catalog.skills["hello.world"].source == "betty-home"
+
+
+def test_a_skill_without_entrypoints_finds_its_handler_by_betty_convention(tmp_path: Path) -> None:
+    text = "name: data.clean\nversion: 0.1.0\ndescription: d\ninputs: [path]\n"
+    write_skill(tmp_path / "skills", "data.clean", text, handler="data_clean.py")
+    write_skill(tmp_path / "skills", "data.lost", text.replace("data.clean", "data.lost"), handler=None)
+    settings = load_settings(None, workspace=tmp_path, skills_dirs=[tmp_path / "skills"], bundled=False)
+    catalog = load_catalog(settings)
+    assert catalog.skills["data.clean"].handler == tmp_path / "skills" / "data.clean" / "data_clean.py"
+    assert "data.lost" not in catalog.skills
+    lost = next(str(p) for p in catalog.problems if "data.lost" in p.path)
+    assert "no handler: declare entrypoints[0].handler, or name it by Betty's convention" in lost
+
+
+def test_flag_like_entrypoint_parameter_names_are_read_as_inputs() -> None:
+    manifest = skill(
+        {"entrypoints": [{"handler": "h.py", "parameters": [{"name": "--batch-size", "type": "integer"}]}]}
+    )
+    assert [p.name for p in manifest.params] == ["batch_size"] and not manifest.load_warnings
+    broken = skill(
+        {
+            "inputs": [{"name": "queue", "type": "string"}],
+            "entrypoints": [{"handler": "h.py", "parameters": [{"name": "q", "type": "blob"}]}],
+        }
+    )
+    assert [p.name for p in broken.params] == ["queue"], "the unreadable part alone is left out"
+    assert broken.load_warnings and "unknown type 'blob'" in broken.load_warnings[0]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from betty_mcp.secrets import (
+from betty_mcp.core.secrets import (
     REDACTED,
     ScrubbingFormatter,
     is_secret_name,
@@ -61,7 +61,7 @@ def test_log_lines_and_tracebacks_are_scrubbed(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_server_logs_to_stderr_with_secrets_scrubbed(tmp_path) -> None:
     code = (
-        "import logging; from betty_mcp.secrets import log_to_stderr; log_to_stderr('info');"
+        "import logging; from betty_mcp.core.secrets import log_to_stderr; log_to_stderr('info');"
         "logging.getLogger('t').warning('token is %s', 'ghp_secretvalue123')"
     )
     out = subprocess.run(

@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from betty_mcp.app import BettyApp
-from betty_mcp.config import load_settings
+from betty_mcp.core.config import load_settings
+from betty_mcp.services import Services
 from tests.conftest import FIXTURE_SKILLS, alive
 
 pytestmark = pytest.mark.anyio
@@ -23,9 +23,9 @@ def parent_of(pid: int) -> int:
 
 
 @pytest.fixture
-async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> BettyApp:
+async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Services:
     monkeypatch.setenv("SOME_API_KEY", "sk-zygote-secret-1234")
-    app = BettyApp(load_settings(None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False))
+    app = Services(load_settings(None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False))
     zygote = app.runner._zygote
     assert zygote is not None
     await app.runner.run(app.catalog.skills["test.echo"], {"message": "start the zygote"})
@@ -35,7 +35,7 @@ async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> BettyApp
     return app
 
 
-async def test_forked_handlers_answer_like_fresh_ones(warm_app: BettyApp) -> None:
+async def test_forked_handlers_answer_like_fresh_ones(warm_app: Services) -> None:
     skills = warm_app.catalog.skills
     echo = await warm_app.runner.run(skills["test.echo"], {"message": "hi", "shout": True, "tags": ["a"]})
     assert echo.structured == {"ok": True, "status": "success", "message": "HI", "times": 1, "tags": ["a"]}
@@ -51,7 +51,7 @@ async def test_forked_handlers_answer_like_fresh_ones(warm_app: BettyApp) -> Non
 
 
 async def test_a_forked_handler_is_killed_with_its_children_at_the_timeout(
-    warm_app: BettyApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    warm_app: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pidfile = tmp_path / "pids"
     monkeypatch.setenv("BETTY_TEST_PIDFILE", str(pidfile))

@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from betty_mcp.catalog import Skill
-from betty_mcp.manifests import AgentManifest
+from betty_mcp.core.catalog import Skill
+from betty_mcp.core.manifests import AgentManifest
 
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 PLAN_KEYS = ("skills_to_invoke", "final_answer")

@@ -4,8 +4,8 @@ Every agent run is a task in the manager's own task group, not in the request th
 it, so it survives the client disconnecting and a ``wait`` that gives up: a caller waiting past
 its deadline gets the partial result (status ``running``) and polls with the run id.
 
-    manager = RunManager(app)          # runs go in app.background, the server's task group
-    handle = manager.start("api.analyzer", "Review openapi.yaml")
+    manager = RunManager(task_group)   # the serving process's task group
+    handle = manager.start("api.analyzer", "Review openapi.yaml", run)   # run(run_id, on_step)
     result = await manager.wait(handle, seconds=50, on_progress=report)
 """
 
@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from betty_mcp.agent.errors import AgentError
-from betty_mcp.agent.runtime import AgentRuntime, new_run_id
-from betty_mcp.agent.state import RunLimits, RunResult, RunState, Step
+from betty_mcp.agent.runtime import OnStep
+from betty_mcp.agent.state import RunResult, RunState, Step
+from betty_mcp.core.errors import BettyError, UnknownRun
+from betty_mcp.core.rules import new_run_id
 
 if TYPE_CHECKING:
-    from betty_mcp.app import BettyApp
+    from anyio.abc import TaskGroup
 
 Progress = Callable[[str], Awaitable[None]]
+StartRun = Callable[[str, OnStep], Awaitable[RunResult]]
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -73,32 +75,18 @@ class RunHandle:
 
 
 class RunManager:
-    def __init__(self, app: BettyApp) -> None:
-        self.app = app
+    def __init__(self, task_group: TaskGroup) -> None:
+        self.task_group = task_group
         self.runs: dict[str, RunHandle] = {}
 
-    def start(
-        self,
-        agent: str,
-        task: str,
-        context: dict[str, Any] | None = None,
-        *,
-        model: str | None = None,
-        limits: RunLimits | None = None,
-    ) -> RunHandle:
-        if agent not in self.app.catalog.agents:
-            known = ", ".join(sorted(self.app.catalog.agents)) or "none"
-            raise AgentError(f"unknown agent '{agent}'; known agents: {known}")
-        if self.app.background is None:
-            raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
+    def start(self, agent: str, task: str, run: StartRun) -> RunHandle:
+        """Start ``run(run_id, on_step)`` in the background; it ends with its RunResult."""
         handle = RunHandle(new_run_id(), agent, task)
         self.runs[handle.run_id] = handle
-        self.app.background.start_soon(self._run, handle, context, model, limits)
+        self.task_group.start_soon(self._run, handle, run)
         return handle
 
-    async def _run(
-        self, handle: RunHandle, context: dict[str, Any] | None, model: str | None, limits: RunLimits | None
-    ) -> None:
+    async def _run(self, handle: RunHandle, run: StartRun) -> None:
         async def on_step(step: Step, state: RunState) -> None:
             handle.state = state
             handle.lines.append(step_line(step))
@@ -107,21 +95,13 @@ class RunManager:
 
         try:
             with handle.scope:
-                handle.result = await AgentRuntime(self.app).run(
-                    handle.agent,
-                    handle.task,
-                    context,
-                    model=model,
-                    limits=limits,
-                    run_id=handle.run_id,
-                    on_step=on_step,
-                )
+                handle.result = await run(handle.run_id, on_step)
             if handle.result is None:  # cancelled: the runtime marked the state before re-raising
                 if handle.state is not None:
                     handle.result = handle.state.result()
                 else:
                     handle.error = "the run was cancelled before its first step"
-        except AgentError as exc:
+        except BettyError as exc:
             handle.error = str(exc)
         finally:
             handle.done.set()
@@ -130,7 +110,7 @@ class RunManager:
     def get(self, run_id: str) -> RunHandle:
         handle = self.runs.get(run_id)
         if handle is None:
-            raise AgentError(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
+            raise UnknownRun(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
         return handle
 
     async def wait(

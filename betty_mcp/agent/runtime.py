@@ -15,45 +15,50 @@ Statuses: completed, failed (skills kept failing, or the model failed in a way n
 fixes), budget_exceeded (max_steps, max_tokens, max_cost_usd, or a ledger budget; ``limit``
 says which), timed_out, cancelled. Every run is traced (``trace.py``).
 
-    runtime = AgentRuntime(app)
+    runtime = AgentRuntime(catalog=catalog, runner=runner, llm=provide_llm, validator=validator,
+                           runs_dir=settings.runs_dir)
     result = await runtime.run("api.analyzer", "Review openapi.yaml", {"spec_path": "openapi.yaml"})
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from betty_mcp.agent.errors import AgentError
 from betty_mcp.agent.prompt import FINAL_TURN, parse_plan, plan_results_message, system_prompt
 from betty_mcp.agent.state import RunLimits, RunResult, RunState, Step
 from betty_mcp.agent.trace import TraceWriter, scrub_value, summarise
-from betty_mcp.catalog import TOOL_NAME, Catalog, Skill, tool_name_for
-from betty_mcp.errors import BettyError, BudgetExceeded, ConfigError, ProviderError
+from betty_mcp.core.arguments import ArgumentValidator
+from betty_mcp.core.catalog import Catalog, Skill
+from betty_mcp.core.errors import (
+    AgentError,
+    AllModelsFailed,
+    BettyError,
+    BudgetExceeded,
+    ConfigError,
+    ProviderError,
+    RunLimitReached,
+    UnknownAgent,
+)
+from betty_mcp.core.manifests import AgentManifest
+from betty_mcp.core.rules import failure_envelope, new_run_id, run_id_problem, tool_name_for
+from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.llm.routing import AgentPreference, RouteRequest, route
 from betty_mcp.llm.types import ChatRequest, Completion
-from betty_mcp.manifests import AgentManifest
-from betty_mcp.runner import SkillResult
-from betty_mcp.secrets import scrub, secret_values
+from betty_mcp.run.runner import SkillResult, SkillRunner
 
 if TYPE_CHECKING:
-    from betty_mcp.app import BettyApp
     from betty_mcp.llm.service import ChatResult, LlmService
 
 OnStep = Callable[[Step, RunState], Awaitable[None]]
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ProvideLlm = Callable[[], Awaitable["LlmService"]]
 MAX_TOOL_RESULT_CHARS = 16_000
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True)
@@ -65,19 +70,9 @@ class Toolbox:
 
     @classmethod
     def for_agent(cls, catalog: Catalog, manifest: AgentManifest) -> Toolbox:
-        skills: list[Skill] = []
-        missing: dict[str, str] = {}
-        for name in dict.fromkeys(manifest.skills_available):
-            skill = catalog.skills.get(name)
-            if skill is None:
-                missing[name] = "no such skill in the catalog"
-            elif skill.manifest.status != "active":
-                missing[name] = f"skill status is {skill.manifest.status}, not active"
-            elif not TOOL_NAME.match(skill.tool_name):
-                missing[name] = f"'{skill.tool_name}' is not a valid function name"
-            else:
-                skills.append(skill)
-        return cls(skills, missing)
+        missing = catalog.skill_gaps(manifest.skills_available)
+        wanted = dict.fromkeys(manifest.skills_available)
+        return cls([catalog.skills[name] for name in wanted if name not in missing], missing)
 
     def tools(self) -> list[dict[str, Any]]:
         """OpenAI function tools, named and shaped exactly like the MCP tools."""
@@ -121,9 +116,22 @@ class _Outcome:
 
 
 class AgentRuntime:
-    def __init__(self, app: BettyApp, *, llm: LlmService | None = None) -> None:
-        self.app = app
-        self._llm = llm
+    """Runs agents of ``catalog`` with its skills (through ``runner``) and models (from ``llm()``)."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        runner: SkillRunner,
+        llm: ProvideLlm,
+        validator: ArgumentValidator,
+        runs_dir: Path,
+    ) -> None:
+        self.catalog = catalog
+        self.runner = runner
+        self.llm = llm
+        self.validator = validator
+        self.runs_dir = runs_dir
 
     async def run(
         self,
@@ -137,17 +145,17 @@ class AgentRuntime:
         on_step: OnStep | None = None,
     ) -> RunResult:
         """Run ``agent_name`` on ``task``; AgentError only for an unknown agent or a bad or reused run id."""
-        agent = self.app.catalog.agents.get(agent_name)
+        agent = self.catalog.agents.get(agent_name)
         if agent is None:
-            known = ", ".join(sorted(self.app.catalog.agents)) or "none"
-            raise AgentError(f"unknown agent '{agent_name}'; known agents: {known}")
-        if run_id is not None and not RUN_ID.match(run_id):
-            raise AgentError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
-        if run_id is not None and (self.app.settings.runs_dir / f"{run_id}.jsonl").exists():
+            known = ", ".join(sorted(self.catalog.agents)) or "none"
+            raise UnknownAgent(f"unknown agent '{agent_name}'; known agents: {known}")
+        if run_id is not None and (problem := run_id_problem(run_id)) is not None:
+            raise AgentError(problem)
+        if run_id is not None and (self.runs_dir / f"{run_id}.jsonl").exists():
             raise AgentError(f"run id '{run_id}' is already used; each run needs its own")
         manifest = agent.manifest
         resolved = (limits or RunLimits()).resolved(manifest)
-        toolbox = Toolbox.for_agent(self.app.catalog, manifest)
+        toolbox = Toolbox.for_agent(self.catalog, manifest)
         state = RunState(
             run_id=run_id or new_run_id(),
             agent=agent.name,
@@ -157,7 +165,7 @@ class AgentRuntime:
             model_override=model,
             missing_skills=list(toolbox.missing),
         )
-        trace = TraceWriter.open(self.app.settings.runs_dir, state.run_id)
+        trace = TraceWriter.open(self.runs_dir, state.run_id)
         trace.event(
             "run_started",
             run_id=state.run_id,
@@ -202,7 +210,7 @@ class AgentRuntime:
     ) -> None:
         route_request = _route_request(manifest, state)
         try:
-            service = self._llm or await self.app.llm()
+            service = await self.llm()
             planned = route(route_request, service.models)
         except ConfigError as exc:
             state.finish("failed", error=str(exc))
@@ -222,7 +230,10 @@ class AgentRuntime:
         max_failures = max(1, state.limits.max_retries or 0)
         while state.running:
             final_turn = oneshot and state.llm_calls >= 1
-            if not _within_limits(state, before=True):
+            try:
+                state.limits.enforce(state, before_model_call=True)
+            except RunLimitReached as exc:
+                state.finish("budget_exceeded", error=str(exc), limit=exc.limit)
                 return
             tools = toolbox.tools() if toolbox.skills and not plan_mode and not final_turn else None
             chat = await self._ask(service, state, route_request, candidates, tools, trace, on_step)
@@ -231,7 +242,10 @@ class AgentRuntime:
             completion = chat.completion
             textual = plan_mode or chat.spec.supports_tools is False
             calls, answer = _interpret(completion, textual, state)
-            if not _within_limits(state, before=False):
+            try:
+                state.limits.enforce(state, before_model_call=False)
+            except RunLimitReached as exc:
+                state.finish("budget_exceeded", error=str(exc), limit=exc.limit)
                 state.answer = answer or None  # what the model said, kept as a partial result
                 return
             if final_turn or not calls:
@@ -285,12 +299,12 @@ class AgentRuntime:
             state.finish("budget_exceeded", error=str(exc), limit=exc.budget)
             return None
         except (ProviderError, ConfigError) as exc:
-            hops = getattr(exc, "hops", [])
+            hops = exc.hops if isinstance(exc, AllModelsFailed) else []
             step = _llm_failure(index, hops[-1].model if hops else expected, str(exc), started)
             trace.event(
                 "llm_error",
                 error=str(exc),
-                kind=getattr(exc, "kind", "config"),
+                kind=exc.kind if isinstance(exc, ProviderError) else "config",
                 fallbacks=[h.as_dict() for h in hops],
             )
             await self._record(state, step, on_step)
@@ -386,16 +400,16 @@ class AgentRuntime:
             missing = next((n for n in toolbox.missing if call.name in (n, tool_name_for(n))), None)
             if missing is not None:
                 return f"skill '{missing}' is not available in this run: {toolbox.missing[missing]}"
-            catalog = self.app.catalog
+            catalog = self.catalog
             known = catalog.skills.get(call.name) or next(
                 (s for s in catalog.skills.values() if s.tool_name == call.name), None
             )
-            if known is not None or call.name in self.app.builtin_tools:
+            if known is not None:
                 return f"'{call.name}' is not allowed for agent '{agent}'; it may use only: {toolbox.names()}"
             return f"there is no tool named '{call.name or '(empty)'}'; you may use only: {toolbox.names()}"
         if call.parse_error:
             return f"arguments for '{skill.name}' are not valid JSON ({call.parse_error}); send a JSON object"
-        problem = self.app.validate_arguments(skill.input_schema, call.arguments)
+        problem = self.validator.problems(skill.input_schema, call.arguments)
         if problem:
             return f"invalid arguments for '{skill.name}': {problem}"
         return skill, call.arguments
@@ -419,7 +433,7 @@ class AgentRuntime:
         state.skill_calls += 1
         started = time.monotonic()
         try:
-            result = await self.app.runner.run(skill, args)
+            result = await self.runner.run(skill, args)
         except anyio.get_cancelled_exc_class():
             ms = round((time.monotonic() - started) * 1000, 1)
             state.add_step(
@@ -439,11 +453,8 @@ class AgentRuntime:
             )
             raise
         except (OSError, BettyError) as exc:
-            result = SkillResult(
-                ok=False,
-                structured={"ok": False, "errors": [{"message": str(exc)}]},
-                text=json.dumps({"ok": False, "errors": [{"message": scrub(str(exc))}]}),
-            )
+            envelope = failure_envelope(scrub(str(exc)))
+            result = SkillResult(ok=False, structured=envelope, text=json.dumps(envelope))
             result.duration_ms = (time.monotonic() - started) * 1000
         summary = _skill_summary(result)
         step = Step(
@@ -507,24 +518,6 @@ def _route_request(manifest: AgentManifest, state: RunState) -> RouteRequest:
         preference=manifest.llm_preference,
     )
     return RouteRequest(model=state.model_override, agent=preference, prompt=state.task)
-
-
-def _within_limits(state: RunState, *, before: bool) -> bool:
-    """False (and the run finished) once a usage limit is reached."""
-    if before and state.llm_calls >= state.limits.max_steps:
-        state.finish(
-            "budget_exceeded",
-            error=f"step limit reached: {state.limits.max_steps} model calls without a final answer",
-            limit="max_steps",
-        )
-        return False
-    limit = state.exceeded()
-    if limit is not None:
-        spent = f"{state.tokens} tokens" if limit == "max_tokens" else f"${state.cost_usd:.4f}"
-        allowed = getattr(state.limits, limit)
-        state.finish("budget_exceeded", error=f"{limit} reached: spent {spent} of {allowed}", limit=limit)
-        return False
-    return True
 
 
 def _interpret(completion: Completion, textual: bool, state: RunState) -> tuple[list[_Call], str]:

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from betty_mcp.manifests import AgentManifest
+from betty_mcp.core.errors import RunLimitReached
+from betty_mcp.core.manifests import AgentManifest
 
-Status = Literal["running", "completed", "failed", "budget_exceeded", "timed_out", "cancelled"]
+RunStatus = Literal["running", "completed", "failed", "budget_exceeded", "timed_out", "cancelled"]
 DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
@@ -49,6 +50,33 @@ class RunLimits:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def enforce(self, state: RunState, *, before_model_call: bool) -> None:
+        """Raise RunLimitReached once ``state`` has used up a limit (checked around every model call)."""
+        if before_model_call and state.llm_calls >= self.max_steps:
+            raise RunLimitReached(
+                f"step limit reached: {self.max_steps} model calls without a final answer", limit="max_steps"
+            )
+        if self.max_tokens is not None and state.tokens >= self.max_tokens:
+            raise RunLimitReached(
+                f"max_tokens reached: spent {state.tokens} tokens of {self.max_tokens}", limit="max_tokens"
+            )
+        if self.max_cost_usd is not None and state.cost_usd >= self.max_cost_usd:
+            raise RunLimitReached(
+                f"max_cost_usd reached: spent ${state.cost_usd:.4f} of {self.max_cost_usd}",
+                limit="max_cost_usd",
+            )
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One agent run asked for: the agent, its task, facts for it, a model override and limits."""
+
+    agent: str
+    task: str
+    context: dict[str, Any] | None = None
+    model: str | None = None
+    limits: RunLimits = field(default_factory=RunLimits)
+
 
 @dataclass
 class Step:
@@ -72,7 +100,7 @@ class Step:
 
 @dataclass
 class RunResult:
-    status: Status
+    status: RunStatus
     run_id: str
     agent: str
     answer: str | None
@@ -107,7 +135,7 @@ class RunState:
     llm_calls: int = 0
     skill_calls: int = 0
     consecutive_failures: int = 0
-    status: Status = "running"
+    status: RunStatus = "running"
     answer: str | None = None
     error: str | None = None
     limit: str | None = None
@@ -134,7 +162,12 @@ class RunState:
                 self.models_used.append(step.name)
 
     def finish(
-        self, status: Status, *, answer: str | None = None, error: str | None = None, limit: str | None = None
+        self,
+        status: RunStatus,
+        *,
+        answer: str | None = None,
+        error: str | None = None,
+        limit: str | None = None,
     ) -> None:
         """Set the final status once; later calls (e.g. a timeout racing a failure) are ignored."""
         if not self.running:
@@ -142,15 +175,6 @@ class RunState:
         self.status, self.error, self.limit = status, error, limit
         if answer is not None:
             self.answer = answer
-
-    def exceeded(self) -> str | None:
-        """The usage limit already reached, if any (checked before and after every model call)."""
-        limits = self.limits
-        if limits.max_tokens is not None and self.tokens >= limits.max_tokens:
-            return "max_tokens"
-        if limits.max_cost_usd is not None and self.cost_usd >= limits.max_cost_usd:
-            return "max_cost_usd"
-        return None
 
     def totals(self) -> dict[str, Any]:
         return {

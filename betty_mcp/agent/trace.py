@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from betty_mcp.agent.state import now_iso
-from betty_mcp.secrets import scrub, secret_values
+from betty_mcp.core.secrets import scrub, secret_values
 
 SUMMARY_CHARS = 500
 

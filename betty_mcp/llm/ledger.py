@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from betty_mcp.errors import BudgetExceeded
+from betty_mcp.core.errors import BudgetExceeded
 
 __all__ = [
     "MIGRATIONS",

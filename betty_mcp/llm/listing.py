@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from betty_mcp.core.llm_config import LlmRouterConfig
 from betty_mcp.llm.embedded import readiness
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
-from betty_mcp.llm.settings import LlmRouterConfig
 
 
 def _per_mtok(per_token: float | None) -> float | None:

@@ -14,10 +14,20 @@ from typing import Any
 
 import anyio.to_thread
 
-from betty_mcp.errors import ProviderError
+from betty_mcp.core.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ContextWindowExceeded,
+    ModelNotFound,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    RateLimited,
+)
+from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.types import ChatRequest, Completion, StreamSink, ToolCall
-from betty_mcp.secrets import scrub, secret_values
 
 _lock = threading.Lock()
 _litellm: Any = None
@@ -47,31 +57,39 @@ async def load_litellm() -> Any:
     return _litellm if _litellm is not None else await anyio.to_thread.run_sync(_load)
 
 
-STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 429: "rate_limit", 504: "timeout"}
+STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    400: BadRequest,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    404: ModelNotFound,
+    408: ProviderTimeout,
+    429: RateLimited,
+    504: ProviderTimeout,
+}
 
 
-def _kind(exc: Exception, litellm: Any) -> str:
-    """Classify by what happened, not by class: LiteLLM's classes share no base of their own."""
+def _error_class(exc: Exception, litellm: Any) -> type[ProviderError]:
+    """Classify by what happened (status first), not by LiteLLM's classes: they share no base of their own."""
     text = str(exc).lower()
     status = getattr(exc, "status_code", None)
     if isinstance(exc, litellm.ContextWindowExceededError) or (
         status == 400 and ("context length" in text or "context window" in text)
     ):
-        return "context_window"
+        return ContextWindowExceeded
     if isinstance(exc, litellm.Timeout | TimeoutError):
-        return "timeout"
+        return ProviderTimeout
     if isinstance(exc, litellm.APIConnectionError) or "connection error" in text:
-        return "connection"
+        return ProviderUnreachable
     if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
-        return "auth"
+        return AuthenticationFailed
     if isinstance(status, int):
-        if status in STATUS_KINDS:
-            return STATUS_KINDS[status]
+        if status in STATUS_ERRORS:
+            return STATUS_ERRORS[status]
         if status >= 500:
-            return "server"
+            return ProviderUnavailable
         if 400 <= status < 500:
-            return "bad_request"
-    return "provider_error"
+            return BadRequest
+    return ProviderError
 
 
 def _short(exc: Exception, secrets: list[str]) -> str:
@@ -121,10 +139,10 @@ class LiteLLMBackend:
                     stream.append(chunk.choices[0].delta.content)
             response = litellm.stream_chunk_builder(chunks, messages=request.messages)
         except Exception as exc:  # every provider failure, whatever LiteLLM calls it
-            kind = _kind(exc, litellm)
-            raise ProviderError(f"{spec.id}: {kind}: {_short(exc, secrets)}", kind, spec.id) from None
+            error = _error_class(exc, litellm)
+            raise error(f"{spec.id}: {error.kind}: {_short(exc, secrets)}", spec.id) from None
         if response is None:
-            raise ProviderError(f"{spec.id}: the provider sent an empty stream", "server", spec.id)
+            raise ProviderUnavailable(f"{spec.id}: the provider sent an empty stream", spec.id)
         return self._completion(spec, response, litellm)
 
     @staticmethod

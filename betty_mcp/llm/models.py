@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from betty_mcp.errors import ConfigError
-from betty_mcp.llm.settings import LlmRouterConfig, ModelConfig, ProviderConfig
+from betty_mcp.core.errors import ConfigError
+from betty_mcp.core.llm_config import DEFAULT_KEY_ENV, LlmRouterConfig, ModelConfig, ProviderConfig
 
 EMBEDDED_PROVIDER = "embedded"
 EMBEDDED_MODEL = "gemma-3-270m"
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 KNOWN_TYPES = ("openai", "anthropic", "ollama", "openai_compatible", "embedded")
 OLLAMA_DEFAULT = "http://localhost:11434"
 

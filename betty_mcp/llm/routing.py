@@ -21,9 +21,9 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
-from betty_mcp.errors import ConfigError
+from betty_mcp.core.errors import ConfigError
+from betty_mcp.core.llm_config import Complexity
 from betty_mcp.llm.models import EMBEDDED, ModelCatalog, ModelSpec
-from betty_mcp.llm.settings import Complexity
 
 DEEP_WORK = re.compile(
     r"\b(design|architect|analy[sz]e|analysis|compare|contrast|prove|derive|refactor|debug|optimi[sz]e|"

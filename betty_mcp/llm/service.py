@@ -20,11 +20,18 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from betty_mcp.errors import BudgetExceeded, ConfigError, ProviderError
+from betty_mcp.core.errors import (
+    AllModelsFailed,
+    ConfigError,
+    ContextWindowExceeded,
+    ProviderError,
+    ProviderTimeout,
+    RetryableProviderError,
+)
+from betty_mcp.core.llm_config import LlmRouterConfig
 from betty_mcp.llm.ledger import Budgets, Ledger, UsageRecord
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import Candidate, RouteRequest, route
-from betty_mcp.llm.settings import LlmRouterConfig
 from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink
 
 
@@ -47,20 +54,15 @@ class ChatResult:
     fallbacks: list[Hop] = field(default_factory=list)
 
 
-class LlmFailed(ProviderError):
-    """Every candidate failed, or one failed in a way no other model can fix; ``hops`` says how."""
-
-    def __init__(self, message: str, kind: str, hops: list[Hop]) -> None:
-        super().__init__(message, kind)
-        self.hops = hops
-
-
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     """About four characters a token: enough to refuse a call a budget clearly cannot pay for."""
     return sum(len(json.dumps(m.get("content") or "")) for m in messages) // 4 + 1
 
 
 class LlmService:
+    # The failures that move the walk to the next model; any other ends it at once.
+    fallback_on: tuple[type[ProviderError], ...] = (RetryableProviderError,)
+
     def __init__(
         self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None
     ) -> None:
@@ -133,14 +135,14 @@ class LlmService:
         stream: StreamSink | None = None,
         deadline_seconds: float | None = None,
     ) -> ChatResult:
-        """Answer with the first candidate that can; raises LlmFailed, BudgetExceeded or ConfigError."""
+        """Answer with the first candidate that can; raises AllModelsFailed, BudgetExceeded or ConfigError."""
         if not self.config.enabled:
             raise ConfigError("llm_router.enabled is false in betty.yaml: LLM calls are switched off")
         planned = route(route_request, self.models)
         hops = [Hop(spec.id, "not_configured", reason) for spec, reason in planned.skipped]
         candidates: list[Candidate] = list(planned.candidates)
         if not candidates:
-            raise LlmFailed(
+            raise AllModelsFailed(
                 "no model is available: " + "; ".join(h.message for h in hops), "not_configured", hops
             )
         deadline = deadline_seconds or self.config.limits.deadline_seconds
@@ -150,7 +152,7 @@ class LlmService:
             spec = candidates.pop(0).spec
             remaining = deadline - (time.monotonic() - walk_started)
             if remaining <= 0:
-                raise LlmFailed(
+                raise AllModelsFailed(
                     f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops
                 )
             self._check_budgets(spec, request, run_id)
@@ -162,9 +164,7 @@ class LlmService:
                 with anyio.fail_after(timeout + 1.0):  # a backend that ignores its own timeout
                     completion = await self.backend(spec).complete(spec, attempt, sink)
             except TimeoutError:
-                error: ProviderError = ProviderError(
-                    f"{spec.id}: timeout after {timeout:g}s", "timeout", spec.id
-                )
+                error: ProviderError = ProviderTimeout(f"{spec.id}: timeout after {timeout:g}s", spec.id)
             except ProviderError as exc:
                 error = exc
             except anyio.get_cancelled_exc_class():
@@ -179,12 +179,12 @@ class LlmService:
             self._record(
                 spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops
             )
-            if not error.retryable:
-                raise LlmFailed(str(error), error.kind, hops)
-            if error.kind == "context_window":
+            if not isinstance(error, self.fallback_on):
+                raise AllModelsFailed(str(error), error.kind, hops)
+            if isinstance(error, ContextWindowExceeded):
                 candidates = [c for c in candidates if _larger_context(c.spec, spec)]
         last = hops[-1]
-        raise LlmFailed(
+        raise AllModelsFailed(
             f"all {len(hops)} candidate model(s) failed; last: {last.message}", last.error_kind, hops
         )
 
@@ -195,4 +195,4 @@ def _larger_context(candidate: ModelSpec, failed: ModelSpec) -> bool:
     return failed.context_window is None or candidate.context_window > failed.context_window
 
 
-__all__ = ["BudgetExceeded", "ChatResult", "Hop", "LlmFailed", "LlmService"]
+__all__ = ["ChatResult", "Hop", "LlmService"]

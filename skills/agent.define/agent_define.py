@@ -14,16 +14,29 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from betty_mcp.registry import Registry, RegistryError, load_manifest, manifest_file, parse_version
-from betty_mcp.skillkit import parser as make_parser
-from betty_mcp.skillkit import run, workspace
+from betty_mcp.core.rules import folder_name_problem, skill_gaps
+from betty_mcp.kit.registry import (
+    Registry,
+    RegistryError,
+    definition_parser,
+    load_manifest,
+    manifest_file,
+    parse_version,
+)
+from betty_mcp.kit.skillkit import run, workspace
 
 BUILTIN_PROVIDERS = ("openai", "anthropic", "ollama", "openai_compatible", "embedded", "local")
 RETRY_STRATEGIES = (
-    "none", "immediate", "fixed", "fixed_delay", "constant", "linear", "linear_backoff", "exponential",
+    "none",
+    "immediate",
+    "fixed",
+    "fixed_delay",
+    "constant",
+    "linear",
+    "linear_backoff",
+    "exponential",
     "exponential_backoff",
 )
-MAX_RETRIES = 10
 MAX_TIMEOUT_SECONDS = 3600
 
 
@@ -34,40 +47,57 @@ def known_providers(settings: Any) -> list[str]:
 
 
 def skill_problems(manifest: Any, catalog: Any, source: str) -> list[dict[str, Any]]:
+    statuses = {name: skill.manifest.status for name, skill in catalog.skills.items()}
+    gaps = skill_gaps(manifest.skills_available, statuses)
     problems = []
     for index, name in enumerate(manifest.skills_available):
-        skill = catalog.skills.get(name)
+        if name not in gaps:
+            continue
         where = f"{source}: skills_available.{index}"
-        if skill is None:
+        if name not in statuses:
             close = difflib.get_close_matches(name, list(catalog.skills), n=3)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            problems.append({"code": "unknown_skill", "skill": name,
-                             "message": f"{where}: skill '{name}' does not exist in the catalog{hint}"})
-        elif skill.manifest.status != "active":
-            problems.append({"code": "inactive_skill", "skill": name,
-                             "message": f"{where}: skill '{name}' is {skill.manifest.status}, not active "
-                                        f"({skill.manifest_path})"})
+            problems.append(
+                {
+                    "code": "unknown_skill",
+                    "skill": name,
+                    "message": f"{where}: skill '{name}' does not exist in the catalog{hint}",
+                }
+            )
+        else:
+            problems.append(
+                {
+                    "code": "inactive_skill",
+                    "skill": name,
+                    "message": f"{where}: skill '{name}': {gaps[name]} "
+                    f"({catalog.skills[name].manifest_path})",
+                }
+            )
     return problems
 
 
 def provider_problems(manifest: Any, providers: list[str], source: str) -> list[dict[str, Any]]:
     named = []
     if manifest.llm_config is not None:
-        named += [(f"llm_config.{field}", getattr(manifest.llm_config, field))
-                  for field in ("primary_provider", "fallback_provider")]
+        named += [
+            (f"llm_config.{field}", getattr(manifest.llm_config, field))
+            for field in ("primary_provider", "fallback_provider")
+        ]
     named.append(("llm_preference", manifest.llm_preference))
     return [
-        {"code": "unknown_provider", "provider": value,
-         "message": f"{source}: {field}: unknown provider '{value}'; known: {', '.join(providers)}"}
-        for field, value in named if value is not None and value not in providers
+        {
+            "code": "unknown_provider",
+            "provider": value,
+            "message": f"{source}: {field}: unknown provider '{value}'; known: {', '.join(providers)}",
+        }
+        for field, value in named
+        if value is not None and value not in providers
     ]
 
 
 def error_handling_problems(manifest: Any, source: str) -> list[dict[str, Any]]:
     handling = manifest.error_handling
     problems = []
-    if not 0 <= handling.max_retries <= MAX_RETRIES:
-        problems.append(f"max_retries: {handling.max_retries} is out of range 0..{MAX_RETRIES}")
     if handling.timeout_seconds is not None and handling.timeout_seconds > MAX_TIMEOUT_SECONDS:
         problems.append(f"timeout_seconds: {handling.timeout_seconds:g} is above {MAX_TIMEOUT_SECONDS}")
     strategy = handling.retry_strategy
@@ -78,8 +108,8 @@ def error_handling_problems(manifest: Any, source: str) -> list[dict[str, Any]]:
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    from betty_mcp.catalog import load_catalog
-    from betty_mcp.config import settings_from_env
+    from betty_mcp.core.catalog import load_catalog
+    from betty_mcp.core.config import settings_from_env
 
     path = manifest_file(args.manifest_path, "agents")
     raw, manifest = load_manifest("agents", path)
@@ -92,9 +122,13 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         *error_handling_problems(manifest, source),
     ]
     summary: dict[str, Any] = {
-        "name": manifest.name, "version": manifest.version, "status": manifest.status,
-        "manifest_path": source, "skills": manifest.skills_available,
-        "reasoning_mode": manifest.reasoning_mode, "warnings": _warnings(manifest, path),
+        "name": manifest.name,
+        "version": manifest.version,
+        "status": manifest.status,
+        "manifest_path": source,
+        "skills": manifest.skills_available,
+        "reasoning_mode": manifest.reasoning_mode,
+        "warnings": _warnings(manifest, path),
         "dry_run": args.dry_run,
     }
     if problems:
@@ -116,18 +150,14 @@ def _version_problem(version: str, source: str) -> list[dict[str, Any]]:
 
 def _warnings(manifest: Any, path: Path) -> list[str]:
     warnings = []
-    if manifest.name != path.parent.name:
-        warnings.append(f"{path}: name: '{manifest.name}' differs from its folder '{path.parent.name}'")
+    if (problem := folder_name_problem(manifest.name, path)) is not None:
+        warnings.append(f"{path}: {problem}")
     if not manifest.skills_available:
         warnings.append(f"{path}: skills_available: the agent lists no skills")
     return warnings
 
 
-parser = make_parser("Validate an agent.yaml and register it in registry/agents.json.")
-parser.add_argument("manifest_path", help="the agent.yaml (or its folder)")
-parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
-                    help="register the agent after validating it (default: yes)")
-parser.add_argument("--dry_run", action="store_true", help="report what registering would do, write nothing")
+parser = definition_parser("agents")
 
 if __name__ == "__main__":
     run(handle, parser)

@@ -18,14 +18,17 @@ from typing import Any
 from compat_operations import Comparison
 from compat_refs import RefError, Spec
 
-from betty_mcp.skillkit import SkillError, load_document, run
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.kit.skillkit import SkillError, load_document, run
+from betty_mcp.kit.skillkit import parser as make_parser
 
 parser = make_parser("Compare two versions of an OpenAPI document and report breaking changes.")
 parser.add_argument("old_spec_path", help="the old (published) OpenAPI document, YAML or JSON")
 parser.add_argument("new_spec_path", help="the new OpenAPI document, YAML or JSON")
-parser.add_argument("--fail_on_breaking", action="store_true",
-                    help="fail (exit 1, MCP isError) when breaking changes are found")
+parser.add_argument(
+    "--fail_on_breaking",
+    action="store_true",
+    help="fail (exit 1, MCP isError) when breaking changes are found",
+)
 
 
 def _kind_of(value: Any) -> str:
@@ -37,29 +40,44 @@ def load_spec(value: str, label: str) -> Spec:
     doc = load_document(value, kind=f"{label}_spec_path")
     where = f"{label} spec '{value}'"
     if not isinstance(doc, dict):
-        raise SkillError(f"{where} is not an OpenAPI document: its top level is {_kind_of(doc)}, "
-                         "not a mapping", code="not_openapi")
+        raise SkillError(
+            f"{where} is not an OpenAPI document: its top level is {_kind_of(doc)}, not a mapping",
+            code="not_openapi",
+        )
     if "openapi" in doc:
         if not str(doc["openapi"]).startswith("3."):
-            raise SkillError(f"{where} declares openapi: {doc['openapi']}; supported are OpenAPI 3.0, 3.1 "
-                             "and Swagger 2.0", code="unsupported_version")
+            raise SkillError(
+                f"{where} declares openapi: {doc['openapi']}; supported are OpenAPI 3.0, 3.1 and Swagger 2.0",
+                code="unsupported_version",
+            )
     elif "swagger" in doc:
         if str(doc["swagger"]) != "2.0":
-            raise SkillError(f"{where} declares swagger: {doc['swagger']}; only Swagger 2.0 is supported",
-                             code="unsupported_version")
+            raise SkillError(
+                f"{where} declares swagger: {doc['swagger']}; only Swagger 2.0 is supported",
+                code="unsupported_version",
+            )
     else:
         keys = ", ".join(map(str, list(doc)[:8])) or "none"
-        raise SkillError(f"{where} is not an OpenAPI document: it has no 'openapi' (or 'swagger') field "
-                         f"(top-level keys: {keys})", code="not_openapi")
+        raise SkillError(
+            f"{where} is not an OpenAPI document: it has no 'openapi' (or 'swagger') field "
+            f"(top-level keys: {keys})",
+            code="not_openapi",
+        )
     if "paths" in doc and not isinstance(doc["paths"], dict):
-        raise SkillError(f"{where}: 'paths' must be a mapping, not {_kind_of(doc['paths'])}",
-                         code="not_openapi")
+        raise SkillError(
+            f"{where}: 'paths' must be a mapping, not {_kind_of(doc['paths'])}", code="not_openapi"
+        )
     return Spec(doc, label=label, source=value)
 
 
 def _ref_error(spec: Spec, exc: RefError) -> dict[str, Any]:
-    return {"code": exc.code, "message": f"{spec.label} spec '{spec.source}': {exc}", "ref": exc.ref,
-            "used_at": exc.used_at, "spec": spec.label}
+    return {
+        "code": exc.code,
+        "message": f"{spec.label} spec '{spec.source}': {exc}",
+        "ref": exc.ref,
+        "used_at": exc.used_at,
+        "spec": spec.label,
+    }
 
 
 def _version(spec: Spec) -> str:
@@ -87,8 +105,9 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         "non_breaking_changes": report.non_breaking,
     }
     if args.fail_on_breaking and report.breaking:
-        errors = [{"code": c["kind"], "message": c["message"], "location": c["location"]}
-                  for c in report.breaking]
+        errors = [
+            {"code": c["kind"], "message": c["message"], "location": c["location"]} for c in report.breaking
+        ]
         return {"ok": False, "errors": errors, **result}
     return result
 

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from compat_refs import Loc, Spec
-from compat_report import Report
+from compat_report import CompatibilityReport
 from compat_schema import Direction, SchemaDiff
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -72,8 +72,10 @@ def _gather(spec: Spec, path: str, item: dict[str, Any], item_loc: Loc, method: 
     if not spec.swagger2 and "requestBody" in node:
         body, body_loc = spec.resolve(node["requestBody"], loc.child("requestBody"))
         body = _mapping(body)
-        media = {mt: (_mapping(m).get("schema"), body_loc.child("content", mt, "schema"))
-                 for mt, m in _mapping(body.get("content")).items()}
+        media = {
+            mt: (_mapping(m).get("schema"), body_loc.child("content", mt, "schema"))
+            for mt, m in _mapping(body.get("content")).items()
+        }
         op.body = (body.get("required") is True, media, body_loc)
     return op
 
@@ -96,8 +98,10 @@ def _response_parts(spec: Spec, op: Operation, raw: Any, loc: Loc) -> tuple[Medi
         schema = response.get("schema")
         media = {str(mt): (schema, loc.child("schema")) for mt in media_types} if schema is not None else {}
     else:
-        media = {mt: (_mapping(m).get("schema"), loc.child("content", mt, "schema"))
-                 for mt, m in _mapping(response.get("content")).items()}
+        media = {
+            mt: (_mapping(m).get("schema"), loc.child("content", mt, "schema"))
+            for mt, m in _mapping(response.get("content")).items()
+        }
     headers = {name.lower(): (name, loc.child("headers", name)) for name in _mapping(response.get("headers"))}
     return media, headers
 
@@ -106,7 +110,8 @@ def _requirements(value: Any) -> list[Requirement]:
     """A security requirement as alternatives of scheme -> scopes; no requirement is ``[{}]``."""
     alternatives = [
         {str(s): frozenset(map(str, scopes or [])) for s, scopes in alt.items()}
-        for alt in (value if isinstance(value, list) else []) if isinstance(alt, dict)
+        for alt in (value if isinstance(value, list) else [])
+        if isinstance(alt, dict)
     ]
     return alternatives or [{}]
 
@@ -117,21 +122,24 @@ def _satisfies(have: Requirement, need: Requirement) -> bool:
 
 def _describe(alternatives: list[Requirement]) -> str:
     def one(alt: Requirement) -> str:
-        parts = [scheme + (f" [{', '.join(sorted(scopes))}]" if scopes else "")
-                 for scheme, scopes in sorted(alt.items())]
+        parts = [
+            scheme + (f" [{', '.join(sorted(scopes))}]" if scopes else "")
+            for scheme, scopes in sorted(alt.items())
+        ]
         return " + ".join(parts) or "no authentication"
+
     return " or ".join(one(alt) for alt in alternatives)
 
 
 class Comparison:
-    """Walks two documents and fills a ``Report``."""
+    """Walks two documents and fills a ``CompatibilityReport``."""
 
     def __init__(self, old: Spec, new: Spec) -> None:
         self.old = old
         self.new = new
-        self.report = Report()
+        self.report = CompatibilityReport()
 
-    def run(self) -> Report:
+    def run(self) -> CompatibilityReport:
         self._security_schemes()
         old_security, new_security = self.old.root.get("security"), self.new.root.get("security")
         if old_security != new_security:
@@ -161,21 +169,35 @@ class Comparison:
             if key not in old_paths:
                 self.report.add("path-added", loc, f"new path {path}")
 
-    def _path_item(self, old_path: str, old_item: dict[str, Any], old_loc: Loc,
-                   new_path: str, new_item: dict[str, Any], new_loc: Loc) -> None:
+    def _path_item(
+        self,
+        old_path: str,
+        old_item: dict[str, Any],
+        old_loc: Loc,
+        new_path: str,
+        new_item: dict[str, Any],
+        new_loc: Loc,
+    ) -> None:
         for method in METHODS:
             in_old, in_new = isinstance(old_item.get(method), dict), isinstance(new_item.get(method), dict)
             if in_old and not in_new:
                 label = f"{method.upper()} {old_path}"
-                self.report.add("operation-removed", old_loc.child(method), f"operation {label} was removed",
-                                operation=label)
+                self.report.add(
+                    "operation-removed",
+                    old_loc.child(method),
+                    f"operation {label} was removed",
+                    operation=label,
+                )
             elif in_new and not in_old:
                 label = f"{method.upper()} {new_path}"
-                self.report.add("operation-added", new_loc.child(method), f"new operation {label}",
-                                operation=label)
+                self.report.add(
+                    "operation-added", new_loc.child(method), f"new operation {label}", operation=label
+                )
             elif in_old and in_new:
-                self._operation(_gather(self.old, old_path, old_item, old_loc, method),
-                                _gather(self.new, new_path, new_item, new_loc, method))
+                self._operation(
+                    _gather(self.old, old_path, old_item, old_loc, method),
+                    _gather(self.new, new_path, new_item, new_loc, method),
+                )
 
     def _add(self, op: Operation, kind: str, loc: Loc, message: str, **details: Any) -> None:
         self.report.add(kind, loc, f"{op.label}: {message}", operation=op.label, **details)
@@ -192,15 +214,18 @@ class Comparison:
         self._responses(old, new, schemas)
         if "security" in old.node or "security" in new.node:
             loc = new.loc.child("security") if "security" in new.node else old.loc.child("security")
-            effective = [op.node["security"] if "security" in op.node else op.spec.root.get("security")
-                         for op in (old, new)]
+            effective = [
+                op.node["security"] if "security" in op.node else op.spec.root.get("security")
+                for op in (old, new)
+            ]
             self._security(*effective, loc, new.label)
 
     def _parameters(self, old: Operation, new: Operation, schemas: SchemaDiff) -> None:
         for key, (param, loc) in old.params.items():
             if key not in new.params:
-                self._add(old, "parameter-removed", loc,
-                          f"parameter '{param.get('name')}' ({key[0]}) was removed")
+                self._add(
+                    old, "parameter-removed", loc, f"parameter '{param.get('name')}' ({key[0]}) was removed"
+                )
                 continue
             new_param, new_loc = new.params[key]
             label = f"parameter '{new_param.get('name')}' ({key[0]})"
@@ -211,8 +236,12 @@ class Comparison:
                 self._add(new, "parameter-became-optional", new_loc, f"{label} is no longer required")
             was_text, now_text = param.get("description"), new_param.get("description")
             if not self.new.swagger2 and was_text and now_text and was_text != now_text:
-                self._add(new, "description-changed", new_loc.child("description"),
-                          f"description of {label} changed")
+                self._add(
+                    new,
+                    "description-changed",
+                    new_loc.child("description"),
+                    f"description of {label} changed",
+                )
             old_schema = _param_schema(self.old, param, loc)
             new_schema = _param_schema(self.new, new_param, new_loc)
             if old_schema[0] is not None and new_schema[0] is not None:
@@ -243,13 +272,25 @@ class Comparison:
             self._add(new, "request-body-became-optional", loc, "request body is no longer required")
         self._media(old, new, old_media, media, "request", "request body", schemas)
 
-    def _media(self, old: Operation, new: Operation, old_media: Media, new_media: Media, direction: Direction,
-               context: str, schemas: SchemaDiff) -> None:
+    def _media(
+        self,
+        old: Operation,
+        new: Operation,
+        old_media: Media,
+        new_media: Media,
+        direction: Direction,
+        context: str,
+        schemas: SchemaDiff,
+    ) -> None:
         compared: set[tuple[str, str]] = set()
         for media_type, (schema, loc) in old_media.items():
             if media_type not in new_media:
-                self._add(old, f"{direction}-media-type-removed", _parent(loc),
-                          f"{context} no longer offers {media_type}")
+                self._add(
+                    old,
+                    f"{direction}-media-type-removed",
+                    _parent(loc),
+                    f"{context} no longer offers {media_type}",
+                )
                 continue
             new_schema, new_loc = new_media[media_type]
             if schema is None or new_schema is None or (loc.logical, new_loc.logical) in compared:
@@ -258,8 +299,9 @@ class Comparison:
             schemas.compare(schema, loc, new_schema, new_loc, direction, f"{context} ({media_type})")
         for media_type, (_, loc) in new_media.items():
             if media_type not in old_media:
-                self._add(new, f"{direction}-media-type-added", _parent(loc),
-                          f"{context} now offers {media_type}")
+                self._add(
+                    new, f"{direction}-media-type-added", _parent(loc), f"{context} now offers {media_type}"
+                )
 
     def _responses(self, old: Operation, new: Operation, schemas: SchemaDiff) -> None:
         old_responses = _mapping(old.node.get("responses"))
@@ -271,20 +313,30 @@ class Comparison:
                 continue
             old_media, old_headers = _response_parts(self.old, old, raw, loc)
             new_media, new_headers = _response_parts(
-                self.new, new, new_responses[code], new.loc.child("responses", code))
+                self.new, new, new_responses[code], new.loc.child("responses", code)
+            )
             for name, (header, header_loc) in old_headers.items():
                 if name not in new_headers:
-                    self._add(old, "response-header-removed", header_loc,
-                              f"response {code} no longer sends header '{header}'")
+                    self._add(
+                        old,
+                        "response-header-removed",
+                        header_loc,
+                        f"response {code} no longer sends header '{header}'",
+                    )
             for name, (header, header_loc) in new_headers.items():
                 if name not in old_headers:
-                    self._add(new, "response-header-added", header_loc,
-                              f"response {code} now sends header '{header}'")
+                    self._add(
+                        new,
+                        "response-header-added",
+                        header_loc,
+                        f"response {code} now sends header '{header}'",
+                    )
             self._media(old, new, old_media, new_media, "response", f"response {code}", schemas)
         for code in new_responses:
             if code not in old_responses:
-                self._add(new, "response-code-added", new.loc.child("responses", code),
-                          f"new response {code}")
+                self._add(
+                    new, "response-code-added", new.loc.child("responses", code), f"new response {code}"
+                )
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -296,13 +348,22 @@ class Comparison:
         details = {"old": _describe(old), "new": _describe(new)}
         refused = [alt for alt in old if not any(_satisfies(alt, need) for need in new)]
         if refused:
-            self.report.add("auth-changed", loc,
-                            f"{prefix}authentication changed from {details['old']} to {details['new']}; "
-                            f"clients using {_describe(refused)} are refused", operation=operation, **details)
+            self.report.add(
+                "auth-changed",
+                loc,
+                f"{prefix}authentication changed from {details['old']} to {details['new']}; "
+                f"clients using {_describe(refused)} are refused",
+                operation=operation,
+                **details,
+            )
         else:
-            self.report.add("auth-relaxed", loc,
-                            f"{prefix}authentication relaxed from {details['old']} to {details['new']}",
-                            operation=operation, **details)
+            self.report.add(
+                "auth-relaxed",
+                loc,
+                f"{prefix}authentication relaxed from {details['old']} to {details['new']}",
+                operation=operation,
+                **details,
+            )
 
     def _security_schemes(self) -> None:
         if self.old.swagger2 != self.new.swagger2:

@@ -14,9 +14,27 @@ from typing import Any, NamedTuple
 
 # Keys whose mapping values are user-chosen names, so "default", "example"... are names there.
 _NAMED_MAPS = {
-    "paths", "properties", "patternProperties", "responses", "schemas", "parameters", "headers",
-    "content", "examples", "requestBodies", "securitySchemes", "links", "callbacks", "definitions",
-    "$defs", "variables", "encoding", "webhooks", "pathItems", "securityDefinitions", "mapping",
+    "paths",
+    "properties",
+    "patternProperties",
+    "responses",
+    "schemas",
+    "parameters",
+    "headers",
+    "content",
+    "examples",
+    "requestBodies",
+    "securitySchemes",
+    "links",
+    "callbacks",
+    "definitions",
+    "$defs",
+    "variables",
+    "encoding",
+    "webhooks",
+    "pathItems",
+    "securityDefinitions",
+    "mapping",
 }
 # Keys holding literal data (examples, defaults, enum values): a "$ref" inside them is data.
 _LITERAL_KEYS = {"example", "default", "enum", "const", "value", "externalValue"}
@@ -79,8 +97,11 @@ class Spec:
             raise RefError(str(ref), used_at, "is not a string")
         if not ref.startswith("#"):
             raise RefError(
-                ref, used_at, "points to another document; only local references (#/...) are supported, "
-                "bundle the document first", code="unsupported_ref",
+                ref,
+                used_at,
+                "points to another document; only local references (#/...) are supported, "
+                "bundle the document first",
+                code="unsupported_ref",
             )
         fragment = _fragment(ref)
         if fragment and not fragment.startswith("/"):
@@ -110,8 +131,12 @@ class Spec:
         while isinstance(node, dict) and "$ref" in node:
             ref = node["$ref"]
             if ref in chain:
-                raise RefError(ref, loc.logical, "is part of a reference loop: " + " -> ".join([*chain, ref]),
-                               code="ref_cycle")
+                raise RefError(
+                    ref,
+                    loc.logical,
+                    "is part of a reference loop: " + " -> ".join([*chain, ref]),
+                    code="ref_cycle",
+                )
             chain.append(ref)
             node = self.lookup(ref, loc.real)
             loc = Loc(loc.logical, _fragment(ref))

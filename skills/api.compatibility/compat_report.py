@@ -70,7 +70,7 @@ KINDS: dict[str, bool] = {
 }
 
 
-class Report:
+class CompatibilityReport:
     """Collects changes in the order they are found."""
 
     def __init__(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from compat_refs import Loc, Spec
-from compat_report import Report
+from compat_report import CompatibilityReport
 
 Direction = Literal["request", "response"]
 MAX_DEPTH = 64
@@ -24,8 +24,17 @@ MAX_DEPTH = 64
 class View:
     """A schema with references followed and ``allOf`` merged (the description is the node's own)."""
 
-    __slots__ = ("additional", "description", "enum", "items", "loc", "properties", "required", "types",
-                 "variants")
+    __slots__ = (
+        "additional",
+        "description",
+        "enum",
+        "items",
+        "loc",
+        "properties",
+        "required",
+        "types",
+        "variants",
+    )
 
     def __init__(self, loc: Loc) -> None:
         self.loc = loc
@@ -108,15 +117,16 @@ def _values(values: list[Any]) -> str:
 class SchemaDiff:
     """Compares schemas of one operation, adding what it finds to ``report``."""
 
-    def __init__(self, old: Spec, new: Spec, report: Report, operation: str) -> None:
+    def __init__(self, old: Spec, new: Spec, report: CompatibilityReport, operation: str) -> None:
         self.old = old
         self.new = new
         self.report = report
         self.operation = operation
         self._compared: set[tuple[str, str]] = set()
 
-    def compare(self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction,
-                context: str) -> None:
+    def compare(
+        self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction, context: str
+    ) -> None:
         """Compare one schema pair (a parameter, a body or a response media type) in ``direction``.
 
         Each pair of definitions is compared once per call: a shared component reached along
@@ -128,8 +138,17 @@ class SchemaDiff:
     def _add(self, kind: str, loc: Loc, message: str, **details: Any) -> None:
         self.report.add(kind, loc, f"{self.operation}: {message}", operation=self.operation, **details)
 
-    def _compare(self, old: Any, old_loc: Loc, new: Any, new_loc: Loc, direction: Direction, context: str,
-                 name: str, depth: int) -> None:
+    def _compare(
+        self,
+        old: Any,
+        old_loc: Loc,
+        new: Any,
+        new_loc: Loc,
+        direction: Direction,
+        context: str,
+        name: str,
+        depth: int,
+    ) -> None:
         a = view(self.old, old, old_loc)
         b = view(self.new, new, new_loc)
         pair = (a.loc.real, b.loc.real)
@@ -155,12 +174,18 @@ class SchemaDiff:
             return True
         old, new = _show(a.types), _show(b.types)
         if direction == "request" and _accepts(b.types, a.types):
-            self._add("request-type-widened", b.loc, f"{subject} now also accepts {new} (was {old})",
-                      old=old, new=new)
+            self._add(
+                "request-type-widened",
+                b.loc,
+                f"{subject} now also accepts {new} (was {old})",
+                old=old,
+                new=new,
+            )
             return True
         if direction == "response" and _accepts(a.types, b.types):
-            self._add("response-type-narrowed", b.loc, f"{subject} is now only {new} (was {old})",
-                      old=old, new=new)
+            self._add(
+                "response-type-narrowed", b.loc, f"{subject} is now only {new} (was {old})", old=old, new=new
+            )
             return True
         self._add("type-changed", b.loc, f"type of {subject} changed from {old} to {new}", old=old, new=new)
         return False
@@ -178,8 +203,9 @@ class SchemaDiff:
             text = f"no longer allows {_values(removed)}" if removed else limited
             kind = "request-enum-narrowed" if direction == "request" else "response-enum-narrowed"
             verb = "accepts" if direction == "request" else "returns"
-            self._add(kind, b.loc, f"{subject} {text} (the API {verb} fewer values)", removed=removed,
-                      **details)
+            self._add(
+                kind, b.loc, f"{subject} {text} (the API {verb} fewer values)", removed=removed, **details
+            )
         if widened:
             text = f"now allows {_values(added)}" if added else "is no longer limited to an enum"
             kind = "request-enum-widened" if direction == "request" else "response-enum-widened"
@@ -193,8 +219,9 @@ class SchemaDiff:
         hidden = "readOnly" if direction == "request" else "writeOnly"
         return node.get(hidden) is not True
 
-    def _properties(self, a: View, b: View, direction: Direction, context: str, name: str,
-                    depth: int) -> None:
+    def _properties(
+        self, a: View, b: View, direction: Direction, context: str, name: str, depth: int
+    ) -> None:
         old = {k: v for k, v in a.properties.items() if self._visible(self.old, v, direction)}
         new = {k: v for k, v in b.properties.items() if self._visible(self.new, v, direction)}
         for prop, (schema, loc) in old.items():
@@ -206,25 +233,39 @@ class SchemaDiff:
             was, now = prop in a.required, prop in b.required
             new_loc = new[prop][1]
             if not was and now:
-                self._add(f"{direction}-property-became-required", new_loc,
-                          f"property '{full}' of {context} is now required", property=full)
+                self._add(
+                    f"{direction}-property-became-required",
+                    new_loc,
+                    f"property '{full}' of {context} is now required",
+                    property=full,
+                )
             elif was and not now:
-                self._add(f"{direction}-property-became-optional", new_loc,
-                          f"property '{full}' of {context} is no longer required", property=full)
+                self._add(
+                    f"{direction}-property-became-optional",
+                    new_loc,
+                    f"property '{full}' of {context} is no longer required",
+                    property=full,
+                )
             self._compare(schema, loc, *new[prop], direction, context, full, depth)
         for prop, (_, loc) in new.items():
             if prop in old:
                 continue
             full = f"{name}.{prop}" if name else prop
             if direction == "request" and prop in b.required:
-                self._add("required-request-property-added", loc,
-                          f"new required property '{full}' in {context}", property=full)
+                self._add(
+                    "required-request-property-added",
+                    loc,
+                    f"new required property '{full}' in {context}",
+                    property=full,
+                )
             else:
-                self._add(f"{direction}-property-added", loc, f"new property '{full}' in {context}",
-                          property=full)
+                self._add(
+                    f"{direction}-property-added", loc, f"new property '{full}' in {context}", property=full
+                )
 
-    def _variants(self, a: View, b: View, direction: Direction, context: str, name: str, subject: str,
-                  depth: int) -> None:
+    def _variants(
+        self, a: View, b: View, direction: Direction, context: str, name: str, subject: str, depth: int
+    ) -> None:
         if a.variants is None or b.variants is None:
             return
         for old, new in zip(a.variants, b.variants, strict=False):
@@ -234,5 +275,6 @@ class SchemaDiff:
         fewer = len(b.variants) < len(a.variants)
         kind = f"{direction}-variants-{'reduced' if fewer else 'added'}"
         count, was = len(b.variants), len(a.variants)
-        self._add(kind, b.loc, f"{subject} now has {count} alternative schemas (was {was})",
-                  old=was, new=count)
+        self._add(
+            kind, b.loc, f"{subject} now has {count} alternative schemas (was {was})", old=was, new=count
+        )

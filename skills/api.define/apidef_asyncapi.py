@@ -46,11 +46,19 @@ def build(service: Service) -> dict[str, Any]:
             schemas[f"{message}Event"] = event_schema(service, r, event)
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": f"{service.title} events", "version": service.version,
-                 "description": f"Events published by {service.title} when its resources change."},
+        "info": {
+            "title": f"{service.title} events",
+            "version": service.version,
+            "description": f"Events published by {service.title} when its resources change.",
+        },
         "defaultContentType": "application/json",
-        "servers": {"production": {"host": "broker.example.com", "protocol": "kafka",
-                                   "description": "The message broker (replace with yours)."}},
+        "servers": {
+            "production": {
+                "host": "broker.example.com",
+                "protocol": "kafka",
+                "description": "The message broker (replace with yours).",
+            }
+        },
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
@@ -61,7 +69,8 @@ def event_schema(service: Service, r: Resource, event: str) -> dict[str, Any]:
     event_id, occurred = service.prop(["event", "id"]), service.prop(["occurred", "at"])
     data: dict[str, Any] = (
         {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}}
-        if event == "deleted" else {"$ref": f"#/components/schemas/{r.schema}"}
+        if event == "deleted"
+        else {"$ref": f"#/components/schemas/{r.schema}"}
     )
     return {
         "type": "object",

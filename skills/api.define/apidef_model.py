@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from betty_mcp.skillkit import SkillError
+from betty_mcp.kit.english import UNCOUNTABLE, has_plural_ending, plural, words
+from betty_mcp.kit.skillkit import SkillError
 
 OPERATIONS = ("list", "get", "create", "update", "delete")
 PROPERTY_CASES = ("camel", "snake")
@@ -34,26 +35,10 @@ RESERVED_FIELDS = ("id", "created at", "updated at")  # generated on every resou
 RESERVED_SCHEMAS = ("Problem", "Pagination")
 SCHEMA_SUFFIXES = ("Create", "Update", "List")
 
-IRREGULAR_PLURALS = {
-    "person": "people", "child": "children", "man": "men", "woman": "women", "mouse": "mice",
-    "goose": "geese", "foot": "feet", "tooth": "teeth", "criterion": "criteria", "datum": "data",
-    "medium": "media", "index": "indices", "matrix": "matrices", "vertex": "vertices", "leaf": "leaves",
-    "knife": "knives", "life": "lives", "wife": "wives", "half": "halves", "shelf": "shelves",
-    "wolf": "wolves", "hero": "heroes", "potato": "potatoes", "tomato": "tomatoes", "quiz": "quizzes",
-}
-UNCOUNTABLE = {"news", "series", "species", "information", "equipment", "software", "feedback", "metadata",
-               "data", "media", "inventory", "staff", "sheep", "fish", "money"}
-
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)*$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[ _-][A-Za-z0-9]+)*$")
 _URL = re.compile(r"^https?://\S+$")
 _VERSION = re.compile(r"^\d+(\.\d+){0,2}([-+][0-9A-Za-z.-]+)?$")
-_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-
-
-def words(text: str) -> list[str]:
-    """``orderItem``, ``Order-Item``, ``order_item`` -> ``["order", "item"]``."""
-    return [w.lower() for w in _WORDS.findall(text)]
 
 
 def kebab(parts: list[str]) -> str:
@@ -72,27 +57,9 @@ def camel(parts: list[str]) -> str:
     return parts[0] + pascal(parts[1:]) if parts else ""
 
 
-def plural(word: str) -> str:
-    """The English plural of one lower-case word."""
-    if word in UNCOUNTABLE:
-        return word
-    if word in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[word]
-    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    if word.endswith("is"):
-        return word[:-2] + "es"
-    if word.endswith(("s", "x", "z", "ch", "sh")):
-        return word + "es"
-    return word + "s"
-
-
 def looks_plural(word: str) -> bool:
-    if word in UNCOUNTABLE:
-        return False
-    if word in IRREGULAR_PLURALS.values():
-        return True
-    return word.endswith("s") and not word.endswith(("ss", "us", "is"))
+    """A resource name given in the plural (an uncountable word is not: it has no singular to ask for)."""
+    return word not in UNCOUNTABLE and has_plural_ending(word)
 
 
 @dataclass(frozen=True)
@@ -169,12 +136,21 @@ def property_name(parts: list[str], case: str) -> str:
     return snake(parts) if case == "snake" else camel(parts)
 
 
-def parse_service(*, service_name: Any, version: Any, resources: Any, description: Any = None,
-                  server_url: Any = None, pagination: str = "offset",
-                  property_case: str = "camel") -> Service:
+def parse_service(
+    *,
+    service_name: Any,
+    version: Any,
+    resources: Any,
+    description: Any = None,
+    server_url: Any = None,
+    pagination: str = "offset",
+    property_case: str = "camel",
+) -> Service:
     if not isinstance(service_name, str) or not _SERVICE_NAME.match(service_name.strip()):
-        raise SkillError(f"service_name {service_name!r} is not a name: use letters and digits, words "
-                         "separated by spaces, '-' or '_' (e.g. 'order-service')")
+        raise SkillError(
+            f"service_name {service_name!r} is not a name: use letters and digits, words "
+            "separated by spaces, '-' or '_' (e.g. 'order-service')"
+        )
     parts = words(service_name)
     if not isinstance(version, str) or not _VERSION.match(version):
         raise SkillError(f"version {version!r} is not a version number such as 1.0.0")
@@ -202,16 +178,19 @@ def parse_resources(raw: Any, property_case: str) -> list[Resource]:
     if not isinstance(raw, list) or not raw:
         got = "an empty array" if raw == [] else f"{type(raw).__name__} {str(raw)[:60]!r}"
         example = '{"name": "order", "fields": {"total": "number"}, "operations": ["list"]}'
-        raise SkillError(f'resources must be a non-empty array of names ("order") or objects ({example}), '
-                         f"got {got}")
+        raise SkillError(
+            f'resources must be a non-empty array of names ("order") or objects ({example}), got {got}'
+        )
     parsed = [parse_resource(item, index, property_case) for index, item in enumerate(raw)]
     owner: dict[str, int] = {}
     for index, resource in enumerate(parsed):
         for name in resource.generated_names():
             if name in owner:
                 other = parsed[owner[name]]
-                raise SkillError(f"resources[{index}] ('{resource.label}') clashes with "
-                                 f"resources[{owner[name]}] ('{other.label}'): both generate {name}")
+                raise SkillError(
+                    f"resources[{index}] ('{resource.label}') clashes with "
+                    f"resources[{owner[name]}] ('{other.label}'): both generate {name}"
+                )
             owner[name] = index
     return parsed
 
@@ -224,12 +203,15 @@ def parse_resource(item: Any, index: int, property_case: str) -> Resource:
         raise SkillError(f"{where} must be a name or an object with 'name', got {type(item).__name__}")
     unknown = sorted(set(item) - {"name", "plural", "fields", "operations"})
     if unknown:
-        raise SkillError(f"{where} has unknown key(s) {', '.join(unknown)}; "
-                         "allowed: name, plural, fields, operations")
+        raise SkillError(
+            f"{where} has unknown key(s) {', '.join(unknown)}; allowed: name, plural, fields, operations"
+        )
     name = item.get("name")
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise SkillError(f"{where}: name {name!r} is not a resource name: use letters and digits, words "
-                         "joined by '-' or '_' or in camelCase (e.g. 'order-item'), in the singular")
+        raise SkillError(
+            f"{where}: name {name!r} is not a resource name: use letters and digits, words "
+            "joined by '-' or '_' or in camelCase (e.g. 'order-item'), in the singular"
+        )
     singular = words(name)
     where = f"{where} ('{name}')"
     if "plural" in item:
@@ -239,32 +221,45 @@ def parse_resource(item: Any, index: int, property_case: str) -> Resource:
         plurals = words(plural_name)
     elif looks_plural(singular[-1]):
         suggestion = kebab([*singular[:-1], singular[-1][:-1]])
-        raise SkillError(f"{where}: '{singular[-1]}' looks plural; name resources in the singular "
-                         f"(e.g. '{suggestion}'), or give 'plural' explicitly")
+        raise SkillError(
+            f"{where}: '{singular[-1]}' looks plural; name resources in the singular "
+            f"(e.g. '{suggestion}'), or give 'plural' explicitly"
+        )
     else:
         plurals = [*singular[:-1], plural(singular[-1])]
     if pascal(singular) in RESERVED_SCHEMAS:
         raise SkillError(f"{where}: the name is reserved for a shared schema ({', '.join(RESERVED_SCHEMAS)})")
-    return Resource(singular, plurals, parse_fields(item.get("fields", DEFAULT_FIELDS), where, property_case),
-                    parse_operations(item.get("operations", list(OPERATIONS)), where), property_case)
+    return Resource(
+        singular,
+        plurals,
+        parse_fields(item.get("fields", DEFAULT_FIELDS), where, property_case),
+        parse_operations(item.get("operations", list(OPERATIONS)), where),
+        property_case,
+    )
 
 
 def parse_fields(raw: Any, where: str, property_case: str) -> list[Field]:
     if not isinstance(raw, dict) or not raw:
-        raise SkillError(f"{where}: fields must be a non-empty object of field name -> type, "
-                         f"e.g. {{\"total\": \"number\", \"note\": \"string?\"}}")
+        raise SkillError(
+            f"{where}: fields must be a non-empty object of field name -> type, "
+            f'e.g. {{"total": "number", "note": "string?"}}'
+        )
     fields: dict[str, Field] = {}
     for name, declared in raw.items():
         if not isinstance(name, str) or not _IDENTIFIER.match(name):
-            raise SkillError(f"{where}: field name {name!r} is not an identifier "
-                             "(letters, digits, '-' or '_')")
+            raise SkillError(
+                f"{where}: field name {name!r} is not an identifier (letters, digits, '-' or '_')"
+            )
         if " ".join(words(name)) in RESERVED_FIELDS:
-            raise SkillError(f"{where}: field '{name}' is generated on every resource "
-                             "(id, createdAt, updatedAt); leave it out")
+            raise SkillError(
+                f"{where}: field '{name}' is generated on every resource "
+                "(id, createdAt, updatedAt); leave it out"
+            )
         key = property_name(words(name), property_case)
         if key in fields:
-            raise SkillError(f"{where}: fields '{name}' and another one are both '{key}' "
-                             f"in {property_case} case")
+            raise SkillError(
+                f"{where}: fields '{name}' and another one are both '{key}' in {property_case} case"
+            )
         fields[key] = Field(key, *field_schema(declared, f"{where}: field '{name}'"))
     return list(fields.values())
 
@@ -290,6 +285,8 @@ def parse_operations(raw: Any, where: str) -> tuple[str, ...]:
         raise SkillError(f"{where}: operations must be a non-empty array drawn from {', '.join(OPERATIONS)}")
     unknown = [op for op in raw if op not in OPERATIONS]
     if unknown:
-        raise SkillError(f"{where}: unknown operation(s) {', '.join(repr(op) for op in unknown)}; "
-                         f"use {', '.join(OPERATIONS)}")
+        raise SkillError(
+            f"{where}: unknown operation(s) {', '.join(repr(op) for op in unknown)}; "
+            f"use {', '.join(OPERATIONS)}"
+        )
     return tuple(op for op in OPERATIONS if op in raw)

@@ -59,8 +59,9 @@ def build(service: Service) -> dict[str, Any]:
         },
         "servers": [{"url": service.server_url, "description": "Production"}],
         "security": [{"bearerAuth": []}],
-        "tags": [{"name": r.tag, "description": f"Operations on {r.plural_label}."}
-                 for r in service.resources],
+        "tags": [
+            {"name": r.tag, "description": f"Operations on {r.plural_label}."} for r in service.resources
+        ],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -84,34 +85,53 @@ def resource_paths(service: Service, r: Resource) -> dict[str, Any]:
     if collection:
         paths[r.collection_path] = collection
     if item:
-        id_param = {"name": r.id_param, "in": "path", "required": True,
-                    "description": f"The id of the {r.label}.",
-                    "schema": {"type": "string", "format": "uuid"}}
+        id_param = {
+            "name": r.id_param,
+            "in": "path",
+            "required": True,
+            "description": f"The id of the {r.label}.",
+            "schema": {"type": "string", "format": "uuid"},
+        }
         paths[r.item_path] = {"parameters": [id_param], **item}
     return paths
 
 
 def build_operation(service: Service, r: Resource, operation: str) -> dict[str, Any]:
     summaries = {
-        "list": f"List {r.plural_label}", "get": f"Get one {r.label}",
-        "create": f"Create {indefinite(r.label)}", "update": f"Update {indefinite(r.label)}",
+        "list": f"List {r.plural_label}",
+        "get": f"Get one {r.label}",
+        "create": f"Create {indefinite(r.label)}",
+        "update": f"Update {indefinite(r.label)}",
         "delete": f"Delete {indefinite(r.label)}",
     }
-    op: dict[str, Any] = {"operationId": r.operation_id(operation), "summary": summaries[operation],
-                          "tags": [r.tag]}
+    op: dict[str, Any] = {
+        "operationId": r.operation_id(operation),
+        "summary": summaries[operation],
+        "tags": [r.tag],
+    }
     one = json_body(ref("schemas", r.schema))
     if operation == "list":
         op["parameters"] = [ref("parameters", name) for name in paging_parameters(service)]
-        responses: dict[str, Any] = {"200": {"description": f"A page of {r.plural_label}.",
-                                             "content": json_body(ref("schemas", r.schema + "List"))}}
+        responses: dict[str, Any] = {
+            "200": {
+                "description": f"A page of {r.plural_label}.",
+                "content": json_body(ref("schemas", r.schema + "List")),
+            }
+        }
     elif operation == "create":
         op["requestBody"] = {"required": True, "content": json_body(ref("schemas", r.schema + "Create"))}
-        responses = {"201": {
-            "description": f"The {r.label} was created.",
-            "headers": {"Location": {"description": f"The URL of the new {r.label}.",
-                                     "schema": {"type": "string", "format": "uri-reference"}}},
-            "content": one,
-        }}
+        responses = {
+            "201": {
+                "description": f"The {r.label} was created.",
+                "headers": {
+                    "Location": {
+                        "description": f"The URL of the new {r.label}.",
+                        "schema": {"type": "string", "format": "uri-reference"},
+                    }
+                },
+                "content": one,
+            }
+        }
     elif operation == "update":
         op["requestBody"] = {"required": True, "content": json_body(ref("schemas", r.schema + "Update"))}
         responses = {"200": {"description": f"The updated {r.label}.", "content": one}}
@@ -130,8 +150,11 @@ def resource_schemas(service: Service, r: Resource) -> dict[str, Any]:
     required = [f.name for f in r.fields if f.required]
     created, updated = service.prop(["created", "at"]), service.prop(["updated", "at"])
     timestamp = {"type": "string", "format": "date-time", "readOnly": True}
-    create: dict[str, Any] = {"type": "object", "description": f"The fields to create {indefinite(r.label)}.",
-                              "properties": properties}
+    create: dict[str, Any] = {
+        "type": "object",
+        "description": f"The fields to create {indefinite(r.label)}.",
+        "properties": properties,
+    }
     if required:
         create["required"] = required
     return {
@@ -139,32 +162,56 @@ def resource_schemas(service: Service, r: Resource) -> dict[str, Any]:
             "type": "object",
             "description": f"{indefinite(r.label).capitalize()}.",
             "required": ["id", *required, created, updated],
-            "properties": {"id": {"type": "string", "format": "uuid", "readOnly": True}, **properties,
-                           created: timestamp, updated: timestamp},
+            "properties": {
+                "id": {"type": "string", "format": "uuid", "readOnly": True},
+                **properties,
+                created: timestamp,
+                updated: timestamp,
+            },
         },
         r.schema + "Create": create,
-        r.schema + "Update": {"type": "object", "minProperties": 1, "properties": properties,
-                              "description": f"The fields to change on {indefinite(r.label)}."},
+        r.schema + "Update": {
+            "type": "object",
+            "minProperties": 1,
+            "properties": properties,
+            "description": f"The fields to change on {indefinite(r.label)}.",
+        },
         r.schema + "List": {
             "type": "object",
             "description": f"A page of {r.plural_label}.",
             "required": ["items", "pagination"],
-            "properties": {"items": {"type": "array", "items": ref("schemas", r.schema)},
-                           "pagination": ref("schemas", "Pagination")},
+            "properties": {
+                "items": {"type": "array", "items": ref("schemas", r.schema)},
+                "pagination": ref("schemas", "Pagination"),
+            },
         },
     }
 
 
 def paging_parameters(service: Service) -> dict[str, Any]:
-    limit = {"name": "limit", "in": "query", "required": False, "description": "How many items to return.",
-             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "How many items to return.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    }
     if service.pagination == "cursor":
-        second = {"name": "cursor", "in": "query", "required": False,
-                  "description": "Where the page starts: the next cursor of the previous page.",
-                  "schema": {"type": "string"}}
+        second = {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "Where the page starts: the next cursor of the previous page.",
+            "schema": {"type": "string"},
+        }
         return {"Limit": limit, "Cursor": second}
-    second = {"name": "offset", "in": "query", "required": False, "description": "How many items to skip.",
-              "schema": {"type": "integer", "minimum": 0, "default": 0}}
+    second = {
+        "name": "offset",
+        "in": "query",
+        "required": False,
+        "description": "How many items to skip.",
+        "schema": {"type": "integer", "minimum": 0, "default": 0},
+    }
     return {"Limit": limit, "Offset": second}
 
 
@@ -172,12 +219,18 @@ def pagination_schema(service: Service) -> dict[str, Any]:
     count = {"type": "integer", "minimum": 0}
     if service.pagination == "cursor":
         next_cursor = service.prop(["next", "cursor"])
-        return {"type": "object", "description": "Where this page sits; follow the next cursor for more.",
-                "required": ["limit", next_cursor],
-                "properties": {"limit": count, next_cursor: {"type": ["string", "null"]}}}
-    return {"type": "object", "description": "Where this page sits in the collection.",
-            "required": ["limit", "offset", "total"],
-            "properties": {"limit": count, "offset": count, "total": count}}
+        return {
+            "type": "object",
+            "description": "Where this page sits; follow the next cursor for more.",
+            "required": ["limit", next_cursor],
+            "properties": {"limit": count, next_cursor: {"type": ["string", "null"]}},
+        }
+    return {
+        "type": "object",
+        "description": "Where this page sits in the collection.",
+        "required": ["limit", "offset", "total"],
+        "properties": {"limit": count, "offset": count, "total": count},
+    }
 
 
 def problem_schema() -> dict[str, Any]:

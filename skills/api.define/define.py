@@ -16,7 +16,15 @@ import apidef_asyncapi
 import apidef_openapi
 from apidef_model import PAGINATION_STYLES, PROPERTY_CASES, parse_service
 
-from betty_mcp.skillkit import SkillError, json_arg, parser, run, workspace, workspace_path, write_text_atomic
+from betty_mcp.kit.skillkit import (
+    SkillError,
+    json_arg,
+    parser,
+    run,
+    workspace,
+    workspace_path,
+    write_text_atomic,
+)
 
 argparser = parser("Write an OpenAPI 3.1 (and optionally AsyncAPI 3.0) document for a service.")
 argparser.add_argument("service_name", help="e.g. 'order-service' or 'Order Service'")
@@ -49,9 +57,15 @@ def shown(path: Path) -> str:
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    service = parse_service(service_name=args.service_name, version=args.version, resources=args.resources,
-                            description=args.description, server_url=args.server_url,
-                            pagination=args.pagination, property_case=args.property_case)
+    service = parse_service(
+        service_name=args.service_name,
+        version=args.version,
+        resources=args.resources,
+        description=args.description,
+        server_url=args.server_url,
+        pagination=args.pagination,
+        property_case=args.property_case,
+    )
     out_dir = workspace_path(args.output_dir, kind="output_dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise SkillError(f"output_dir '{args.output_dir}' is a file, not a directory", code="not_a_directory")
@@ -72,8 +86,14 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         "paths": paths,
         "operations": operations,
         "resources": [
-            {"name": "-".join(r.words), "plural": "-".join(r.plural_words), "schema": r.schema,
-             "collection_path": r.collection_path, "item_path": r.item_path, "operations": list(r.operations)}
+            {
+                "name": "-".join(r.words),
+                "plural": "-".join(r.plural_words),
+                "schema": r.schema,
+                "collection_path": r.collection_path,
+                "item_path": r.item_path,
+                "operations": list(r.operations),
+            }
             for r in service.resources
         ],
     }

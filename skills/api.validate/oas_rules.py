@@ -17,6 +17,8 @@ from typing import Any
 
 from oas_walk import Operation, operations, parameters, pointer, resolve, response_schemas, schemas
 
+from betty_mcp.kit.english import is_plural, words
+
 RULE_SETS = ("minimal", "recommended", "all")
 SEVERITIES = ("error", "warning", "info")
 PROPERTY_CASES: dict[str, re.Pattern[str]] = {
@@ -25,17 +27,40 @@ PROPERTY_CASES: dict[str, re.Pattern[str]] = {
     "kebab": re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"),
     "pascal": re.compile(r"^[A-Z][a-zA-Z0-9]*$"),
 }
-PAGINATION_PARAMS = {"limit", "offset", "page", "cursor", "pagesize", "perpage", "pagetoken", "after",
-                     "before", "size"}
-VERBS = {"get", "create", "update", "delete", "list", "fetch", "add", "remove", "retrieve", "find", "modify",
-         "insert", "edit", "save", "put", "post", "patch"}
-IRREGULAR_PLURALS = {"people", "children", "men", "women", "mice", "geese", "feet", "teeth", "criteria",
-                     "phenomena", "data", "media", "metadata", "news", "series", "species", "information",
-                     "equipment", "software", "feedback"}
+PAGINATION_PARAMS = {
+    "limit",
+    "offset",
+    "page",
+    "cursor",
+    "pagesize",
+    "perpage",
+    "pagetoken",
+    "after",
+    "before",
+    "size",
+}
+VERBS = {
+    "get",
+    "create",
+    "update",
+    "delete",
+    "list",
+    "fetch",
+    "add",
+    "remove",
+    "retrieve",
+    "find",
+    "modify",
+    "insert",
+    "edit",
+    "save",
+    "put",
+    "post",
+    "patch",
+}
 _KEBAB_SEGMENT = re.compile(r"^[a-z0-9]+([-.][a-z0-9]+)*$")
 _VERSION_SEGMENT = re.compile(r"^v?\d+(\.\d+)*$")
 _OPERATION_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 Finding = tuple[str, str]
 
@@ -74,14 +99,10 @@ def rule(rule_id: str, severity: str, level: str, description: str) -> Callable[
     """Register a rule in ``RULES``; ``level`` is the smallest rule set that holds it."""
 
     def register(check: Check) -> Check:
-        RULES[rule_id] = Rule(rule_id, severity, description, RULE_SETS[RULE_SETS.index(level):], check)
+        RULES[rule_id] = Rule(rule_id, severity, description, RULE_SETS[RULE_SETS.index(level) :], check)
         return check
 
     return register
-
-
-def words(text: str) -> list[str]:
-    return [w.lower() for w in _WORDS.findall(text)]
 
 
 def is_literal(segment: str) -> bool:
@@ -94,13 +115,11 @@ def literal_segments(path: str) -> list[str]:
 
 
 def looks_plural(segment: str) -> bool:
-    last = (words(segment) or [segment.lower()])[-1]
-    if last in IRREGULAR_PLURALS:
-        return True
-    return last.endswith("s") and not last.endswith(("ss", "us", "is"))
+    return is_plural((words(segment) or [segment.lower()])[-1])
 
 
 # -- info and servers ----------------------------------------------------------------------
+
 
 def _info(ctx: Context) -> dict[str, Any]:
     info = ctx.spec.get("info")
@@ -144,6 +163,7 @@ def servers_defined(ctx: Context) -> Iterator[Finding]:
 
 # -- operations ----------------------------------------------------------------------------
 
+
 @rule("operation-id-present", "error", "minimal", "every operation has an operationId")
 def operation_id_present(ctx: Context) -> Iterator[Finding]:
     for op in ctx.operations:
@@ -159,8 +179,10 @@ def operation_id_unique(ctx: Context) -> Iterator[Finding]:
         if not isinstance(op_id, str):
             continue
         if op_id in first:
-            yield op.pointer + "/operationId", f"operationId '{op_id}' of {op.label} is also used by " \
-                                               f"{first[op_id].label}"
+            yield (
+                op.pointer + "/operationId",
+                f"operationId '{op_id}' of {op.label} is also used by {first[op_id].label}",
+            )
         else:
             first[op_id] = op
 
@@ -172,8 +194,11 @@ def operation_id_format(ctx: Context) -> Iterator[Finding]:
         if isinstance(op_id, str) and op_id.strip() and not _OPERATION_ID.match(op_id):
             parts = words(op_id)
             suggestion = parts[0] + "".join(w.capitalize() for w in parts[1:]) if parts else "listItems"
-            yield op.pointer + "/operationId", f"operationId '{op_id}' of {op.label} is not an identifier: " \
-                                               f"use letters, digits, '_', '-' or '.', e.g. '{suggestion}'"
+            yield (
+                op.pointer + "/operationId",
+                f"operationId '{op_id}' of {op.label} is not an identifier: "
+                f"use letters, digits, '_', '-' or '.', e.g. '{suggestion}'",
+            )
 
 
 @rule("operation-summary", "warning", "recommended", "every operation has a summary or description")
@@ -193,6 +218,7 @@ def operation_tags(ctx: Context) -> Iterator[Finding]:
 
 # -- paths ---------------------------------------------------------------------------------
 
+
 def _paths(ctx: Context) -> list[str]:
     paths = ctx.spec.get("paths")
     return [p for p in paths if isinstance(p, str)] if isinstance(paths, dict) else []
@@ -203,8 +229,10 @@ def paths_kebab_case(ctx: Context) -> Iterator[Finding]:
     for path in _paths(ctx):
         for segment in literal_segments(path):
             if not _KEBAB_SEGMENT.match(segment):
-                yield pointer("paths", path), f"segment '{segment}' of {path} is not kebab-case " \
-                                              f"(use '{'-'.join(words(segment))}')"
+                yield (
+                    pointer("paths", path),
+                    f"segment '{segment}' of {path} is not kebab-case (use '{'-'.join(words(segment))}')",
+                )
 
 
 @rule("paths-no-verbs", "warning", "recommended", "paths name resources, not actions (no get/create/...)")
@@ -213,8 +241,11 @@ def paths_no_verbs(ctx: Context) -> Iterator[Finding]:
         for segment in literal_segments(path):
             first = (words(segment) or [""])[0]
             if first in VERBS:
-                yield pointer("paths", path), f"segment '{segment}' of {path} starts with the verb " \
-                                              f"'{first}': let the HTTP method name the action"
+                yield (
+                    pointer("paths", path),
+                    f"segment '{segment}' of {path} starts with the verb "
+                    f"'{first}': let the HTTP method name the action",
+                )
 
 
 @rule("paths-plural-collections", "warning", "recommended", "a collection segment before an {id} is plural")
@@ -222,11 +253,15 @@ def paths_plural_collections(ctx: Context) -> Iterator[Finding]:
     for path in _paths(ctx):
         for name, following in itertools.pairwise(path.split("/")):
             if following.startswith("{") and is_literal(name) and not looks_plural(name):
-                yield pointer("paths", path), f"collection '{name}' in {path} is singular: name " \
-                                              "collections in the plural (e.g. /orders/{orderId})"
+                yield (
+                    pointer("paths", path),
+                    f"collection '{name}' in {path} is singular: name "
+                    "collections in the plural (e.g. /orders/{orderId})",
+                )
 
 
 # -- schemas -------------------------------------------------------------------------------
+
 
 @rule("property-case", "warning", "recommended", "schema property names use one case (property_case)")
 def property_case(ctx: Context) -> Iterator[Finding]:
@@ -235,11 +270,14 @@ def property_case(ctx: Context) -> Iterator[Finding]:
         props = schema.get("properties")
         for name in props if isinstance(props, dict) else ():
             if not pattern.match(str(name)):
-                yield pointer(*tokens, "properties", name), \
-                    f"property '{name}' is not {ctx.property_case} case"
+                yield (
+                    pointer(*tokens, "properties", name),
+                    f"property '{name}' is not {ctx.property_case} case",
+                )
 
 
 # -- responses -----------------------------------------------------------------------------
+
 
 def _codes(op: Operation, first_digit: str) -> list[str]:
     return [code for code in op.responses() if code[:1] == first_digit]
@@ -281,8 +319,12 @@ def _is_problem(ctx: Context, media: str, schema: Any) -> bool:
     return media.endswith("problem+json") or {"title", "status"} <= _property_names(ctx, schema)
 
 
-@rule("error-schema", "warning", "recommended",
-      "error responses (4xx, 5xx, default) carry an RFC 7807 problem (application/problem+json)")
+@rule(
+    "error-schema",
+    "warning",
+    "recommended",
+    "error responses (4xx, 5xx, default) carry an RFC 7807 problem (application/problem+json)",
+)
 def error_schema(ctx: Context) -> Iterator[Finding]:
     for op in ctx.operations:
         for code, response in op.responses().items():
@@ -293,11 +335,17 @@ def error_schema(ctx: Context) -> Iterator[Finding]:
             bodies = list(response_schemas(ctx.spec, response))
             where = pointer(*op.tokens, "responses", code)
             if not bodies:
-                yield where, f"{code} response of {op.label} has no body: return an RFC 7807 problem " \
-                             "(application/problem+json)"
+                yield (
+                    where,
+                    f"{code} response of {op.label} has no body: return an RFC 7807 problem "
+                    "(application/problem+json)",
+                )
             elif not any(_is_problem(ctx, media, schema) for media, schema in bodies):
-                yield where, f"{code} response of {op.label} is not an RFC 7807 problem: use " \
-                             "application/problem+json or a schema with type, title, status and detail"
+                yield (
+                    where,
+                    f"{code} response of {op.label} is not an RFC 7807 problem: use "
+                    "application/problem+json or a schema with type, title, status and detail",
+                )
 
 
 @rule("pagination-params", "warning", "recommended", "GET operations returning arrays take paging parameters")
@@ -308,16 +356,23 @@ def pagination_params(ctx: Context) -> Iterator[Finding]:
         success = [r for code, r in op.responses().items() if code[:1] == "2"]
         returns_array = any(
             isinstance(schema, dict) and schema.get("type") == "array"
-            for response in success[:1] for _media, schema in response_schemas(ctx.spec, response)
+            for response in success[:1]
+            for _media, schema in response_schemas(ctx.spec, response)
         )
-        names = {re.sub(r"[-_]", "", str(p.get("name", ""))).lower()
-                 for p in parameters(ctx.spec, op) if p.get("in") == "query"}
+        names = {
+            re.sub(r"[-_]", "", str(p.get("name", ""))).lower()
+            for p in parameters(ctx.spec, op)
+            if p.get("in") == "query"
+        }
         if returns_array and not names & PAGINATION_PARAMS:
-            yield op.pointer, f"{op.label} returns an array but takes no paging parameter " \
-                              "(limit, offset, page or cursor)"
+            yield (
+                op.pointer,
+                f"{op.label} returns an array but takes no paging parameter (limit, offset, page or cursor)",
+            )
 
 
 # -- security ------------------------------------------------------------------------------
+
 
 def _scheme_names(ctx: Context) -> set[str]:
     if ctx.swagger2:
@@ -334,8 +389,11 @@ def security_defined(ctx: Context) -> Iterator[Finding]:
         return
     unsecured = [op for op in ctx.operations if not isinstance(op.node.get("security"), list)]
     if unsecured and len(unsecured) == len(ctx.operations):
-        yield "/security", "no security requirement, globally or on any operation: declare a security " \
-                           "scheme and a global security requirement (security: [] marks a public operation)"
+        yield (
+            "/security",
+            "no security requirement, globally or on any operation: declare a security "
+            "scheme and a global security requirement (security: [] marks a public operation)",
+        )
         return
     for op in unsecured:
         yield op.pointer, f"{op.label} has no security requirement and there is no global one"
@@ -350,8 +408,10 @@ def security_schemes_exist(ctx: Context) -> Iterator[Finding]:
         for index, requirement in enumerate(requirements) if isinstance(requirements, list) else ():
             for name in requirement if isinstance(requirement, dict) else ():
                 if name not in declared:
-                    yield f"{where}/{index}", f"security requirement names '{name}', which is not a " \
-                                              "declared security scheme"
+                    yield (
+                        f"{where}/{index}",
+                        f"security requirement names '{name}', which is not a declared security scheme",
+                    )
 
 
 def select(rule_set: str, disabled: Iterable[str] = ()) -> list[Rule]:

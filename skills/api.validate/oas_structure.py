@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 from oas_walk import lookup, mappings, pointer
 
-from betty_mcp.skillkit import SkillError, parse_document, workspace_path
+from betty_mcp.kit.skillkit import SkillError, parse_document, workspace_path
 
 MAX_MESSAGE = 400
 SUPPORTED = re.compile(r"^3\.[0-2]\.\d+(-[\w.]+)?$")
@@ -43,29 +43,57 @@ def spec_version(doc: Any) -> tuple[str, list[Finding]]:
     """The declared version (``"3.0.0"``, ``"2.0"``), or ``"unknown"`` with the finding saying why."""
     if not isinstance(doc, dict):
         kind = "empty" if doc is None else f"a {type(doc).__name__}"
-        return "unknown", [finding("openapi-version", "", f"the document is {kind}, not a mapping with an "
-                                   "'openapi' (3.x) or 'swagger' (2.0) field")]
+        return "unknown", [
+            finding(
+                "openapi-version",
+                "",
+                f"the document is {kind}, not a mapping with an 'openapi' (3.x) or 'swagger' (2.0) field",
+            )
+        ]
     if "openapi" in doc:
         value = doc["openapi"]
         if not isinstance(value, str):
-            return "unknown", [finding("openapi-version", "/openapi", f"openapi must be a string such as "
-                                       f"\"3.0.3\", got {value!r} ({type(value).__name__}): quote it")]
+            return "unknown", [
+                finding(
+                    "openapi-version",
+                    "/openapi",
+                    f"openapi must be a string such as "
+                    f'"3.0.3", got {value!r} ({type(value).__name__}): quote it',
+                )
+            ]
         if not SUPPORTED.match(value):
-            return value, [finding("openapi-version", "/openapi", f"unsupported OpenAPI version '{value}'; "
-                                   "supported: 3.0.x, 3.1.x, 3.2.x (and swagger: \"2.0\")")]
+            return value, [
+                finding(
+                    "openapi-version",
+                    "/openapi",
+                    f"unsupported OpenAPI version '{value}'; "
+                    'supported: 3.0.x, 3.1.x, 3.2.x (and swagger: "2.0")',
+                )
+            ]
         return value, []
     if "swagger" in doc:
         value = str(doc["swagger"])
         if value != "2.0":
-            return value, [finding("openapi-version", "/swagger", f"unsupported Swagger version '{value}'; "
-                                   "only \"2.0\" exists")]
+            return value, [
+                finding(
+                    "openapi-version",
+                    "/swagger",
+                    f"unsupported Swagger version '{value}'; only \"2.0\" exists",
+                )
+            ]
         return value, []
-    return "unknown", [finding("openapi-version", "", "not an OpenAPI document: no 'openapi' (3.x) or "
-                               "'swagger' (2.0) field at the top level")]
+    return "unknown", [
+        finding(
+            "openapi-version",
+            "",
+            "not an OpenAPI document: no 'openapi' (3.x) or 'swagger' (2.0) field at the top level",
+        )
+    ]
 
 
-def check_refs(doc: dict[str, Any], source: Path, prefix: str = "",
-               seen: set[Path] | None = None) -> list[Finding]:
+def check_refs(
+    doc: dict[str, Any], source: Path, prefix: str = "", seen: set[Path] | None = None
+) -> list[Finding]:
     """Every ``$ref`` in ``doc`` (read from ``source``) and in the files it references."""
     seen = seen if seen is not None else {source}
     found: list[Finding] = []
@@ -79,8 +107,15 @@ def check_refs(doc: dict[str, Any], source: Path, prefix: str = "",
             continue
         target, _, fragment = ref.partition("#")
         if urlsplit(target).scheme:
-            found.append(finding("ref-resolvable", where, f"remote $ref '{ref}' was not fetched (the check "
-                                 "works offline); the referenced document is not validated", "warning"))
+            found.append(
+                finding(
+                    "ref-resolvable",
+                    where,
+                    f"remote $ref '{ref}' was not fetched (the check "
+                    "works offline); the referenced document is not validated",
+                    "warning",
+                )
+            )
             continue
         if fragment and not fragment.startswith("/"):
             found.append(_check_anchor_ref(doc, ref, target, fragment, where))
@@ -98,14 +133,21 @@ def _check_anchor_ref(doc: dict[str, Any], ref: str, target: str, name: str, whe
     """A plain-name fragment names a 3.1 ``$anchor``; openapi-spec-validator cannot follow those."""
     anchors = {node.get("$anchor") for _tokens, node in mappings(doc)}
     if not target and name not in anchors:
-        return finding("ref-resolvable", where,
-                       f"$ref '{ref}' does not resolve: no $anchor '{name}' in the document")
-    return finding("ref-resolvable", where, f"$ref '{ref}' names an $anchor, which openapi-spec-validator "
-                   "cannot follow: its reference-following checks were skipped", "info")
+        return finding(
+            "ref-resolvable", where, f"$ref '{ref}' does not resolve: no $anchor '{name}' in the document"
+        )
+    return finding(
+        "ref-resolvable",
+        where,
+        f"$ref '{ref}' names an $anchor, which openapi-spec-validator "
+        "cannot follow: its reference-following checks were skipped",
+        "info",
+    )
 
 
-def _check_file_ref(ref: str, target: str, fragment: str, source: Path, where: str,
-                    seen: set[Path]) -> list[Finding]:
+def _check_file_ref(
+    ref: str, target: str, fragment: str, source: Path, where: str, seen: set[Path]
+) -> list[Finding]:
     try:
         path = workspace_path(str(source.parent / target), kind=f"$ref '{ref}'")
     except SkillError as exc:
@@ -119,8 +161,9 @@ def _check_file_ref(ref: str, target: str, fragment: str, source: Path, where: s
     problems = []
     ok, _value, why = lookup(other, fragment)
     if not ok:
-        problems.append(finding("ref-resolvable", where,
-                                f"$ref '{ref}' does not resolve in {path.name}: {why}"))
+        problems.append(
+            finding("ref-resolvable", where, f"$ref '{ref}' does not resolve in {path.name}: {why}")
+        )
     if path not in seen:
         seen.add(path)
         problems += check_refs(other, path, prefix=f"{target}#", seen=seen)
@@ -137,8 +180,12 @@ def check_schema(doc: dict[str, Any], version: str, source: Path, *, semantic: b
         OpenAPIV32SpecValidator,
     )
 
-    validators = {"2.0": OpenAPIV2SpecValidator, "3.0": OpenAPIV30SpecValidator,
-                  "3.1": OpenAPIV31SpecValidator, "3.2": OpenAPIV32SpecValidator}
+    validators = {
+        "2.0": OpenAPIV2SpecValidator,
+        "3.0": OpenAPIV30SpecValidator,
+        "3.1": OpenAPIV31SpecValidator,
+        "3.2": OpenAPIV32SpecValidator,
+    }
     cls = validators[version[:3]]
     found = [_describe(error) for error in cls.schema_validator.iter_errors(doc)]
     if found or not semantic:

@@ -20,8 +20,19 @@ Tokens = tuple[Any, ...]
 # Keywords whose values are schemas, by shape.
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_SCHEMA_SINGLES = ("items", "additionalProperties", "not", "contains", "if", "then", "else",
-                   "additionalItems", "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_SINGLES = (
+    "items",
+    "additionalProperties",
+    "not",
+    "contains",
+    "if",
+    "then",
+    "else",
+    "additionalItems",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
 
 
 def pointer(*tokens: Any) -> str:

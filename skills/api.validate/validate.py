@@ -15,7 +15,7 @@ from typing import Any
 from oas_rules import PROPERTY_CASES, RULE_SETS, RULES, Context, select
 from oas_structure import Finding, check_document, finding
 
-from betty_mcp.skillkit import SkillError, json_arg, load_document, parser, run, workspace_path
+from betty_mcp.kit.skillkit import SkillError, json_arg, load_document, parser, run, workspace_path
 
 argparser = parser("Validate an OpenAPI document and lint it against API design guidelines.")
 argparser.add_argument("spec_path", help="OpenAPI/Swagger document (YAML or JSON) inside the workspace")
@@ -59,8 +59,9 @@ def lint(doc: dict[str, Any], version: str, args: argparse.Namespace, rules: lis
     return found
 
 
-def result(args: argparse.Namespace, version: str, found: list[Finding],
-           checked: list[str]) -> dict[str, Any]:
+def result(
+    args: argparse.Namespace, version: str, found: list[Finding], checked: list[str]
+) -> dict[str, Any]:
     if args.strict:
         found = [{**f, "severity": "error"} if f["severity"] == "warning" else f for f in found]
     errors = [f for f in found if f["severity"] == "error"]
@@ -76,8 +77,8 @@ def result(args: argparse.Namespace, version: str, found: list[Finding],
         "warnings": warnings,
         "notes": notes,
         "summary": f"{Path(args.spec_path).name}: {'valid' if valid else 'invalid'} "
-                   f"(OpenAPI {version}; {len(errors)} errors, {len(warnings)} warnings, {len(notes)} notes; "
-                   f"{len(checked)} {args.rule_set} rules{', strict' if args.strict else ''})",
+        f"(OpenAPI {version}; {len(errors)} errors, {len(warnings)} warnings, {len(notes)} notes; "
+        f"{len(checked)} {args.rule_set} rules{', strict' if args.strict else ''})",
     }
     return payload if valid else {"ok": False, **payload}
 

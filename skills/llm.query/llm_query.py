@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.skillkit import SkillError, run
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.kit.skillkit import SkillError, run
+from betty_mcp.kit.skillkit import parser as make_parser
 
 parser = make_parser("Ask any configured LLM, with routing, fallbacks and cost accounting.")
 parser.add_argument("prompt")
@@ -21,17 +21,15 @@ parser.add_argument("--complexity", choices=["simple", "medium", "complex"])
 def handle(args: argparse.Namespace) -> dict[str, Any]:
     import anyio
 
-    from betty_mcp.app import BettyApp
-    from betty_mcp.config import settings_from_env
-    from betty_mcp.tools import CallContext
+    from betty_mcp.core.config import settings_from_env
+    from betty_mcp.core.errors import BettyError
+    from betty_mcp.services import Services
 
-    app = BettyApp(settings_from_env())
     arguments = {k: v for k, v in vars(args).items() if v is not None}
-    result = anyio.run(app.tool("llm_query").call, arguments, CallContext())
-    if result.is_error:
-        errors = (result.structured or {}).get("errors") or [{"message": result.text}]
-        raise SkillError(errors[0]["message"], code=errors[0].get("code", "llm_failed"))
-    return result.structured or {}
+    try:
+        return anyio.run(Services(settings_from_env()).query_llm, arguments)
+    except BettyError as exc:
+        raise SkillError(str(exc), code=exc.code) from None
 
 
 if __name__ == "__main__":

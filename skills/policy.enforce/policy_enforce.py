@@ -22,21 +22,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from betty_mcp.registry import (
-    MANIFEST_FILES,
+from betty_mcp.core.rules import (
     STATUSES,
-    Kind,
-    RegistryError,
     betty_name_problem,
-    parse_version,
+    folder_name_problem,
+    handler_path,
+    handler_problem,
 )
-from betty_mcp.skillkit import SkillError, run, workspace_path
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.kit.registry import MANIFEST_FILES, Kind, RegistryError, parse_version
+from betty_mcp.kit.skillkit import SkillError, run, workspace_path
+from betty_mcp.kit.skillkit import parser as make_parser
 
-PERMISSIONS = frozenset({
-    "filesystem:read", "filesystem:write", "network:http", "network", "process:execute", "filesystem",
-    "read", "write",
-})
+PERMISSIONS = frozenset(
+    {
+        "filesystem:read",
+        "filesystem:write",
+        "network:http",
+        "network",
+        "process:execute",
+        "filesystem",
+        "read",
+        "write",
+    }
+)
 REPLACEMENT_FIELDS = ("replaced_by", "replacement", "superseded_by", "deprecation")
 REPLACEMENT_WORDS = ("deprecated", "replaced by", "superseded", "use ")
 # Problems the model reports that a dedicated rule already reports better.
@@ -58,7 +66,7 @@ class Checked:
     raw: dict[str, Any] | None
 
 
-class Report:
+class PolicyReport:
     def __init__(self) -> None:
         self.violations: list[Violation] = []
         self.checked: list[Checked] = []
@@ -74,9 +82,9 @@ def sniff_kind(path: Path, raw: Any) -> Kind:
     return "agents" if agentish else "skills"
 
 
-def check_manifest(path: Path, report: Report) -> None:
-    from betty_mcp.errors import ManifestError
-    from betty_mcp.manifests import read_yaml
+def check_manifest(path: Path, report: PolicyReport) -> None:
+    from betty_mcp.core.errors import ManifestError
+    from betty_mcp.core.manifests import read_yaml
 
     try:
         raw = read_yaml(path)
@@ -101,10 +109,10 @@ def check_manifest(path: Path, report: Report) -> None:
         check_handler(path, raw, report)
 
 
-def check_schema(path: Path, kind: Kind, raw: dict[str, Any], report: Report) -> None:
+def check_schema(path: Path, kind: Kind, raw: dict[str, Any], report: PolicyReport) -> None:
     from pydantic import ValidationError
 
-    from betty_mcp.manifests import AgentManifest, SkillManifest
+    from betty_mcp.core.manifests import AgentManifest, SkillManifest
 
     try:
         (SkillManifest if kind == "skills" else AgentManifest).model_validate(raw)
@@ -118,17 +126,17 @@ def check_schema(path: Path, kind: Kind, raw: dict[str, Any], report: Report) ->
             report.add("manifest.schema", "error", f"{where}: {message}", path)
 
 
-def check_naming(path: Path, raw: dict[str, Any], report: Report) -> None:
+def check_naming(path: Path, raw: dict[str, Any], report: PolicyReport) -> None:
     name = raw.get("name")
     problem = betty_name_problem(name)
     if problem:
         report.add("naming.format", "error", problem, path)
-    if isinstance(name, str) and name and name != path.parent.name:
-        report.add("naming.folder", "error", f"name '{name}' differs from its folder '{path.parent.name}'",
-                   path)
+    folder_problem = folder_name_problem(name, path) if isinstance(name, str) and name else None
+    if folder_problem:
+        report.add("naming.folder", "warning", folder_problem, path)
 
 
-def check_version(path: Path, raw: dict[str, Any], report: Report) -> None:
+def check_version(path: Path, raw: dict[str, Any], report: PolicyReport) -> None:
     if "version" not in raw:
         report.add("version.semver", "error", "version is missing; write MAJOR.MINOR.PATCH like 0.1.0", path)
         return
@@ -138,16 +146,19 @@ def check_version(path: Path, raw: dict[str, Any], report: Report) -> None:
         report.add("version.semver", "error", exc.message, path)
 
 
-def check_status(path: Path, raw: dict[str, Any], report: Report) -> None:
+def check_status(path: Path, raw: dict[str, Any], report: PolicyReport) -> None:
     status = raw.get("status")
     if status is None:
         report.add("status.missing", "warning", "status is missing (taken as active); declare it", path)
     elif status not in STATUSES:
         report.add("status.known", "error", f"status {status!r} is not one of {', '.join(STATUSES)}", path)
     elif status == "deprecated" and not _names_replacement(raw):
-        report.add("status.deprecated_hint", "warning",
-                   "deprecated without saying what replaces it: add replaced_by or say so in the description",
-                   path)
+        report.add(
+            "status.deprecated_hint",
+            "warning",
+            "deprecated without saying what replaces it: add replaced_by or say so in the description",
+            path,
+        )
 
 
 def _names_replacement(raw: dict[str, Any]) -> bool:
@@ -157,27 +168,35 @@ def _names_replacement(raw: dict[str, Any]) -> bool:
     return any(word in description for word in REPLACEMENT_WORDS)
 
 
-def check_permissions(path: Path, raw: dict[str, Any], report: Report) -> None:
+def check_permissions(path: Path, raw: dict[str, Any], report: PolicyReport) -> None:
     places: list[tuple[str, Any]] = [("permissions", raw.get("permissions"))]
     entrypoints = raw.get("entrypoints")
     if isinstance(entrypoints, list):
-        places += [(f"entrypoints.{i}.permissions", e.get("permissions"))
-                   for i, e in enumerate(entrypoints) if isinstance(e, dict)]
+        places += [
+            (f"entrypoints.{i}.permissions", e.get("permissions"))
+            for i, e in enumerate(entrypoints)
+            if isinstance(e, dict)
+        ]
     for where, value in places:
         if value is None:
             continue
         if not isinstance(value, list):
-            report.add("permissions.unknown", "error", f"{where} must be a list, not {type(value).__name__}",
-                       path)
+            report.add(
+                "permissions.unknown", "error", f"{where} must be a list, not {type(value).__name__}", path
+            )
             continue
         for index, permission in enumerate(value):
             if permission not in PERMISSIONS:
-                report.add("permissions.unknown", "error",
-                           f"{where}.{index}: unknown permission {permission!r}; known: "
-                           f"{', '.join(sorted(PERMISSIONS))}", path)
+                report.add(
+                    "permissions.unknown",
+                    "error",
+                    f"{where}.{index}: unknown permission {permission!r}; known: "
+                    f"{', '.join(sorted(PERMISSIONS))}",
+                    path,
+                )
 
 
-def check_handler(path: Path, raw: dict[str, Any], report: Report) -> None:
+def check_handler(path: Path, raw: dict[str, Any], report: PolicyReport) -> None:
     entrypoints = raw.get("entrypoints")
     execution = raw.get("execution")
     handler = None
@@ -185,14 +204,19 @@ def check_handler(path: Path, raw: dict[str, Any], report: Report) -> None:
         handler = entrypoints[0].get("handler")
     elif isinstance(execution, dict):
         handler = execution.get("entry_point")
+    name = raw.get("name") if isinstance(raw.get("name"), str) else path.parent.name
     if not isinstance(handler, str) or not handler:
-        report.add("handler.declared", "error",
-                   "no handler: add entrypoints[0].handler (or execution.entry_point)", path)
-    elif not (path.parent / handler).is_file():
-        report.add("handler.exists", "error", f"handler '{handler}' not found in {path.parent}", path)
+        found = handler_path(path.parent, None, name)
+        if found is None:
+            report.add("handler.declared", "error", handler_problem(path.parent, None, name) or "", path)
+        else:
+            message = f"no handler declared; {found.name} is used by Betty's naming convention: declare it"
+            report.add("handler.declared", "warning", message, path)
+    elif (problem := handler_problem(path.parent, handler, name)) is not None:
+        report.add("handler.exists", "error", problem, path)
 
 
-def check_references(report: Report, catalog_skills: dict[str, str]) -> None:
+def check_references(report: PolicyReport, catalog_skills: dict[str, str]) -> None:
     """Active agents must not list archived skills; deprecated and unknown ones are warnings."""
     statuses = dict(catalog_skills)
     for item in report.checked:
@@ -207,18 +231,27 @@ def check_references(report: Report, catalog_skills: dict[str, str]) -> None:
             where = f"skills_available.{index}"
             status = statuses.get(name)
             if status is None:
-                report.add("reference.unknown", "warning", f"{where}: skill '{name}' does not exist",
-                           item.path)
+                report.add(
+                    "reference.unknown", "warning", f"{where}: skill '{name}' does not exist", item.path
+                )
             elif status == "archived":
-                report.add("reference.archived", "error",
-                           f"{where}: active agent lists skill '{name}', which is archived", item.path)
+                report.add(
+                    "reference.archived",
+                    "error",
+                    f"{where}: active agent lists skill '{name}', which is archived",
+                    item.path,
+                )
             elif status == "deprecated":
-                report.add("reference.deprecated", "warning",
-                           f"{where}: active agent lists skill '{name}', which is deprecated", item.path)
+                report.add(
+                    "reference.deprecated",
+                    "warning",
+                    f"{where}: active agent lists skill '{name}', which is deprecated",
+                    item.path,
+                )
 
 
 def catalog_files(settings: Any) -> list[Path]:
-    from betty_mcp.catalog import sources
+    from betty_mcp.core.catalog import sources
 
     files = []
     roots = [(root, "skill.yaml") for _, root in sources(settings, "skills")]
@@ -239,16 +272,18 @@ def _hidden(relative: Path) -> bool:
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    from betty_mcp.config import settings_from_env
+    from betty_mcp.core.config import settings_from_env
 
     if args.manifest_path and (args.batch or args.directory):
         raise SkillError("give either manifest_path or batch/directory, not both")
-    report = Report()
+    report = PolicyReport()
     if args.manifest_path:
         path = workspace_path(args.manifest_path, must_exist=True, kind="manifest_path")
         if path.is_dir():
-            raise SkillError(f"manifest_path '{args.manifest_path}' is a folder; use directory for a batch",
-                             code="not_a_file")
+            raise SkillError(
+                f"manifest_path '{args.manifest_path}' is a folder; use directory for a batch",
+                code="not_a_file",
+            )
         check_manifest(path, report)
     elif args.directory or args.batch:
         settings = settings_from_env()
@@ -281,7 +316,7 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _catalog_statuses(settings: Any) -> dict[str, str]:
-    from betty_mcp.catalog import load_catalog
+    from betty_mcp.core.catalog import load_catalog
 
     return {name: skill.manifest.status for name, skill in load_catalog(settings).skills.items()}
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.registry import KINDS, STATUSES, Registry
-from betty_mcp.skillkit import SkillError, run, workspace
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.core.rules import STATUSES
+from betty_mcp.kit.registry import KINDS, Registry
+from betty_mcp.kit.skillkit import SkillError, run, workspace
+from betty_mcp.kit.skillkit import parser as make_parser
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
@@ -20,11 +21,20 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         raise SkillError(f"limit must be at least 1, got {args.limit}")
     registry = Registry(workspace())
     results = registry.query(
-        args.kind, name=args.name, tag=args.tag, status=args.status, capability=args.capability,
-        fuzzy=args.fuzzy, limit=args.limit,
+        args.kind,
+        name=args.name,
+        tag=args.tag,
+        status=args.status,
+        capability=args.capability,
+        fuzzy=args.fuzzy,
+        limit=args.limit,
     )
-    return {"results": results, "count": len(results), "kind": args.kind,
-            "registry_path": str(registry.path(args.kind))}
+    return {
+        "results": results,
+        "count": len(results),
+        "kind": args.kind,
+        "registry_path": str(registry.path(args.kind)),
+    }
 
 
 parser = make_parser("Query the workspace registry of skills or agents.")

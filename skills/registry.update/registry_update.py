@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.registry import KINDS, Registry, kind_of, load_manifest
-from betty_mcp.skillkit import SkillError, run, workspace, workspace_path
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.kit.registry import KINDS, Registry, kind_of, load_manifest
+from betty_mcp.kit.skillkit import SkillError, run, workspace, workspace_path
+from betty_mcp.kit.skillkit import parser as make_parser
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
@@ -26,8 +26,12 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     kind = kind_of(path, args.kind)
     raw, manifest = load_manifest(kind, path)
     registration = Registry(workspace()).register(kind, raw, source=str(path), dry_run=args.dry_run)
-    return {**registration.as_dict(), "status": manifest.status, "manifest_path": str(path),
-            "dry_run": args.dry_run}
+    return {
+        **registration.as_dict(),
+        "status": manifest.status,
+        "manifest_path": str(path),
+        "dry_run": args.dry_run,
+    }
 
 
 parser = make_parser("Register or update a skill or agent in the workspace registry.")

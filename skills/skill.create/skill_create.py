@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """skill.create: scaffold a new skill folder (skill.yaml, handler, SKILL.md, test) in a skills folder.
 
-The handler follows the bundled skills' conventions (``betty_mcp.skillkit``, Betty argv: required
+The handler follows the bundled skills' conventions (``betty_mcp.kit.skillkit``, Betty argv: required
 inputs positional in declared order, optional ones ``--name value``, booleans as flags, arrays and
 objects as JSON) and returns what it received, ready to be filled in. The default target is the
 first skills folder the server watches, so with hot reload the new skill is a tool at once.
@@ -16,16 +16,20 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from betty_mcp.registry import betty_name_problem
-from betty_mcp.skillkit import SkillError, json_arg, run, workspace, workspace_path, write_text_atomic
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.core.rules import betty_name_problem
+from betty_mcp.kit.skillkit import SkillError, json_arg, run, workspace, workspace_path, write_text_atomic
+from betty_mcp.kit.skillkit import parser as make_parser
 
 INPUT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 INPUT_TYPES = ("string", "boolean", "integer", "number", "array", "object")
 JSON_ARG = "skillkit.json_arg"
 ARGPARSE_TYPES = {"integer": "int", "number": "float", "array": JSON_ARG, "object": JSON_ARG}
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "boolean": (bool,), "integer": (int,), "number": (int, float), "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+    "array": (list,),
     "object": (dict,),
 }
 SAMPLE_VALUES = {"string": "example", "integer": 1, "number": 1.5, "array": ["a"], "object": {"k": "v"}}
@@ -62,14 +66,20 @@ def check_inputs(raw: Any) -> list[dict[str, Any]]:
         default = item.get("default")
         if default is not None and required:
             raise SkillError(f"{where}: a required input cannot have a default")
-        if default is not None and (not isinstance(default, PYTHON_TYPES[kind])
-                                    or (kind in ("integer", "number") and isinstance(default, bool))):
+        if default is not None and (
+            not isinstance(default, PYTHON_TYPES[kind])
+            or (kind in ("integer", "number") and isinstance(default, bool))
+        ):
             raise SkillError(f"{where}.default {default!r} is not of type {kind}")
         options = item.get("options")
         if options is not None and (not isinstance(options, list) or not options):
             raise SkillError(f"{where}.options must be a non-empty list of allowed values")
-        entry = {"name": name, "type": kind, "required": required,
-                 "description": str(item.get("description") or f"The {name.replace('_', ' ')}.")}
+        entry = {
+            "name": name,
+            "type": kind,
+            "required": required,
+            "description": str(item.get("description") or f"The {name.replace('_', ' ')}."),
+        }
         for key in ("default", "options"):
             if item.get(key) is not None:
                 entry[key] = item[key]
@@ -78,34 +88,47 @@ def check_inputs(raw: Any) -> list[dict[str, Any]]:
 
 
 def refuse_existing(name: str, folder: Path, settings: Any) -> None:
-    from betty_mcp.catalog import load_catalog, tool_name_for
+    from betty_mcp.core.catalog import load_catalog, tool_name_for
 
     if folder.exists():
         raise SkillError(f"{folder} already exists; choose another name or remove it", code="already_exists")
     catalog = load_catalog(settings)
     existing = catalog.skills.get(name)
     if existing is not None:
-        raise SkillError(f"a skill named '{name}' already exists: {existing.manifest_path}",
-                         code="already_exists")
+        raise SkillError(
+            f"a skill named '{name}' already exists: {existing.manifest_path}", code="already_exists"
+        )
     tool = tool_name_for(name)
     clash = next((s for s in catalog.skills.values() if s.tool_name == tool), None)
     if clash is not None:
-        raise SkillError(f"'{name}' would get tool name '{tool}', already taken by '{clash.name}' "
-                         f"({clash.manifest_path})", code="already_exists")
+        raise SkillError(
+            f"'{name}' would get tool name '{tool}', already taken by '{clash.name}' ({clash.manifest_path})",
+            code="already_exists",
+        )
 
 
 def manifest_text(name: str, description: str, inputs: list[dict[str, Any]], handler: str) -> str:
     import yaml
 
     manifest = {
-        "name": name, "version": "0.1.0", "description": description, "status": "active",
-        "tags": [name.split(".")[0]], "inputs": inputs,
+        "name": name,
+        "version": "0.1.0",
+        "description": description,
+        "status": "active",
+        "tags": [name.split(".")[0]],
+        "inputs": inputs,
         "outputs": [
             {"name": "skill", "type": "string", "description": "This skill's name."},
             {"name": "received", "type": "object", "description": "The inputs the handler received."},
         ],
-        "entrypoints": [{"command": "/" + name.replace(".", "/"), "handler": handler, "runtime": "python",
-                         "permissions": ["filesystem:read"]}],
+        "entrypoints": [
+            {
+                "command": "/" + name.replace(".", "/"),
+                "handler": handler,
+                "runtime": "python",
+                "permissions": ["filesystem:read"],
+            }
+        ],
     }
     return yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=100)
 
@@ -140,7 +163,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp import skillkit
+from betty_mcp.kit import skillkit
 
 SKILL = {name!r}
 
@@ -159,6 +182,7 @@ if __name__ == "__main__":
 
 def sample_argv(inputs: list[dict[str, Any]]) -> list[str]:
     """Arguments that exercise every input once, Betty style."""
+
     def text(item: dict[str, Any]) -> str:
         value = item["options"][0] if item.get("options") else SAMPLE_VALUES[item["type"]]
         return json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -177,7 +201,7 @@ def _list_literal(items: list[str]) -> str:
 
 
 def test_text(name: str, handler: str, inputs: list[dict[str, Any]]) -> str:
-    return f'''{_docstring(f"Runs the {name} handler as the server does and checks its success envelope.")}
+    return f"""{_docstring(f"Runs the {name} handler as the server does and checks its success envelope.")}
 
 import json
 import os
@@ -197,14 +221,17 @@ def test_handler_returns_success(tmp_path: Path) -> None:
     envelope = json.loads(proc.stdout.strip().splitlines()[-1])
     assert envelope["ok"] is True
     assert envelope["data"]["skill"] == {name!r}
-'''
+"""
 
 
 def skill_md(name: str, description: str, inputs: list[dict[str, Any]]) -> str:
-    rows = "\n".join(
-        f"| `{i['name']}` | {i['type']} | {'yes' if i['required'] else 'no'} | {i['description']} |"
-        for i in inputs
-    ) or "| (none) | | | |"
+    rows = (
+        "\n".join(
+            f"| `{i['name']}` | {i['type']} | {'yes' if i['required'] else 'no'} | {i['description']} |"
+            for i in inputs
+        )
+        or "| (none) | | | |"
+    )
     example = " ".join(f"{i['name']}=..." for i in inputs if i["required"])
     return f"""# {name}
 
@@ -237,7 +264,7 @@ Bad or missing arguments give a failure envelope (`ok: false`) with a `bad_argum
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
-    from betty_mcp.config import settings_from_env
+    from betty_mcp.core.config import settings_from_env
 
     problem = betty_name_problem(args.name)
     if problem:
@@ -267,8 +294,12 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
         write_text_atomic(folder / file_name, text)
     (folder / handler).chmod(0o755)
     return {
-        "name": args.name, "tool": args.name.replace(".", "_"), "directory": str(folder),
-        "files": [str(folder / f) for f in files], "handler": handler, "test_file": test_file,
+        "name": args.name,
+        "tool": args.name.replace(".", "_"),
+        "directory": str(folder),
+        "files": [str(folder / f) for f in files],
+        "handler": handler,
+        "test_file": test_file,
     }
 
 

@@ -3,7 +3,7 @@
 
 Beyond the model: the handler file must exist beside the manifest and the version must be
 semantic; a name that differs from its folder is a warning. Registration goes through
-``betty_mcp.registry`` (refusing overwrites of active versions and downgrades).
+``betty_mcp.kit.registry`` (refusing overwrites of active versions and downgrades).
 """
 
 from __future__ import annotations
@@ -11,26 +11,29 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from betty_mcp.registry import Registry, load_manifest, manifest_file, parse_version
-from betty_mcp.skillkit import SkillError, run, workspace
-from betty_mcp.skillkit import parser as make_parser
+from betty_mcp.core.rules import folder_name_problem, handler_problem
+from betty_mcp.kit.registry import Registry, definition_parser, load_manifest, manifest_file, parse_version
+from betty_mcp.kit.skillkit import SkillError, run, workspace
 
 
 def handle(args: argparse.Namespace) -> dict[str, Any]:
     path = manifest_file(args.manifest_path, "skills")
     raw, manifest = load_manifest("skills", path)
     parse_version(manifest.version, subject=f"{path}: version")
-    if not (path.parent / manifest.handler).is_file():
-        raise SkillError(
-            f"{path}: entrypoints.0.handler: handler '{manifest.handler}' not found in {path.parent}",
-            code="handler_missing",
-        )
+    if (problem := handler_problem(path.parent, manifest.handler, manifest.name)) is not None:
+        raise SkillError(f"{path}: entrypoints.0.handler: {problem}", code="handler_missing")
     warnings = []
-    if manifest.name != path.parent.name:
-        warnings.append(f"{path}: name: '{manifest.name}' differs from its folder '{path.parent.name}'")
+    if (problem := folder_name_problem(manifest.name, path)) is not None:
+        warnings.append(f"{path}: {problem}")
     result: dict[str, Any] = {
-        "valid": True, "name": manifest.name, "version": manifest.version, "status": manifest.status,
-        "manifest_path": str(path), "warnings": warnings, "registered": False, "action": "not_registered",
+        "valid": True,
+        "name": manifest.name,
+        "version": manifest.version,
+        "status": manifest.status,
+        "manifest_path": str(path),
+        "warnings": warnings,
+        "registered": False,
+        "action": "not_registered",
         "dry_run": args.dry_run,
     }
     if args.register:
@@ -39,11 +42,7 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-parser = make_parser("Validate a skill.yaml and register it in registry/skills.json.")
-parser.add_argument("manifest_path", help="the skill.yaml (or its folder)")
-parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
-                    help="register the skill after validating it (default: yes)")
-parser.add_argument("--dry_run", action="store_true", help="report what registering would do, write nothing")
+parser = definition_parser("skills")
 
 if __name__ == "__main__":
     run(handle, parser)

@@ -1,6 +1,6 @@
 """An in-process model behind the same ``Backend`` interface as LiteLLM and the embedded model.
 
-backend = FakeBackend({"openai/gpt-4": [ProviderError("429", "rate_limit"), Completion("hi")]})
+backend = FakeBackend({"openai/gpt-4": [RateLimited("429"), Completion("hi")]})
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from betty_mcp.errors import ProviderError
+from betty_mcp.core.errors import ProviderError
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.types import ChatRequest, Completion, StreamSink
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from betty_mcp.catalog import TYPE_ALIASES
-from betty_mcp.envelope import last_json_document, normalise
-from betty_mcp.manifests import load_skill_manifest
+from betty_mcp.core.catalog import TYPE_ALIASES
+from betty_mcp.core.manifests import load_skill_manifest
+from betty_mcp.run.envelope import last_json_document, normalise
 from tests.conftest import ERAS, OPENAPI_DIR, ROOT, stdio_client
 
 SKILL_DIR = ROOT / "skills" / "api.compatibility"

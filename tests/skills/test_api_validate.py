@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from betty_mcp.envelope import last_json_document, normalise
+from betty_mcp.run.envelope import last_json_document, normalise
 from tests.conftest import OPENAPI_DIR, ROOT, stdio_client
 
 SKILL_DIR = ROOT / "skills" / "api.validate"

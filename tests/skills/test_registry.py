@@ -1,4 +1,4 @@
-"""The registry store (betty_mcp.registry) and the registry.update / registry.query skills."""
+"""The registry store (betty_mcp.kit.registry) and the registry.update / registry.query skills."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from betty_mcp.registry import Registry, RegistryError, betty_name_problem, parse_version, similarity
+from betty_mcp.core.rules import betty_name_problem
+from betty_mcp.kit.registry import Registry, RegistryError, parse_version, similarity
 from tests.conftest import ROOT, stdio_client
 
 UPDATE = ROOT / "skills" / "registry.update" / "registry_update.py"
@@ -209,7 +210,7 @@ def test_betty_names() -> None:
     assert betty_name_problem("data.clean_up-2") is None
     for bad in ("Data.clean", "clean", "data..clean", "data.2clean", "data clean", ""):
         assert betty_name_problem(bad), bad
-    assert "over 52" in (betty_name_problem("a." + "b" * 60) or "")
+    assert "over hosts' limit of 52" in (betty_name_problem("a." + "b" * 60) or "")
 
 
 def test_concurrent_writers_lose_nothing(workspace: Path) -> None:
@@ -217,7 +218,7 @@ def test_concurrent_writers_lose_nothing(workspace: Path) -> None:
     script = textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from betty_mcp.registry import Registry
+        from betty_mcp.kit.registry import Registry
         registry = Registry(Path(sys.argv[1]))
         for i in range(10):
             registry.register("skills", {"name": f"p{sys.argv[2]}.s{i}", "version": "1.0.0"})

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from betty_mcp.catalog import load_catalog
-from betty_mcp.config import Settings
-from betty_mcp.manifests import load_skill_manifest
-from betty_mcp.runner import SkillRunner
+from betty_mcp.core.catalog import load_catalog
+from betty_mcp.core.config import Settings
+from betty_mcp.core.manifests import load_skill_manifest
+from betty_mcp.run.runner import SkillRunner
 from tests.conftest import ROOT, stdio_client
 
 HANDLER = ROOT / "skills" / "skill.create" / "skill_create.py"

@@ -108,7 +108,7 @@ def test_invalid_yaml_names_the_line(workspace: Path) -> None:
     manifest.write_text("name: data.clean\nversion: [1.0\n")
     code, out = call(workspace, str(manifest))
     assert code == 1 and out["errors"][0]["code"] == "invalid_manifest"
-    assert f"{manifest}: line 3, column 1: invalid YAML" in out["errors"][0]["message"]
+    assert f"{manifest}: invalid YAML at line 3, column 1" in out["errors"][0]["message"]
 
 
 def test_missing_handler_and_bad_version(workspace: Path) -> None:
@@ -127,7 +127,7 @@ def test_folder_mismatch_is_a_warning(workspace: Path) -> None:
     code, out = call(workspace, "skills/cleaner/skill.yaml")
     assert code == 0
     assert out["data"]["warnings"] == [
-        f"{workspace}/skills/cleaner/skill.yaml: name: 'data.clean' differs from its folder 'cleaner'"
+        f"{workspace}/skills/cleaner/skill.yaml: name 'data.clean' differs from its folder 'cleaner'"
     ]
 
 

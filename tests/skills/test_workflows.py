@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from betty_mcp.config import Settings
-from betty_mcp.workflows import ReferenceProblem, substitute
+from betty_mcp.core.config import Settings
+from betty_mcp.kit.workflows import ReferenceProblem, substitute
 from tests.conftest import FIXTURE_SKILLS, ROOT, stdio_client
 
 VALIDATE = ROOT / "skills" / "workflow.validate" / "validate_workflow.py"

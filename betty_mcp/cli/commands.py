@@ -1,0 +1,589 @@
+"""The ``betty-mcp`` commands besides ``serve`` (main.py): inspect and run skills, agents and LLMs.
+
+Output is for people by default; ``--json`` gives output for scripts.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from betty_mcp.cli.serve import SOURCE_HELP
+from betty_mcp.core.config import Settings, load_settings
+from betty_mcp.core.errors import BettyError
+from betty_mcp.services import Services
+
+app = typer.Typer(
+    name="betty-mcp",
+    help="Betty skills as MCP tools, plus any LLM. With no command: serve MCP over stdio.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+skills_app = typer.Typer(help="List, show and run skills.", no_args_is_help=True)
+agents_app = typer.Typer(help="List and show agents.", no_args_is_help=True)
+app.add_typer(skills_app, name="skills")
+app.add_typer(agents_app, name="agents")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help=SOURCE_HELP["config"])]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help=SOURCE_HELP["workspace"])]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where skills and agents come from, as the shared options of every catalog command say."""
+
+    config: Path | None = None
+    workspace: Path | None = None
+    skills_dir: list[Path] | None = None
+    agents_dir: list[Path] | None = None
+    betty_home: Path | None = None
+    no_bundled: bool = False
+
+    def services(self) -> Services:
+        """The services as the server would build them from these flags (and betty.yaml)."""
+        _setup_logging("error")
+        try:
+            settings = load_settings(
+                self.config,
+                workspace=self.workspace,
+                skills_dirs=self.skills_dir,
+                agents_dirs=self.agents_dir,
+                betty_home=self.betty_home,
+                bundled=False if self.no_bundled else None,
+            )
+            services = Services(settings)
+            services.reload()
+        except BettyError as exc:
+            _fail(str(exc))
+        return services
+
+
+DEFAULT_SOURCES = Sources()
+
+
+def _source_option(flag: str, kind: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(
+        flag.replace("-", "_"),
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[kind, typer.Option(f"--{flag}", help=SOURCE_HELP[flag])],
+    )
+
+
+_SOURCE_OPTIONS = [
+    _source_option("config", Path | None),
+    _source_option("workspace", Path | None),
+    _source_option("skills-dir", list[Path] | None),
+    _source_option("agents-dir", list[Path] | None),
+    _source_option("betty-home", Path | None),
+    _source_option("no-bundled", bool, False),
+]
+
+
+def with_sources(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared source options, handed to it as one ``sources: Sources``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "sources"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        sources = Sources(**{p.name: kwargs.pop(p.name) for p in _SOURCE_OPTIONS})
+        command(*args, sources=sources, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *_SOURCE_OPTIONS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    return wrapper
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level for stderr.")]
+
+
+def _setup_logging(level: str) -> None:
+    from betty_mcp.core.secrets import log_to_stderr
+
+    log_to_stderr(level)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _show(info: dict[str, Any], as_json: bool) -> None:
+    """One thing's facts: JSON for scripts, else ``key: value`` lines (objects as indented JSON)."""
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        shown = json.dumps(value, indent=2, ensure_ascii=False) if isinstance(value, dict | list) else value
+        typer.echo(f"{key}: {shown}")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve MCP (stdio by default, or streamable HTTP with --http); see 'betty-mcp serve --help'."""
+    from betty_mcp.cli.serve import serve as serve_main
+
+    serve_main(ctx.args)
+
+
+@skills_app.command("list")
+@with_sources
+def skills_list(
+    sources: Sources = DEFAULT_SOURCES,
+    all_statuses: Annotated[
+        bool, typer.Option("--all", help="Include draft, deprecated and archived skills.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List skills with their tool names."""
+    betty = sources.services()
+    statuses = betty.settings.tools.statuses
+    skills = [s for s in betty.catalog.skills.values() if all_statuses or s.manifest.status in statuses]
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "tool": s.tool_name if s.tool_name in betty.catalog.tools else None,
+                    "version": s.manifest.version,
+                    "status": s.manifest.status,
+                    "source": s.source,
+                    "description": s.manifest.description.strip(),
+                }
+                for s in skills
+            ]
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("skill", "tool", "version", "status", "description", box=None)
+    for s in sorted(skills, key=lambda s: s.name):
+        tool = s.tool_name if s.tool_name in betty.catalog.tools else "-"
+        table.add_row(
+            s.name, tool, s.manifest.version, s.manifest.status, s.manifest.description.strip()[:70]
+        )
+    Console().print(table)
+    _print_problems(betty)
+
+
+@skills_app.command("show")
+@with_sources
+def skills_show(
+    name: str,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one skill: manifest facts, tool name and input schema."""
+    betty = sources.services()
+    skill = betty.catalog.skills.get(name)
+    if skill is None:
+        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    info = {
+        "name": skill.name,
+        "tool": skill.tool_name,
+        "version": skill.manifest.version,
+        "status": skill.manifest.status,
+        "source": skill.source,
+        "directory": str(skill.directory),
+        "handler": str(skill.handler),
+        "description": skill.manifest.description.strip(),
+        "input_schema": skill.input_schema,
+        "output_schema": skill.output_schema,
+    }
+    _show(info, as_json)
+
+
+def _parse_pairs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    """``key=value`` pairs; values of non-string inputs are read as JSON (``n=3``, ``tags=["a"]``)."""
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"argument '{pair}' is not key=value")
+        declared = schema.get("properties", {}).get(key, {}).get("type")
+        if declared == "string":
+            arguments[key] = value
+            continue
+        try:
+            arguments[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key] = value
+    return arguments
+
+
+@skills_app.command("run")
+@with_sources
+def skills_run(
+    name: str,
+    pairs: Annotated[list[str] | None, typer.Argument(help="Arguments as key=value.")] = None,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a skill the way the server would, and print its result; exits 1 when it fails."""
+    import anyio
+
+    betty = sources.services()
+    skill = betty.catalog.skills.get(name)
+    if skill is None:
+        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    arguments = _parse_pairs(pairs or [], skill.input_schema)
+    try:
+        result = anyio.run(betty.run_skill, skill, arguments)
+    except BettyError as exc:
+        _fail(str(exc))
+    finally:
+        betty.close()
+    if as_json:
+        _print_json(result.structured)
+    else:
+        typer.echo(json.dumps(result.structured, indent=2, ensure_ascii=False, default=str))
+        typer.echo(f"{'ok' if result.ok else 'FAILED'} in {result.duration_ms:.0f} ms", err=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@agents_app.command("list")
+@with_sources
+def agents_list(
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """List agents with their skills and reasoning mode."""
+    betty = sources.services()
+    agents = sorted(betty.catalog.agents.values(), key=lambda a: a.name)
+    if as_json:
+        _print_json([betty.describe_agent(a) for a in agents])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("agent", "mode", "skills", "description", box=None)
+    for a in agents:
+        table.add_row(
+            a.name,
+            a.manifest.reasoning_mode,
+            ", ".join(a.manifest.skills_available),
+            a.manifest.description.strip()[:60],
+        )
+    Console().print(table)
+    _print_problems(betty)
+
+
+@agents_app.command("show")
+@with_sources
+def agents_show(
+    name: str,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one agent."""
+    betty = sources.services()
+    agent = betty.catalog.agents.get(name)
+    if agent is None:
+        _fail(f"no agent named '{name}'; see 'betty-mcp agents list'")
+    _show(betty.describe_agent(agent), as_json)
+
+
+@app.command()
+@with_sources
+def validate(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="skill.yaml/agent.yaml files or folders; default: every configured source."),
+    ] = None,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate manifests; exits 1 when anything is invalid."""
+    from betty_mcp.core.validation import validate_paths, validate_sources
+
+    report = validate_paths(paths) if paths else validate_sources(sources.services().catalog)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+def _print_problems(betty: Any) -> None:
+    for problem in betty.catalog.problems:
+        typer.echo(str(problem), err=True)
+
+
+# -- LLM commands ---------------------------------------------------------------------------
+
+local_app = typer.Typer(help="The embedded local model.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+
+def _llm_settings(config: Path | None, workspace: Path | None) -> Settings:
+    _setup_logging("error")
+    try:
+        return load_settings(config, workspace=workspace)
+    except BettyError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command()
+def query(
+    prompt: str,
+    model: Annotated[str | None, typer.Option(help="An alias or provider/model.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask an LLM through the router; prints the answer (exit 1 if every model failed)."""
+    import anyio
+
+    from betty_mcp.core.rules import failure_envelope
+
+    services = Services(_llm_settings(config, workspace))
+    arguments: dict[str, Any] = {"prompt": prompt}
+    for key, value in (("model", model), ("system_prompt", system), ("max_tokens", max_tokens)):
+        if value is not None:
+            arguments[key] = value
+    try:
+        out = anyio.run(services.query_llm, arguments)
+        failed = None
+    except BettyError as exc:
+        out, failed = failure_envelope(str(exc), exc.code, **exc.details()), str(exc)
+    if as_json:
+        _print_json(out)
+    elif failed is not None:
+        typer.echo(f"error: {failed}", err=True)
+    else:
+        typer.echo(out["response"])
+        cost = "unknown cost" if out["cost_usd"] is None else f"${out['cost_usd']:.6f}"
+        hops = f", after {len(out['fallbacks'])} fallback(s)" if out["fallbacks"] else ""
+        typer.echo(
+            f"-- {out['model_used']}: {out['tokens_used']['total']} tokens, {cost}, "
+            f"{out['latency_ms']:.0f} ms{hops}",
+            err=True,
+        )
+        if out.get("note"):
+            typer.echo(f"-- {out['note']}", err=True)
+    raise typer.Exit(1 if failed is not None else 0)
+
+
+@app.command()
+def models(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List every model llm_query can use, whether it is ready, and its prices."""
+    from betty_mcp.llm.listing import list_models
+
+    listing = list_models(_llm_settings(config, workspace).router)
+    if as_json:
+        _print_json(listing)
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("model", "aliases", "type", "status", "$/Mtok in/out", box=None)
+    for m in listing["models"]:
+        prices = m["prices_usd_per_mtok"]
+        price = "-" if prices["input"] is None else f"{prices['input']:g}/{prices['output']:g}"
+        table.add_row(m["id"], ", ".join(m["aliases"]), m["type"], escape(m["status"]), price)
+    Console().print(table)
+    typer.echo(f"default: {listing['default'] or 'routing rules, then the embedded model'}")
+
+
+@app.command()
+def usage(
+    days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show LLM spend by day and by model, from the usage ledger."""
+    from betty_mcp.llm.ledger import Ledger, format_usage, usage_report
+
+    settings = _llm_settings(config, workspace)
+    with Ledger(settings.ledger_path) as ledger:
+        if as_json:
+            _print_json(usage_report(ledger, days))
+        else:
+            typer.echo(format_usage(ledger, days))
+
+
+@app.command()
+def doctor(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the config, keys, endpoints and the embedded model, with a fix for each problem."""
+    from betty_mcp.cli.doctor import diagnose
+
+    findings = diagnose(config, workspace)
+    if as_json:
+        _print_json([f.as_dict() for f in findings])
+    else:
+        for f in findings:
+            typer.echo(
+                f"{'ok ' if f.ok else 'FIX'}  {f.check}: {f.detail}" + ("" if f.ok else f"\n     -> {f.fix}")
+            )
+    raise typer.Exit(0 if all(f.ok for f in findings) else 1)
+
+
+@local_app.command("serve")
+def local_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8081,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+) -> None:
+    """Serve the embedded model as an OpenAI-compatible server (model name: gemma-3-270m)."""
+    from betty_mcp.llm.embedded import EMBEDDED_ALIAS, model_path, readiness
+
+    ready, detail = readiness()
+    if not ready:
+        _fail(detail)
+    path = model_path()
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model_alias",
+        EMBEDDED_ALIAS,
+        "--n_threads",
+        str(threads),
+        "--chat_format",
+        "chatml-function-calling",
+    ]
+    typer.echo(f"serving {path.name} as '{EMBEDDED_ALIAS}' on http://{host}:{port}/v1", err=True)
+    os.execv(sys.executable, command)
+
+
+# -- agent runs ---------------------------------------------------------------------------------
+
+runs_app = typer.Typer(help="Agent run traces.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@app.command()
+@with_sources
+def run(
+    agent: str,
+    task: str,
+    model: Annotated[str | None, typer.Option(help="Use this model instead of the agent's own.")] = None,
+    context: Annotated[str | None, typer.Option(help="A JSON object of facts for the agent.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Most model calls.")] = 10,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run an agent on a task with live progress; exits non-zero unless the run completed."""
+    import anyio
+    from rich.console import Console
+
+    from betty_mcp.agent import RunLimits, RunRequest
+    from betty_mcp.agent.runs import step_line
+
+    facts = None
+    if context:
+        try:
+            facts = json.loads(context)
+        except json.JSONDecodeError as exc:
+            _fail(f"--context is not JSON: {exc.msg}")
+        if not isinstance(facts, dict):
+            _fail("--context must be a JSON object")
+    betty = sources.services()
+    console = Console(stderr=True)
+
+    async def on_step(step: Any, state: Any) -> None:
+        if not as_json:
+            cost = f", ${state.cost_usd:.4f}" if state.cost_usd else ""
+            console.print(f"{step_line(step)}  [dim]({state.tokens} tokens{cost})[/dim]", highlight=False)
+
+    async def go() -> Any:
+        with console.status(f"{agent} is working...", spinner="dots") if not as_json else _nothing():
+            request = RunRequest(agent, task, facts, model, RunLimits(max_steps=max_steps))
+            return await betty.run_agent(request, on_step=on_step)
+
+    try:
+        result = anyio.run(go)
+    except BettyError as exc:
+        _fail(str(exc))
+    finally:
+        betty.close()
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        if result.answer:
+            typer.echo(result.answer)
+        totals = result.totals
+        console.print(
+            f"[bold]{result.status}[/bold]: {totals['steps']} steps, {totals['tokens']} tokens, "
+            f"${totals['cost_usd']:.4f}, {totals['ms'] / 1000:.1f}s; run {result.run_id}"
+            + (f"; {result.error}" if result.error else ""),
+            highlight=False,
+        )
+    raise typer.Exit(0 if result.status == "completed" else 1)
+
+
+def _nothing() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+@runs_app.command("list")
+def runs_list(workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Runs traced in the workspace, newest first."""
+    from betty_mcp.agent import list_runs
+
+    runs = list_runs(_llm_settings(config, workspace).runs_dir)
+    if as_json:
+        _print_json(runs)
+        return
+    for r in runs:
+        typer.echo(
+            f"{r['run_id']}  {r['status']:<15} {r['agent'] or '?':<16} {r['steps'] or 0:>3} steps  "
+            f"{(r['task'] or '')[:50]}"
+        )
+    if not runs:
+        typer.echo("no runs yet")
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str, workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """One run's trace: every model request and response and every skill call."""
+    from betty_mcp.agent import read_trace
+
+    path = _llm_settings(config, workspace).runs_dir / f"{run_id}.jsonl"
+    if not path.is_file() or "/" in run_id:
+        _fail(f"no run '{run_id}'; see 'betty-mcp runs list'")
+    events = read_trace(path)
+    if as_json:
+        _print_json(events)
+        return
+    for e in events:
+        detail = {k: v for k, v in e.items() if k not in ("event", "ts")}
+        typer.echo(
+            f"{e.get('ts', '')}  {e.get('event', '?'):<14} {json.dumps(detail, ensure_ascii=False)[:300]}"
+        )

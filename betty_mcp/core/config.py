@@ -1,0 +1,175 @@
+"""Settings: ``betty.yaml`` plus command-line flags, validated with pydantic.
+
+The file is found via ``--config``, ``$BETTY_CONFIG``, ``./betty.yaml``, then
+``~/.config/betty-mcp/betty.yaml``; relative paths in it are relative to the file.
+Flags override the file. API keys never live here: only environment variable names.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from betty_mcp.core.errors import ConfigError
+from betty_mcp.core.manifests import describe_validation_error, read_yaml
+from betty_mcp.core.rules import SkillStatus
+
+if TYPE_CHECKING:
+    from betty_mcp.core.llm_config import LlmRouterConfig
+
+CONFIG_ENV = "BETTY_CONFIG"
+TOKEN_ENV = "BETTY_MCP_TOKEN"
+# The server's settings, as JSON, in every handler's environment: skills that run other skills
+# (workflow.run) or write where the server watches (skill.create) see what the server sees.
+SETTINGS_ENV = "BETTY_MCP_SETTINGS"
+
+
+class ToolSelection(BaseModel):
+    """Which skills get a tool of their own; ``skills_list``/``skill_run`` reach every skill anyway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+    statuses: list[SkillStatus] = ["active"]
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    skill_timeout_seconds: float = Field(default=120, gt=0)
+    max_concurrent_skills: int = Field(default=4, ge=1, le=256)
+    max_result_chars: int = Field(default=40_000, ge=1_000, le=400_000)
+    max_output_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    stderr_tail_chars: int = Field(default=4_000, ge=0)
+    # Fork Python handlers from a process that has their heavy imports done (zygote.py).
+    fork_server: bool = True
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workspace: Path = Field(default_factory=Path.cwd)
+    bundled: bool = True
+    skills_dirs: list[Path] = []
+    agents_dirs: list[Path] = []
+    betty_home: Path | None = None
+    allowed_roots: list[Path] = []
+    tools: ToolSelection = ToolSelection()
+    limits: Limits = Limits()
+    hot_reload: bool = True
+    usage_db: Path | None = None
+    # Kept as written and validated on first use (``router``), so start-up does no LLM work;
+    # load_settings validates it at once when a file has the block, to report errors early.
+    llm_router: dict[str, Any] | None = None
+
+    @cached_property
+    def router(self) -> LlmRouterConfig:
+        return validate_router(self.llm_router, "settings")
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workspace / ".betty-mcp" / "runs"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The usage ledger: every LLM call, for accounting and budgets."""
+        return self.usage_db or self.workspace / ".betty-mcp" / "usage.sqlite"
+
+    def roots(self) -> list[Path]:
+        """Where path arguments may point: the workspace, the allowed roots, a served Betty checkout."""
+        extra = [self.betty_home] if self.betty_home else []
+        return [self.workspace, *self.allowed_roots, *extra]
+
+
+def validate_router(raw: dict[str, Any] | None, source: str) -> LlmRouterConfig:
+    from betty_mcp.core.llm_config import LlmRouterConfig
+
+    try:
+        return LlmRouterConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc, prefix="llm_router.")) from None
+
+
+def settings_from_env() -> Settings:
+    """The serving process's settings inside a handler; flags-free defaults when run by hand.
+
+    A handler is short-lived: skills it runs (workflow.run) start cold, not through a zygote.
+    """
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    settings.limits.fork_server = False
+    return settings
+
+
+def find_config_file(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"${CONFIG_ENV} points to {path}, which does not exist")
+        return path
+    for candidate in (Path("betty.yaml"), Path.home() / ".config" / "betty-mcp" / "betty.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        return str((base / Path(value).expanduser()).resolve()) if isinstance(value, str) else value
+
+    for key in ("workspace", "betty_home", "usage_db"):
+        if key in data:
+            data[key] = resolve(data[key])
+    for key in ("skills_dirs", "agents_dirs", "allowed_roots"):
+        if isinstance(data.get(key), list):
+            data[key] = [resolve(v) for v in data[key]]
+    return data
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """File settings (if any) with non-None ``overrides`` on top; every path made absolute."""
+    path = find_config_file(config)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = read_yaml(path)
+        except Exception as exc:
+            raise ConfigError(str(exc)) from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: (top level): expected a mapping, got {type(raw).__name__}")
+        data = _resolve_paths(dict(raw or {}), path.parent.resolve())
+    for key, value in overrides.items():
+        if value is None or value == []:
+            continue
+        if key in ("include", "exclude", "statuses"):
+            data.setdefault("tools", {})[key] = value
+        elif key in ("skills_dirs", "agents_dirs", "allowed_roots"):
+            data[key] = [*data.get(key, []), *value]
+        else:
+            data[key] = value
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(str(path or "flags"), exc)) from None
+    settings = settings.model_copy(
+        update={
+            "workspace": settings.workspace.expanduser().resolve(),
+            "skills_dirs": [p.expanduser().resolve() for p in settings.skills_dirs],
+            "agents_dirs": [p.expanduser().resolve() for p in settings.agents_dirs],
+            "allowed_roots": [p.expanduser().resolve() for p in settings.allowed_roots],
+            "betty_home": settings.betty_home.expanduser().resolve() if settings.betty_home else None,
+        }
+    )
+    if settings.llm_router is not None:  # report a broken block now, naming the file
+        settings.__dict__["router"] = validate_router(settings.llm_router, str(path or "flags"))
+    return settings

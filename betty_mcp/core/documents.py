@@ -1,0 +1,84 @@
+"""Reading YAML and JSON documents safely: the one loader for manifests, config and handler inputs.
+
+Safe YAML only (no Python objects), with bounds a hostile file cannot get past: a size cap
+(read before parsing) and a cap on the nodes that aliases expand to, so a few hundred bytes of
+``&a [*a, *a, ...]`` cannot cost gigabytes. Errors are ``DocumentError`` naming the file and where.
+
+    data = parse_document(text, source="skills/x/skill.yaml")
+    data = read_document(Path("betty.yaml"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from betty_mcp.core.errors import DocumentError
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 1024 * 1024
+# Nodes a document may expand to through its aliases (a large real OpenAPI document has ~10^5).
+MAX_EXPANDED_NODES = 2_000_000
+
+
+def read_document(path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
+    """Read and parse ``path`` (JSON when it ends in .json, else YAML), refusing files over ``max_bytes``."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise DocumentError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise DocumentError(f"{path}: larger than {max_bytes // 1024} KiB; refusing to read it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DocumentError(f"{path}: not UTF-8 text") from None
+    return parse_document(text, source=str(path))
+
+
+def parse_document(text: str, *, source: str) -> Any:
+    if source.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DocumentError(
+                f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
+        except RecursionError:
+            raise DocumentError(f"{source}: nested too deeply") from None
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DocumentError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise DocumentError(f"{source}: nested too deeply") from None
+    if "&" in text:  # anchors exist: aliases may multiply the document
+        _check_expansion(data, source)
+    return data
+
+
+def _check_expansion(data: Any, source: str) -> None:
+    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES (counted with repetition)."""
+    budget = MAX_EXPANDED_NODES
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise DocumentError(
+                f"{source}: its aliases expand to more than {MAX_EXPANDED_NODES:,} nodes; "
+                "refusing it (a YAML alias bomb?)"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            stack.extend(node.keys())
+        elif isinstance(node, list):
+            stack.extend(node)

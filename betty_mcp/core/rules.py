@@ -1,0 +1,168 @@
+"""The domain rules every layer shares, each defined once: statuses, names, ids, limits, envelopes.
+
+Standard library only (handler processes import it too). Each check returns why something is
+wrong, or None, so callers choose the severity and the wording around it.
+
+    tool_name_for("api.validate")              # "api_validate"
+    skill_gaps(["api.validate", "x.y"], {"api.validate": "active"})   # {"x.y": "no such skill ..."}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+# -- skills and agents ------------------------------------------------------------------------
+
+SkillStatus = Literal["draft", "active", "deprecated", "archived"]
+STATUSES: tuple[SkillStatus, ...] = ("draft", "active", "deprecated", "archived")  # lifecycle order
+USABLE_STATUS: SkillStatus = "active"  # what an agent may call, and what gets a tool by default
+
+# Betty names: lowercase dotted parts, e.g. ``api.validate`` (what skill.create and the registry accept;
+# manifests found on disk are read more leniently: MANIFEST_NAME).
+BETTY_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")
+MANIFEST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+# Agents: how many consecutive failed skill calls a run may retry, at most.
+MAX_RETRIES = 20
+DEFAULT_RETRIES = 3
+
+# -- what every handler finds in its environment ---------------------------------------------
+
+WORKSPACE_ENV = "BETTY_WORKSPACE"  # the folder the handler works in
+ALLOWED_ROOTS_ENV = "BETTY_ALLOWED_ROOTS"  # more folders path arguments may point into (os.pathsep)
+
+# -- MCP tool names ---------------------------------------------------------------------------
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# Claude Code names a tool mcp__<server>__<tool> and caps the whole at 64 characters.
+HOST_PREFIX = "mcp__betty__"
+MAX_TOOL_NAME = 64 - len(HOST_PREFIX)
+
+
+def tool_name_for(betty_name: str) -> str:
+    """``api.validate`` -> ``api_validate``: the MCP tool (and model function) name of a skill."""
+    return betty_name.replace(".", "_")
+
+
+def tool_name_problem(betty_name: str) -> str | None:
+    """Why a skill's tool name would be refused by hosts, or None."""
+    name = tool_name_for(betty_name)
+    if len(name) > MAX_TOOL_NAME:
+        return f"tool name '{name}' has {len(name)} characters, over hosts' limit of {MAX_TOOL_NAME}"
+    if not TOOL_NAME.match(name):
+        return f"tool name '{name}' may hold only letters, digits, '_' and '-'"
+    return None
+
+
+def betty_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a valid Betty name for a new skill or agent, or None."""
+    if not isinstance(name, str) or not name:
+        return "a name is required (a non-empty string like 'data.clean')"
+    if not BETTY_NAME.match(name):
+        return (
+            f"'{name}' is not a Betty name: use lowercase dotted parts, each starting with a letter "
+            "and made of a-z, 0-9, '_' and '-' (e.g. 'data.clean')"
+        )
+    problem = tool_name_problem(name)
+    return f"'{name}' is too long: {problem}" if problem else None
+
+
+def skill_gaps(wanted: Iterable[str], statuses: Mapping[str, str]) -> dict[str, str]:
+    """The skills an agent lists but cannot use, each with why: unknown, not active, or no valid tool name.
+
+    ``statuses`` maps every known skill's Betty name to its status.
+    """
+    gaps: dict[str, str] = {}
+    for name in dict.fromkeys(wanted):
+        status = statuses.get(name)
+        if status is None:
+            gaps[name] = "no such skill in the catalog"
+        elif status != USABLE_STATUS:
+            gaps[name] = f"skill status is {status}, not {USABLE_STATUS}"
+        elif (problem := tool_name_problem(name)) is not None:
+            gaps[name] = problem
+    return gaps
+
+
+# -- manifests on disk ------------------------------------------------------------------------
+
+
+def folder_name_problem(name: str, manifest_path: Path) -> str | None:
+    """A manifest's ``name`` should be its folder's name (Betty finds skills by folder)."""
+    folder = manifest_path.parent.name
+    return None if name == folder else f"name '{name}' differs from its folder '{folder}'"
+
+
+def handler_path(directory: Path, declared: str | None, name: str) -> Path | None:
+    """A skill's handler: the one its manifest declares, else the one Betty's convention finds."""
+    return directory / declared if declared else conventional_handler(directory, name)
+
+
+def handler_problem(directory: Path, declared: str | None, name: str) -> str | None:
+    """Why the skill has no usable handler: none found, missing, or outside the skill's folder."""
+    path = handler_path(directory, declared, name)
+    if path is None:
+        return (
+            "no handler: declare entrypoints[0].handler, or name it by Betty's convention "
+            f"({name.replace('.', '_')}.py, {name.rsplit('.', 1)[-1]}.py, or the folder's only .py file)"
+        )
+    shown = declared or path.name
+    folder = directory.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder):
+        return f"handler '{shown}' resolves to {resolved}, outside the skill's folder {folder}"
+    if not resolved.is_file():
+        return f"handler '{shown}' not found in {directory}"
+    return None
+
+
+def conventional_handler(folder: Path, name: str) -> Path | None:
+    """The handler of a skill.yaml without entrypoints/execution, by Betty's naming convention.
+
+    ``<name with dots as underscores>.py`` (``api.validate`` -> ``api_validate.py``, as Betty names
+    them), else ``<last dotted part>.py`` (``api.validate`` -> ``validate.py``), else the only ``.py``
+    file in the folder that is not a test or ``__init__.py``. None when nothing (or several) fit.
+    """
+    for candidate in (name.replace(".", "_").replace("-", "_") + ".py", name.rsplit(".", 1)[-1] + ".py"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    scripts = [
+        p
+        for p in sorted(folder.glob("*.py"))
+        if p.name != "__init__.py" and not p.name.startswith("test_") and not p.name.endswith("_test.py")
+    ]
+    return scripts[0] if len(scripts) == 1 else None
+
+
+# -- runs and saved outputs -------------------------------------------------------------------
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+OUTPUT_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def new_output_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def run_id_problem(run_id: str) -> str | None:
+    if RUN_ID.match(run_id) and ".." not in run_id:
+        return None
+    return f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)"
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def failure_envelope(message: str, code: str | None = None, **details: Any) -> dict[str, Any]:
+    """The one failure shape of every result: ``{"ok": false, "status": "failed", "errors": [...]}``."""
+    error: dict[str, Any] = {"code": code, "message": message} if code else {"message": message}
+    return {"ok": False, "status": "failed", "errors": [{**error, **details}]}

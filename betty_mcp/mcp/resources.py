@@ -1,0 +1,115 @@
+"""MCP resources: skill and agent manifests, skill docs, and saved outputs of large results.
+
+betty://skills/api.validate           the manifest (YAML)
+betty://skills/api.validate/SKILL.md  its documentation
+betty://agents/api.designer           an agent's manifest
+betty://outputs/<id>                  the full result of a call whose result was cut
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mcp_types as types
+
+from betty_mcp.core.rules import OUTPUT_ID, run_id_problem
+from betty_mcp.services import Services
+
+LISTED_RUNS = 50
+
+
+class Resources:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def list(self) -> list[types.Resource]:
+        catalog = self.services.catalog
+        found: list[types.Resource] = []
+        for skill in catalog.skills.values():
+            found.append(_manifest("skill", skill.name, skill.manifest.description))
+            if skill.docs is not None:
+                found.append(
+                    types.Resource(
+                        uri=f"betty://skills/{skill.name}/{skill.docs.name}",
+                        name=f"skill {skill.name} docs",
+                        title=f"{skill.name} {skill.docs.name}",
+                        mime_type="text/markdown",
+                    )
+                )
+        found += [_manifest("agent", a.name, a.manifest.description) for a in catalog.agents.values()]
+        runs = sorted(self.services.settings.runs_dir.glob("*.jsonl"), key=_mtime, reverse=True)
+        found += [
+            types.Resource(
+                uri=f"betty://runs/{run.stem}",
+                name=f"run {run.stem}",
+                title=f"agent run {run.stem}",
+                mime_type="application/jsonl",
+            )
+            for run in runs[:LISTED_RUNS]
+        ]
+        return found
+
+    def templates(self) -> list[types.ResourceTemplate]:
+        return [
+            types.ResourceTemplate(
+                uri_template="betty://runs/{id}",
+                name="agent run trace",
+                description="Every model request and response (summarised) and skill call of an agent run.",
+                mime_type="application/jsonl",
+            ),
+            types.ResourceTemplate(
+                uri_template="betty://outputs/{id}",
+                name="skill output",
+                description="The full result of a skill call whose result was too large to return inline.",
+                mime_type="application/json",
+            ),
+        ]
+
+    def read(self, uri: str) -> types.TextResourceContents | None:
+        kind, _, rest = uri.removeprefix("betty://").partition("/")
+        if kind == "skills":
+            name, _, doc = rest.partition("/")
+            skill = self.services.catalog.skills.get(name)
+            if skill is None:
+                return None
+            if not doc:
+                return _text(uri, skill.manifest_path.read_text(encoding="utf-8"), "application/yaml")
+            if skill.docs is not None and doc == skill.docs.name:
+                return _text(uri, skill.docs.read_text(encoding="utf-8"), "text/markdown")
+            return None
+        if kind == "agents":
+            agent = self.services.catalog.agents.get(rest)
+            return (
+                _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml")
+                if agent
+                else None
+            )
+        if kind == "runs" and run_id_problem(rest) is None:
+            path = self.services.settings.runs_dir / f"{rest}.jsonl"
+            return (
+                _text(uri, path.read_text(encoding="utf-8"), "application/jsonl") if path.is_file() else None
+            )
+        if kind == "outputs" and OUTPUT_ID.match(rest):
+            path = self.services.settings.runs_dir / "outputs" / f"{rest}.json"
+            return (
+                _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
+            )
+        return None
+
+
+def _manifest(kind: str, name: str, description: str) -> types.Resource:
+    return types.Resource(
+        uri=f"betty://{kind}s/{name}",
+        name=f"{kind} {name}",
+        title=f"{name} manifest",
+        description=description.strip()[:300] or None,
+        mime_type="application/yaml",
+    )
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def _text(uri: str, text: str, mime: str) -> types.TextResourceContents:
+    return types.TextResourceContents(uri=uri, text=text, mime_type=mime)

@@ -1,0 +1,179 @@
+"""The MCP server: the low-level SDK ``Server`` wired to the services and a tool registry.
+
+Serves both protocol eras on one server: the 2025-11-25 handshake (change notifications
+pushed to each connected session) and 2026-07-28 (``subscriptions/listen``). Handler
+exceptions never reach the wire as raw text: tool failures become ``isError`` results,
+protocol misuse a JSON-RPC error with a message a person can act on.
+
+    server = BettyServer(services, ToolRegistry(services))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from betty_mcp import __version__
+from betty_mcp.core.secrets import scrub
+from betty_mcp.mcp.resources import Resources
+from betty_mcp.mcp.tools import CallContext, Tool, ToolResult
+from betty_mcp.mcp.tools.registry import ToolRegistry
+from betty_mcp.services import Services
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Betty skills as tools. Each skill's tool is named after it with '.' replaced by '_' "
+    "(api.validate -> api_validate). skills_list finds any skill; skill_run runs any skill by its Betty name."
+)
+
+
+class BettyServer(Server[Any]):
+    """A low-level server that advertises list-changed notifications in the handshake era too."""
+
+    def __init__(self, services: Services, tools: ToolRegistry) -> None:
+        self.services = services
+        self.tools = tools
+        self.bus = InMemorySubscriptionBus()
+        self.resources = Resources(services)
+        self._legacy_sessions: dict[int, Any] = {}
+        super().__init__(
+            "betty",
+            version=__version__,
+            title="Betty MCP",
+            instructions=INSTRUCTIONS,
+            get_tool_input_schema=self._input_schema,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_subscriptions_listen=ListenHandler(self.bus),
+        )
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True, resources_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+    # -- change notifications -------------------------------------------------------------
+
+    def _remember(self, ctx: ServerRequestContext[Any]) -> None:
+        """Keep one handshake-era session per connection, to notify it outside any request."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or ctx.session.client_params is None:
+            return
+        self._legacy_sessions.setdefault(id(ctx.session.client_params), ctx.session)
+
+    async def notify_changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        await self.bus.publish(ResourcesListChanged())
+        for key, session in list(self._legacy_sessions.items()):
+            try:
+                await session.send_tool_list_changed()
+                await session.send_resource_list_changed()
+            except Exception:  # the client is gone: forget it
+                self._legacy_sessions.pop(key, None)
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        tool = self.tools.get(name)
+        return tool.spec.input_schema if tool else None
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
+        self._remember(ctx)
+        return types.ListToolsResult(tools=[_mcp_tool(t) for t in self.tools.list()])
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        self._remember(ctx)
+        tool = self.tools.get(params.name)
+        if tool is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown tool '{params.name}'. List tools with tools/list, or find skills with skills_list.",
+            )
+        arguments = params.arguments or {}
+        problems = self.services.validator.problems(tool.spec.input_schema, arguments)
+        if problems:
+            return _mcp_result(ToolResult.error(f"invalid arguments for {params.name}: {problems}"))
+
+        async def report(progress: float, message: str) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await ctx.session.report_progress(progress, None, message)
+
+        try:
+            result = await tool.call(arguments, CallContext(report=report))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a bug of ours: say so, keep the traceback in the log
+            log.exception("tool %s failed", params.name)
+            result = ToolResult.error(
+                f"internal error in {params.name}: {type(exc).__name__}: {scrub(str(exc))}"
+            )
+        return _mcp_result(result)
+
+    # -- resources ------------------------------------------------------------------------
+
+    async def _list_resources(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
+        self._remember(ctx)
+        return types.ListResourcesResult(resources=self.resources.list())
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[Any], params: Any
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=self.resources.templates())
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        contents = self.resources.read(str(params.uri))
+        if contents is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown resource '{params.uri}'. List resources with resources/list.",
+            )
+        return types.ReadResourceResult(contents=[contents])
+
+
+def _mcp_tool(tool: Tool) -> types.Tool:
+    spec = tool.spec
+    return types.Tool(
+        name=spec.name,
+        title=spec.title,
+        description=spec.description,
+        input_schema=spec.input_schema,
+        output_schema=spec.output_schema,
+        annotations=types.ToolAnnotations(title=spec.title, read_only_hint=spec.read_only or None),
+    )
+
+
+def _mcp_result(result: ToolResult) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=result.text)],
+        structured_content=result.structured,
+        is_error=result.is_error,
+    )

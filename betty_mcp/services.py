@@ -1,0 +1,302 @@
+"""The use cases both front ends call (the MCP tools and the CLI): find and run a skill, ask an LLM,
+run an agent, describe an agent. Nothing here knows about MCP.
+
+Parts are built on first use, so a one-shot CLI ``query`` builds no catalog, runner or zygote, and
+start-up does no LLM work.
+
+    services = Services(load_settings())
+    result = await services.run_skill(services.skill("api.validate"), {"spec_path": "openapi.yaml"})
+    answer = await services.query_llm({"prompt": "Hello"})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from betty_mcp.core.arguments import ArgumentValidator
+from betty_mcp.core.catalog import Agent, Catalog, Skill, load_catalog
+from betty_mcp.core.config import Settings
+from betty_mcp.core.errors import AgentError, ArgumentsError, UnknownAgent
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from betty_mcp.agent import AgentRuntime, OnStep, RunRequest, RunResult
+    from betty_mcp.agent.runs import RunHandle, RunManager
+    from betty_mcp.llm.service import LlmService
+    from betty_mcp.llm.types import StreamSink
+    from betty_mcp.run.runner import SkillResult, SkillRunner
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], Awaitable[None]]
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        llm: LlmService | None = None,
+        reserved_tool_names: frozenset[str] = frozenset(),
+    ) -> None:
+        self.settings = settings
+        self.validator = ArgumentValidator()
+        # Names a skill's tool may not take (the front end's own tools); reported by the catalog.
+        self.reserved_tool_names = reserved_tool_names
+        self._catalog: Catalog | None = None
+        self._runner: SkillRunner | None = None
+        self._llm = llm  # given by tests and benchmarks; otherwise built on first use
+        self._runs: RunManager | None = None
+
+    # -- parts, built on first use --------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self.reload()
+        assert self._catalog is not None
+        return self._catalog
+
+    def reload(self) -> bool:
+        """Re-read every source; True when what clients see (tools, schemas, resources) changed."""
+        catalog = load_catalog(self.settings, self.reserved_tool_names)
+        previous = self._catalog
+        changed = previous is None or catalog.fingerprint() != previous.fingerprint()
+        for problem in catalog.problems:
+            log.warning("%s", problem)
+        self._catalog = catalog
+        self.validator.forget()
+        return changed
+
+    @property
+    def runner(self) -> SkillRunner:
+        if self._runner is None:
+            from betty_mcp.run.runner import SkillRunner
+
+            self._runner = SkillRunner(self.settings)
+        return self._runner
+
+    async def llm(self) -> LlmService:
+        """The LLM service (LiteLLM's import is paid in a worker thread, on first use)."""
+        if self._llm is None:
+            import anyio.to_thread
+
+            from betty_mcp.llm.service import LlmService
+
+            settings = self.settings
+            self._llm = await anyio.to_thread.run_sync(
+                lambda: LlmService(settings.router, settings.ledger_path)
+            )
+        return self._llm
+
+    def serve_runs(self, task_group: TaskGroup) -> None:
+        """Background agent runs live in ``task_group`` (the serving process's), beyond any request."""
+        from betty_mcp.agent.runs import RunManager
+
+        self._runs = RunManager(task_group)
+
+    @property
+    def runs(self) -> RunManager:
+        if self._runs is None:
+            raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
+        return self._runs
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+    # -- skills ---------------------------------------------------------------------------------
+
+    def check_arguments(self, schema: dict[str, Any], arguments: Any, subject: str) -> None:
+        problems = self.validator.problems(schema, arguments)
+        if problems:
+            raise ArgumentsError(f"invalid arguments for {subject}: {problems}")
+
+    def skill(self, name: str) -> Skill:
+        """A skill that may be run by name (``skill_run``, the CLI), or why not."""
+        skill = self.catalog.skills.get(name)
+        if skill is None:
+            close = [s for s in self.catalog.skills if name.split(".")[0] in s][:5]
+            hint = f"; similar: {', '.join(close)}" if close else "; list skills with skills_list"
+            raise ArgumentsError(f"unknown skill '{name}'{hint}")
+        if skill.manifest.status not in self.settings.tools.statuses:
+            raise ArgumentsError(
+                f"skill '{name}' is {skill.manifest.status}; add it to tools.statuses in betty.yaml to run it"
+            )
+        return skill
+
+    def find_skills(
+        self, query: str = "", *, tag: str | None = None, status: str | None = None
+    ) -> list[Skill]:
+        """Skills matching every word of ``query`` (name hits first, then tags, then text)."""
+        statuses = [status] if status else self.settings.tools.statuses
+        words = query.lower().split()
+        found = [
+            s
+            for s in self.catalog.skills.values()
+            if s.manifest.status in statuses and (tag is None or tag in s.manifest.tags)
+        ]
+        if not words:
+            return sorted(found, key=lambda s: s.name)
+        scored = sorted(((_match_score(s, words), s) for s in found), key=lambda p: (-p[0], p[1].name))
+        return [s for score, s in scored if score > 0]
+
+    async def run_skill(
+        self,
+        skill: Skill,
+        arguments: dict[str, Any],
+        progress: Progress | None = None,
+        *,
+        checked: bool = False,
+    ) -> SkillResult:
+        """Run ``skill``, checking ``arguments`` against its schema unless the caller has (``checked``).
+
+        ArgumentsError when they do not fit; a failing handler is a result, not an exception.
+        """
+        if not checked:
+            self.check_arguments(skill.input_schema, arguments, f"skill '{skill.name}'")
+        return await self.runner.run(skill, arguments, progress)
+
+    # -- LLMs -----------------------------------------------------------------------------------
+
+    async def query_llm(self, arguments: dict[str, Any], stream: StreamSink | None = None) -> dict[str, Any]:
+        """``llm_query``'s use case: route, ask, account; the result as tools and the CLI show it.
+
+        Raises BudgetExceeded, ConfigError or a ProviderError (AllModelsFailed names every hop).
+        """
+        from betty_mcp.llm.embedded import NOTE
+        from betty_mcp.llm.routing import RouteRequest
+        from betty_mcp.llm.types import ChatRequest
+
+        messages = [{"role": "user", "content": arguments["prompt"]}]
+        if arguments.get("system_prompt"):
+            messages.insert(0, {"role": "system", "content": arguments["system_prompt"]})
+        fmt = response_format(arguments.get("response_format"))
+        request = ChatRequest(
+            messages=messages,
+            temperature=arguments.get("temperature"),
+            max_tokens=arguments.get("max_tokens"),
+            response_format=fmt,
+        )
+        routing = RouteRequest(
+            model=arguments.get("model"),
+            complexity=arguments.get("complexity"),
+            prompt=arguments["prompt"],
+            structured=fmt is not None,
+        )
+        service = await self.llm()
+        result = await service.chat(request, routing, caller="llm_query", stream=stream)
+        completion = result.completion
+        out: dict[str, Any] = {
+            "response": completion.text,
+            "model_used": result.spec.id,
+            "provider": result.spec.provider,
+            "tokens_used": {
+                "prompt": completion.prompt_tokens,
+                "completion": completion.completion_tokens,
+                "total": completion.total_tokens,
+            },
+            "cost_usd": completion.cost_usd,
+            "latency_ms": round(result.latency_ms, 1),
+            "fallbacks": [h.as_dict() for h in result.fallbacks],
+            "complexity": result.complexity,
+            "embedded": result.spec.type == "embedded",
+        }
+        if out["embedded"]:
+            out["note"] = NOTE
+        if fmt is not None and fmt.get("type") != "text":
+            try:
+                out["json"] = json.loads(completion.text)
+            except json.JSONDecodeError as exc:
+                out["json_error"] = f"the model's answer is not valid JSON: {exc.msg} at char {exc.pos}"
+        return out
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    def agent(self, name: str) -> Agent:
+        agent = self.catalog.agents.get(name)
+        if agent is None:
+            known = ", ".join(sorted(self.catalog.agents)) or "none"
+            raise UnknownAgent(f"unknown agent '{name}'; known agents: {known}")
+        return agent
+
+    def describe_agent(self, agent: Agent) -> dict[str, Any]:
+        """What ``agents_list`` and ``betty-mcp agents`` show of an agent."""
+        m = agent.manifest
+        gaps = self.catalog.skill_gaps(m.skills_available)
+        return {
+            "name": agent.name,
+            "description": m.description.strip(),
+            "version": m.version,
+            "status": m.status,
+            "reasoning_mode": m.reasoning_mode,
+            "skills_available": m.skills_available,
+            "missing_skills": list(gaps),
+            "why_missing": gaps,
+            "llm_config": m.llm_config.model_dump(exclude_none=True) if m.llm_config else None,
+            "llm_preference": m.llm_preference,
+            "example_task": m.example_task,
+            "source": agent.source,
+        }
+
+    def agent_runtime(self) -> AgentRuntime:
+        from betty_mcp.agent import AgentRuntime
+
+        return AgentRuntime(
+            catalog=self.catalog,
+            runner=self.runner,
+            llm=self.llm,
+            validator=self.validator,
+            runs_dir=self.settings.runs_dir,
+        )
+
+    async def run_agent(
+        self, request: RunRequest, *, run_id: str | None = None, on_step: OnStep | None = None
+    ) -> RunResult:
+        """Run an agent to the end (the CLI's ``run``, and every background run)."""
+        self.agent(request.agent)
+        return await self.agent_runtime().run(
+            request.agent,
+            request.task,
+            request.context,
+            model=request.model,
+            limits=request.limits,
+            run_id=run_id,
+            on_step=on_step,
+        )
+
+    def start_agent_run(self, request: RunRequest) -> RunHandle:
+        """Start a background run; follow it with ``runs.wait``/``runs.get``/``runs.cancel``."""
+        self.agent(request.agent)
+        return self.runs.start(
+            request.agent,
+            request.task,
+            lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
+        )
+
+
+def response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Accept the OpenAI shapes as they are, and wrap a bare JSON Schema into a json_schema format."""
+    if value is None or value.get("type") in ("json_object", "json_schema", "text"):
+        return value
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": value}}
+
+
+def _match_score(skill: Skill, words: list[str]) -> int:
+    """How well a skill matches every query word: name hits count most, then tags, then text."""
+    name, tags = skill.name.lower(), [t.lower() for t in skill.manifest.tags]
+    text = skill.manifest.description.lower()
+    score = 0
+    for word in words:
+        if word in name:
+            score += 3
+        elif any(word in t for t in tags):
+            score += 2
+        elif word in text:
+            score += 1
+        else:
+            return 0
+    return score
