@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from betty_mcp.agent.runs import RunHandle, RunManager
     from betty_mcp.llm.service import LlmService
     from betty_mcp.llm.types import StreamSink
+    from betty_mcp.run.invocation import Invocations
     from betty_mcp.run.runner import SkillResult, SkillRunner
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Services:
         # Names a skill's tool may not take (the front end's own tools); reported by the catalog.
         self.reserved_tool_names = reserved_tool_names
         self._catalog: Catalog | None = None
+        self._invocations: Invocations | None = None
         self._runner: SkillRunner | None = None
         self._llm = llm  # given by tests and benchmarks; otherwise built on first use
         self._runs: RunManager | None = None
@@ -61,10 +63,19 @@ class Services:
         return self._catalog
 
     def reload(self) -> bool:
-        """Re-read every source; True when what clients see (tools, schemas, resources) changed."""
+        """Re-read every source; True when what clients see (tools, schemas, resources) changed.
+
+        Handler interfaces already read (the cache) shape the schemas at once; the others are read
+        later (``read_interfaces``) or on a skill's first call (``ready``).
+        """
         catalog = load_catalog(self.settings, self.reserved_tool_names)
+        for skill in list(catalog.skills.values()):
+            known = self.invocations.known_interface(skill)
+            if known is not None:
+                catalog.replace_skill(self.invocations.with_interface(skill, known))
         previous = self._catalog
-        changed = previous is None or catalog.fingerprint() != previous.fingerprint()
+        catalog.stamp = catalog.fingerprint()  # now, while the files are as loaded
+        changed = previous is None or catalog.stamp != previous.stamp
         for problem in catalog.problems:
             log.warning("%s", problem)
         self._catalog = catalog
@@ -72,11 +83,19 @@ class Services:
         return changed
 
     @property
+    def invocations(self) -> Invocations:
+        if self._invocations is None:
+            from betty_mcp.run.invocation import Invocations
+
+            self._invocations = Invocations(self.settings)
+        return self._invocations
+
+    @property
     def runner(self) -> SkillRunner:
         if self._runner is None:
             from betty_mcp.run.runner import SkillRunner
 
-            self._runner = SkillRunner(self.settings)
+            self._runner = SkillRunner(self.settings, self.invocations)
         return self._runner
 
     async def llm(self) -> LlmService:
@@ -144,6 +163,28 @@ class Services:
         scored = sorted(((_match_score(s, words), s) for s in found), key=lambda p: (-p[0], p[1].name))
         return [s for score, s in scored if score > 0]
 
+    async def ready(self, skill: Skill) -> Skill:
+        """``skill`` with its handler's real interface read (once per handler version; the catalog keeps
+        it), so its schema says what the handler takes."""
+        if skill.interface is not None:
+            return skill
+        import anyio.to_thread
+
+        found = await anyio.to_thread.run_sync(self.invocations.with_interface, skill)
+        if self.catalog.skills.get(found.name) is skill:
+            self.catalog.replace_skill(found)
+        return found
+
+    async def read_interfaces(self) -> list[str]:
+        """Read every handler interface not known yet, one at a time; the names whose schema changed."""
+        changed = []
+        for skill in list(self.catalog.skills.values()):
+            if skill.interface is None:
+                found = await self.ready(skill)
+                if found.input_schema != skill.input_schema:
+                    changed.append(found.name)
+        return changed
+
     async def run_skill(
         self,
         skill: Skill,
@@ -157,6 +198,7 @@ class Services:
         ArgumentsError when they do not fit; a failing handler is a result, not an exception.
         """
         if not checked:
+            skill = await self.ready(skill)
             self.check_arguments(skill.input_schema, arguments, f"skill '{skill.name}'")
         return await self.runner.run(skill, arguments, progress)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,13 +20,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
+from betty_mcp.core.errors import ArgvError
 from betty_mcp.core.handler_interface import HandlerInterface, ParserAction
-from betty_mcp.core.rules import conventional_handler
+from betty_mcp.core.manifests import Param, load_skill_manifest
+from betty_mcp.core.rules import conventional_handler, handler_path
 from betty_mcp.run import interface as iface
 from betty_mcp.run.argv import (
-    ArgvError,
     argv_mode,
     build_argv,
     describe,
@@ -44,57 +43,6 @@ CASES: list[dict[str, Any]] = json.loads((HANDLERS / "cases.json").read_text(enc
 SHAPES = sorted(p.name for p in HANDLERS.iterdir() if (p / "skill.yaml").is_file())
 PYTHON = sys.executable
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONIOENCODING": "utf-8", "LANG": "C.UTF-8"}
-TYPES = {
-    "string": "string",
-    "str": "string",
-    "enum": "string",
-    "boolean": "boolean",
-    "bool": "boolean",
-    "integer": "integer",
-    "int": "integer",
-    "number": "number",
-    "float": "number",
-    "array": "array",
-    "list": "array",
-    "object": "object",
-    "dict": "object",
-}
-STRING_INPUT = re.compile(
-    r"^\s*(?P<name>[A-Za-z_][\w.-]*)\s*(?:\((?P<meta>[^)]*)\))?\s*(?::\s*(?P<text>.*))?$"
-)
-
-
-@dataclass
-class Input:
-    """An InputLike, read from the fixture manifests without betty_mcp.manifests."""
-
-    name: str
-    type: str | None = None
-    required: bool = False
-    default: Any = None
-    description: str = ""
-    enum: list[Any] | None = None
-    items: Any = None
-
-
-def to_input(raw: Any) -> Input:
-    if isinstance(raw, str):
-        match = STRING_INPUT.match(raw)
-        assert match, raw
-        meta = [t.strip().lower() for t in (match["meta"] or "").split(",") if t.strip()]
-        kind = next((TYPES[t] for t in meta if t in TYPES), "string")
-        return Input(match["name"], kind, "optional" not in meta, None, match["text"] or "")
-    enum = raw.get("enum", raw.get("options", raw.get("values")))
-    items = raw.get("items")
-    return Input(
-        name=raw["name"],
-        type=TYPES[raw["type"]] if raw.get("type") else None,
-        required=bool(raw.get("required", False)),
-        default=raw.get("default"),
-        description=raw.get("description") or "",
-        enum=enum,
-        items={"type": TYPES[items]} if isinstance(items, str) else items,
-    )
 
 
 @dataclass
@@ -102,23 +50,17 @@ class Shape:
     name: str
     folder: Path
     handler: Path
-    inputs: list[Input]
+    inputs: list[Param]
 
 
 def load_shape(name: str) -> Shape:
+    """A shape as the server reads it: the real manifest loader, and its handler rule."""
     folder = HANDLERS / name
-    manifest = yaml.safe_load((folder / "skill.yaml").read_text(encoding="utf-8"))
-    assert manifest["name"] == name
-    entry = (manifest.get("entrypoints") or [{}])[0]
-    params = entry.get("parameters")
-    if params and all(not str(p.get("name", "")).startswith("-") for p in params):
-        raw = params
-    else:  # shape.entrypoint_params: flag-like parameter names; the top-level inputs are clean
-        raw = manifest.get("parameters") or manifest.get("inputs") or []
-    handler_name = entry.get("handler") or (manifest.get("execution") or {}).get("entry_point")
-    handler = folder / handler_name if handler_name else conventional_handler(folder, name)
+    manifest = load_skill_manifest(folder / "skill.yaml")
+    assert manifest.name == name
+    handler = handler_path(folder, manifest.handler, name)
     assert handler is not None and handler.is_file(), name
-    return Shape(name, folder, handler, [to_input(r) for r in raw])
+    return Shape(name, folder, handler, manifest.params)
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +394,11 @@ def test_manifest_overrides_win(captured: dict[str, HandlerInterface]) -> None:
 def test_manifest_rule_without_a_parser() -> None:
     shape = load_shape("shape.hand_parsed")
     nothing = HandlerInterface(source="manifest")
-    inputs = [*shape.inputs, Input("fancy", "boolean", default=True), Input("meta", "object")]
+    inputs = [
+        *shape.inputs,
+        Param(name="fancy", type="boolean", default=True),
+        Param(name="meta", type="object"),
+    ]
     argv = build_argv(nothing, inputs, {"text": "x", "upper": False, "fancy": False, "meta": {"k": [1]}})
     assert argv == ["x", "--no-fancy", "--meta", '{"k": [1]}']
     with pytest.raises(ArgvError, match="not an input"):
@@ -508,7 +454,7 @@ def test_no_input_manifest_gets_the_parser_options(captured: dict[str, HandlerIn
 
 def test_extra_parser_options_and_unknown_inputs(captured: dict[str, HandlerInterface]) -> None:
     found = captured["shape.kebab_options"]
-    inputs = [Input("title", "string", True), Input("colour", "string")]
+    inputs = [Param(name="title", type="string", required=True), Param(name="colour", type="string")]
     schema = input_schema(inputs, found)
     assert set(schema["properties"]) == {"title", "output_dir", "max_items", "dry_run"}  # colour left out
     assert schema["properties"]["output_dir"]["description"] == "Folder under out/ (default: reports)"

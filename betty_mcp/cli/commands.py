@@ -193,11 +193,10 @@ def skills_show(
     sources: Sources = DEFAULT_SOURCES,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one skill: manifest facts, tool name and input schema."""
-    betty = sources.services()
-    skill = betty.catalog.skills.get(name)
-    if skill is None:
-        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    """Show one skill: manifest facts, its handler's interface, how each input reaches it, its schema."""
+    betty, skill = _skill_with_interface(sources, name)
+    interface = skill.interface
+    invocations = betty.invocations
     info = {
         "name": skill.name,
         "tool": skill.tool_name,
@@ -206,11 +205,59 @@ def skills_show(
         "source": skill.source,
         "directory": str(skill.directory),
         "handler": str(skill.handler),
+        "interpreter": invocations.interpreter(skill),
         "description": skill.manifest.description.strip(),
+        "interface": {
+            "source": interface.source if interface else "manifest",
+            "problem": interface.problem if interface else None,
+            "unsupported": interface.unsupported if interface else None,
+            "read_ms": interface.capture_ms if interface else None,
+        },
+        "mapping": {row["input"]: f"{row['argv']} ({row['origin']})" for row in invocations.describe(skill)},
+        "mismatches": invocations.mismatches(skill),
         "input_schema": skill.input_schema,
         "output_schema": skill.output_schema,
     }
     _show(info, as_json)
+
+
+@skills_app.command("argv")
+@with_sources
+def skills_argv(
+    name: str,
+    pairs: Annotated[list[str] | None, typer.Argument(help="Arguments as key=value.")] = None,
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the exact command line a call would run (nothing is run but the interface reading)."""
+    import shlex
+
+    from betty_mcp.run.invocation import check_paths
+
+    betty, skill = _skill_with_interface(sources, name)
+    arguments = _parse_pairs(pairs or [], skill.input_schema)
+    try:
+        betty.check_arguments(skill.input_schema, arguments, f"skill '{name}'")
+        check_paths(skill, arguments, betty.settings)
+        call = betty.invocations.build(skill, arguments)
+    except BettyError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(
+            {"argv": call.argv, "cwd": str(call.cwd), "stdin": call.stdin.decode() if call.stdin else None}
+        )
+        return
+    typer.echo(f"cd {shlex.quote(str(call.cwd))} && {shlex.join(call.argv)}")
+    if call.stdin:
+        typer.echo(f"stdin: {call.stdin.decode()}")
+
+
+def _skill_with_interface(sources: Sources, name: str) -> tuple[Services, Any]:
+    betty = sources.services()
+    skill = betty.catalog.skills.get(name)
+    if skill is None:
+        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    return betty, betty.invocations.with_interface(skill)
 
 
 def _parse_pairs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
@@ -314,9 +361,17 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate manifests; exits 1 when anything is invalid."""
+    from betty_mcp.core.catalog import Problem
     from betty_mcp.core.validation import validate_paths, validate_sources
 
-    report = validate_paths(paths) if paths else validate_sources(sources.services().catalog)
+    if paths:
+        report = validate_paths(paths)
+    else:
+        betty = sources.services()
+        report = validate_sources(betty.catalog)
+        for skill in betty.catalog.skills.values():  # reading a handler's interface runs it up to parse_args
+            for mismatch in betty.invocations.mismatches(betty.invocations.with_interface(skill)):
+                report.problems.append(Problem("warning", str(skill.manifest_path), mismatch))
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -429,11 +484,19 @@ def usage(
 
 
 @app.command()
-def doctor(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the config, keys, endpoints and the embedded model, with a fix for each problem."""
+@with_sources
+def doctor(sources: Sources = DEFAULT_SOURCES, as_json: JsonOpt = False) -> None:
+    """Check config, keys, endpoints, the embedded model and every handler; a fix for each problem."""
     from betty_mcp.cli.doctor import diagnose
 
-    findings = diagnose(config, workspace)
+    findings = diagnose(
+        sources.config,
+        sources.workspace,
+        skills_dirs=sources.skills_dir,
+        agents_dirs=sources.agents_dir,
+        betty_home=sources.betty_home,
+        bundled=False if sources.no_bundled else None,
+    )
     if as_json:
         _print_json([f.as_dict() for f in findings])
     else:

@@ -1,18 +1,28 @@
-"""``betty-mcp doctor``: is the config valid, are keys present, are endpoints up, is the embedded model ready?
+"""``betty-mcp doctor``: is the config valid, are keys present, are endpoints up, is the embedded model
+ready, can every handler's interpreter import what the handler imports, do manifests and parsers agree?
 
 Each finding says what was checked, what was found, and (when it is a problem) how to fix it.
-Endpoints are probed with one short GET to the address the config names, nothing else.
+Endpoints are probed with one short GET to the address the config names, nothing else. Handlers are
+not run: their imports are read from the source, and each interpreter is asked once which it finds.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from betty_mcp.core.config import find_config_file, load_settings
 from betty_mcp.core.errors import BettyError
+from betty_mcp.core.secrets import without_secrets
+from betty_mcp.run.interface_static import imported_modules
+from betty_mcp.run.invocation import PYTHON_RUNTIMES
+from betty_mcp.services import Services
 
 PROBE_TIMEOUT = 2.0
 
@@ -39,13 +49,13 @@ def _probe(url: str) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
-def diagnose(config: Path | None = None, workspace: Path | None = None) -> list[Finding]:
+def diagnose(config: Path | None = None, workspace: Path | None = None, **sources: Any) -> list[Finding]:
     from betty_mcp.llm.embedded import readiness
     from betty_mcp.llm.models import ModelCatalog
 
     try:
         path = find_config_file(config)
-        settings = load_settings(config, workspace=workspace)
+        settings = load_settings(config, workspace=workspace, **sources)
     except BettyError as exc:
         return [
             Finding("config", False, str(exc), "fix the field named above, then run betty-mcp doctor again")
@@ -86,4 +96,74 @@ def diagnose(config: Path | None = None, workspace: Path | None = None) -> list[
             )
     ready, detail = readiness()
     findings.append(Finding("embedded model", ready, detail, "pip install 'betty-mcp[local]'"))
+    return findings + handler_findings(Services(settings))
+
+
+def handler_findings(services: Services) -> list[Finding]:
+    """Per skill: modules its handler imports that its interpreter lacks; manifest/parser disagreements."""
+    invocations = services.invocations
+    skills = [s for s in services.catalog.skills.values() if s.manifest.runtime.lower() in PYTHON_RUNTIMES]
+    wanted: dict[tuple[str, str, str], set[str]] = {}  # (python, PYTHONPATH, cwd) -> modules
+    needs: dict[str, tuple[tuple[str, str, str], set[str]]] = {}
+    for skill in skills:
+        env = invocations.env(skill)
+        key = (invocations.python(skill), env.get("PYTHONPATH", ""), str(invocations.cwd(skill)))
+        modules = {m for m in imported_modules(skill.handler) if not _local(m, skill.directory)}
+        wanted.setdefault(key, set()).update(modules)
+        needs[skill.name] = (key, modules)
+    found = {key: _importable(key, sorted(modules)) for key, modules in wanted.items()}
+    findings = []
+    for skill in skills:
+        key, modules = needs[skill.name]
+        missing = sorted(m for m in modules if found[key].get(m) is False)
+        if missing:
+            findings.append(
+                Finding(
+                    f"skill {skill.name}",
+                    False,
+                    f"its handler imports {', '.join(missing)}, which {key[0]} cannot import",
+                    f"install {' '.join(missing)} for {key[0]}, or name the interpreter that has them "
+                    "(betty_home_python, or interpreters: in betty.yaml)",
+                )
+            )
+        mismatches = invocations.mismatches(invocations.with_interface(skill))
+        if mismatches:
+            findings.append(
+                Finding(
+                    f"skill {skill.name} arguments",
+                    False,
+                    "; ".join(mismatches),
+                    f"make {skill.manifest_path.name}'s inputs match the handler's parser "
+                    f"(see 'betty-mcp skills show {skill.name}')",
+                )
+            )
+    if skills and not findings:
+        findings.append(Finding("skills", True, f"{len(skills)} handler(s): imports found, arguments agree"))
     return findings
+
+
+def _local(module: str, folder: Path) -> bool:
+    """A module the handler brings itself (a sibling file or package, or a relative import)."""
+    return module == "." or (folder / f"{module}.py").is_file() or (folder / module).is_dir()
+
+
+def _importable(key: tuple[str, str, str], modules: list[str]) -> dict[str, bool]:
+    """Ask the interpreter once which of ``modules`` it can import (found, not imported)."""
+    if not modules:
+        return {}
+    python, pythonpath, cwd = key
+    code = (
+        "import importlib.util, json, sys\n"
+        "def found(m):\n"
+        "    try:\n        return importlib.util.find_spec(m) is not None\n"
+        "    except (ImportError, ValueError):\n        return False\n"
+        "print(json.dumps({m: found(m) for m in sys.argv[1:]}))"
+    )
+    env = {**without_secrets(os.environ), "PYTHONPATH": pythonpath}
+    try:
+        out = subprocess.run(
+            [python, "-c", code, *modules], capture_output=True, text=True, timeout=30, cwd=cwd, env=env
+        )
+        return json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return dict.fromkeys(modules, False)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import ManifestError
+from betty_mcp.core.handler_interface import HandlerInterface
 from betty_mcp.core.manifests import (
     TYPE_ALIASES,
     AgentManifest,
@@ -60,8 +61,10 @@ class Skill:
     manifest: SkillManifest
     directory: Path
     source: Source
+    # From the manifest at load; from the handler's real interface once that is read (run/invocation).
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None
+    interface: HandlerInterface | None = None
 
     @property
     def name(self) -> str:
@@ -117,18 +120,37 @@ class Catalog:
     problems: list[Problem] = field(default_factory=list)
     # Betty names of the skills that get their own MCP tool, by tool name.
     tools: dict[str, Skill] = field(default_factory=dict)
+    stamp: tuple[Any, ...] = ()  # the fingerprint taken when the catalog was loaded
+
+    def replace_skill(self, skill: Skill) -> None:
+        """Put a newer version of a skill (e.g. with its handler's interface) where the old one was."""
+        self.skills[skill.name] = skill
+        if self.tools.get(skill.tool_name) is not None and self.tools[skill.tool_name].name == skill.name:
+            self.tools[skill.tool_name] = skill
 
     def skill_gaps(self, wanted: list[str]) -> dict[str, str]:
         """The listed skills an agent cannot use here, each with why (``rules.skill_gaps``)."""
         return skill_gaps(wanted, {name: s.manifest.status for name, s in self.skills.items()})
 
     def fingerprint(self) -> tuple[Any, ...]:
-        """Changes whenever what a client sees (tools, schemas, resources) changes."""
+        """Changes whenever what a client sees (tools, schemas, resources) changes.
+
+        Built from file stamps, never from the manifests' content: re-serialising a hostile manifest
+        (a huge description, an alias bomb in an unknown field) must cost nothing.
+        """
         return (
-            tuple((s.name, s.manifest.model_dump_json(), s.docs) for s in self.skills.values()),
-            tuple((a.name, a.manifest.model_dump_json()) for a in self.agents.values()),
+            tuple((s.name, _stamp(s.manifest_path), _stamp(s.handler), s.docs) for s in self.skills.values()),
+            tuple((a.name, _stamp(a.manifest_path)) for a in self.agents.values()),
             tuple(self.tools),
         )
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    try:
+        stat = path.stat() if path else None
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat else None
 
 
 def bundled_root() -> Path:

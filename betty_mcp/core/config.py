@@ -58,6 +58,10 @@ class Settings(BaseModel):
     skills_dirs: list[Path] = []
     agents_dirs: list[Path] = []
     betty_home: Path | None = None
+    # The Python that runs a checkout's handlers (default: its own .venv/bin/python when it has one).
+    betty_home_python: Path | None = None
+    # Per source folder (a skills dir or a checkout), the Python that runs its handlers.
+    interpreters: dict[Path, Path] = {}
     allowed_roots: list[Path] = []
     tools: ToolSelection = ToolSelection()
     limits: Limits = Limits()
@@ -70,6 +74,11 @@ class Settings(BaseModel):
     @cached_property
     def router(self) -> LlmRouterConfig:
         return validate_router(self.llm_router, "settings")
+
+    @property
+    def cache_dir(self) -> Path:
+        """Facts betty-mcp reads once and keeps (handler interfaces), valid until their source changes."""
+        return self.workspace / ".betty-mcp" / "cache"
 
     @property
     def runs_dir(self) -> Path:
@@ -127,9 +136,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     def resolve(value: Any) -> Any:
         return str((base / Path(value).expanduser()).resolve()) if isinstance(value, str) else value
 
+    def interpreter(value: Any) -> Any:  # a venv's python is a symlink: absolute, never resolved
+        return os.path.normpath(base / Path(value).expanduser()) if isinstance(value, str) else value
+
     for key in ("workspace", "betty_home", "usage_db"):
         if key in data:
             data[key] = resolve(data[key])
+    if "betty_home_python" in data:
+        data["betty_home_python"] = interpreter(data["betty_home_python"])
+    if isinstance(data.get("interpreters"), dict):
+        data["interpreters"] = {resolve(k): interpreter(v) for k, v in data["interpreters"].items()}
     for key in ("skills_dirs", "agents_dirs", "allowed_roots"):
         if isinstance(data.get(key), list):
             data[key] = [resolve(v) for v in data[key]]

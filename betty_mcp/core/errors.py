@@ -5,7 +5,8 @@
     ├── DocumentError               a YAML/JSON document cannot be read (too big, bad syntax, alias bomb)
     │   └── ManifestError           a skill.yaml or agent.yaml is broken (file, field, problem)
     ├── ArgumentsError              tool arguments do not fit the tool, or cannot be passed to the handler
-    │   └── PathOutsideWorkspace    a path argument leads outside the workspace and the allowed roots
+    │   ├── PathOutsideWorkspace    a path argument leads outside the workspace and the allowed roots
+    │   └── ArgvError               arguments the handler's command line cannot take
     ├── BudgetExceeded              a call would exceed a ledger budget (``budget`` names it)
     ├── RunLimitReached             an agent run reached one of its own limits (``limit`` names it)
     ├── AgentError                  an agent run cannot start
@@ -68,6 +69,10 @@ class ArgumentsError(BettyError):
 
 class PathOutsideWorkspace(ArgumentsError):
     """A path argument resolves outside the workspace and the allowed roots."""
+
+
+class ArgvError(ArgumentsError):
+    """The arguments cannot be put on the handler's command line (its parser cannot take them)."""
 
 
 class BudgetExceeded(BettyError):

@@ -1,20 +1,33 @@
-"""Hot reload: watch the skill and agent folders, re-read them, and tell clients what changed."""
+"""Keeping clients' view current: read the handler interfaces not known yet, then watch the skill and
+agent folders, re-read them on change, and tell clients when what they see changed.
+
+One bad file never stops the loop: a reload that fails is logged and the next change tried again.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
+import anyio
 from watchfiles import awatch
 
 from betty_mcp.core.catalog import sources
 from betty_mcp.mcp.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
+Notify = Callable[[], Awaitable[None]]
 
 
-async def watch_sources(tools: ToolRegistry, on_change: Callable[[], Awaitable[None]]) -> None:
-    """Reload ``tools`` whenever a watched folder changes; call ``on_change`` when clients would see it."""
+async def keep_current(tools: ToolRegistry, on_change: Notify, stop: anyio.Event) -> None:
+    """Until ``stop`` is set: read the unknown interfaces while (with hot reload on) following the folders."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_read_interfaces, tools, on_change)
+        if tools.services.settings.hot_reload:
+            await _watch(tools, on_change, stop)
+
+
+async def _watch(tools: ToolRegistry, on_change: Notify, stop: anyio.Event) -> None:
     settings = tools.services.settings
     folders = sorted(
         {
@@ -26,7 +39,27 @@ async def watch_sources(tools: ToolRegistry, on_change: Callable[[], Awaitable[N
     if not folders:
         return
     log.info("watching %s for changes", ", ".join(folders))
-    async for _changes in awatch(*folders, debounce=200, step=50, ignore_permission_denied=True):
-        if tools.reload():
+    # The stop event ends the watcher's thread within a step (50 ms); cancelling alone waits it out.
+    async for _changes in awatch(
+        *folders, debounce=200, step=50, ignore_permission_denied=True, stop_event=stop
+    ):
+        try:
+            changed = tools.reload()
+        except Exception:
+            log.exception("reloading skills and agents failed; the previous ones stay")
+            continue
+        if changed:
             log.info("skills or agents changed: %d tools", len(tools.tools))
             await on_change()
+        await _read_interfaces(tools, on_change)
+
+
+async def _read_interfaces(tools: ToolRegistry, on_change: Notify) -> None:
+    try:
+        changed = await tools.read_interfaces()
+    except Exception:
+        log.exception("reading handler interfaces failed; they will be read at each skill's first call")
+        return
+    if changed:
+        log.info("handler interfaces read: tool schemas updated")
+        await on_change()

@@ -110,7 +110,7 @@ class BettyServer(Server[Any]):
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         self._remember(ctx)
-        tool = self.tools.get(params.name)
+        tool = await self.tools.ready(params.name)
         if tool is None:
             raise MCPError(
                 types.INVALID_PARAMS,

@@ -17,7 +17,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from betty_mcp.core.errors import ConfigError
-from betty_mcp.mcp.reload import watch_sources
+from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import claim_stdio
 from betty_mcp.mcp.tools.registry import ToolRegistry
@@ -45,12 +45,13 @@ def build_server(services: Services) -> BettyServer:
 
 async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
     services = server.services
+    stop = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
             services.serve_runs(tg)  # agent runs live here, beyond the request that started them
-            if services.settings.hot_reload:
-                tg.start_soon(watch_sources, server.tools, server.notify_changed)
+            tg.start_soon(keep_current, server.tools, server.notify_changed, stop)
             await serve()
+            stop.set()
             tg.cancel_scope.cancel()
     finally:
         services.close()

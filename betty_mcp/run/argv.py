@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from betty_mcp.core.catalog import input_schema as manifest_schema
+from betty_mcp.core.errors import ArgvError
 from betty_mcp.core.handler_interface import HandlerInterface, ParserAction
+from betty_mcp.core.manifests import Param
 
 Mode = Literal["json-argv", "json-stdin", "manifest", "parser"]
 LIST_NARGS = ("+", "*", "...")
@@ -43,22 +46,6 @@ PRESENCE_KINDS = frozenset({"store_true", "store_false", "store_const", "append_
 TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "off", "0", "f"})
 JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
-
-
-class InputLike(Protocol):
-    """One manifest input (``betty_mcp.manifests.Param`` has these)."""
-
-    name: str
-    type: str | None
-    required: bool
-    default: Any
-    description: str
-    enum: list[Any] | None
-    items: Any
-
-
-class ArgvError(ValueError):
-    """The arguments cannot be turned into the handler's command line."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +250,7 @@ def argv_mode(
 
 
 def _manifest_argv(
-    inputs: list[InputLike], arguments: dict[str, Any], flag_style: str, positional: list[str] | None
+    inputs: list[Param], arguments: dict[str, Any], flag_style: str, positional: list[str] | None
 ) -> list[str]:
     names = {i.name for i in inputs}
     unknown = [k for k in arguments if k not in names]
@@ -318,7 +305,7 @@ def _label(action: ParserAction) -> str:
 
 def build_argv(
     interface: HandlerInterface,
-    inputs: list[InputLike],
+    inputs: list[Param],
     arguments: dict[str, Any],
     *,
     style: str | None = None,
@@ -376,22 +363,6 @@ def build_argv(
 
 # --------------------------------------------------------------------------------------------------
 # Schema, mismatches, description.
-
-
-def _manifest_property(inp: InputLike) -> dict[str, Any]:
-    schema: dict[str, Any] = {}
-    if inp.type:
-        schema["type"] = inp.type
-    if inp.description:
-        schema["description"] = inp.description.strip()
-    if inp.enum is not None:
-        schema["enum"] = list(inp.enum)
-    if inp.default is not None:
-        schema["default"] = inp.default
-    items = getattr(inp, "items", None)
-    if inp.type == "array" and items:
-        schema["items"] = items
-    return schema
 
 
 def _parser_type(action: ParserAction) -> str | None:
@@ -475,15 +446,8 @@ def _enrich(base: dict[str, Any], match: ActionMatch, interface: HandlerInterfac
     return schema
 
 
-def _manifest_schema(inputs: list[InputLike]) -> dict[str, Any]:
-    properties = {i.name: _manifest_property(i) for i in inputs}
-    required = [i.name for i in inputs if i.required]
-    return _object(properties, required)
-
-
 def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     schema: dict[str, Any] = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
         "properties": properties,
         "additionalProperties": False,
@@ -493,9 +457,7 @@ def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return schema
 
 
-def _resolve(
-    inputs: list[InputLike], interface: HandlerInterface
-) -> tuple[dict[str, ActionMatch], list[str]]:
+def _resolve(inputs: list[Param], interface: HandlerInterface) -> tuple[dict[str, ActionMatch], list[str]]:
     """Each manifest input that reaches an action (first one wins), and the inputs that do not."""
     resolved: dict[str, ActionMatch] = {}
     taken: set[int] = set()
@@ -511,7 +473,7 @@ def _resolve(
 
 
 def input_schema(
-    inputs: list[InputLike],
+    inputs: list[Param],
     interface: HandlerInterface,
     *,
     style: str | None = None,
@@ -525,14 +487,14 @@ def input_schema(
     """
     mode = argv_mode(interface, style=style, flag_style=flag_style, positional=positional)
     if mode != "parser":
-        return _manifest_schema(inputs)
+        return manifest_schema(inputs)
     resolved, _ = _resolve(inputs, interface)
     by_name = {i.name: i for i in inputs}
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, match in resolved.items():
         inp = by_name[name]
-        properties[name] = _enrich(_manifest_property(inp), match, interface)
+        properties[name] = _enrich(inp.json_schema(), match, interface)
         if inp.required or _required_by_parser(match.action):
             required.append(name)
     taken = {m.index for m in resolved.values()}
@@ -547,7 +509,7 @@ def input_schema(
 
 
 def mismatches(
-    inputs: list[InputLike],
+    inputs: list[Param],
     interface: HandlerInterface,
     *,
     style: str | None = None,
@@ -625,7 +587,7 @@ def _argv_form(match: ActionMatch, interface: HandlerInterface) -> str:
 
 def describe(
     interface: HandlerInterface,
-    inputs: list[InputLike],
+    inputs: list[Param],
     *,
     style: str | None = None,
     flag_style: str | None = None,

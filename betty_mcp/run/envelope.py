@@ -17,26 +17,24 @@ _ENVELOPE_KEYS = {"ok", "status", "success", "data", "details"}
 
 
 def last_json_document(text: str) -> Any:
-    """The last JSON value on stdout that runs to the end of it; ``None`` when there is none.
+    """The last complete JSON value on stdout that starts a line and ends one; ``None`` when there is none.
 
-    Candidates are lines starting with ``{`` or ``[``, tried from the last one upwards, so
-    log lines (and JSON log lines) before the result are skipped.
+    Log lines before it are skipped, and so are text lines after it ("✓ Telemetry captured"):
+    candidates are lines starting with ``{`` or ``[``, tried from the last one upwards.
     """
     stripped = text.rstrip()
-    if not stripped:
-        return None
-    end = len(stripped)
-    pos = end
+    pos = len(stripped)
     while pos > 0:
         pos = stripped.rfind("\n", 0, pos)
         start = pos + 1
-        line_start = stripped[start : start + 1]
-        if line_start in ("{", "["):
+        if stripped[start : start + 1] in ("{", "["):
             try:
                 value, stop = _DECODER.raw_decode(stripped, start)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 value, stop = None, -1
-            if stop == end:
+            line_end = stripped.find("\n", stop) if stop >= 0 else -1
+            rest = stripped[stop : len(stripped) if line_end < 0 else line_end] if stop >= 0 else "x"
+            if not rest.strip():
                 return value
         if pos < 0:
             break

@@ -304,3 +304,9 @@ def read_statically(handler: Path) -> HandlerInterface | None:
 
 # --------------------------------------------------------------------------------------------------
 # Cache and the one entry point.
+
+
+def imported_modules(handler: Path) -> set[str]:
+    """The top-level modules ``handler`` imports (``"."`` for relative imports); empty if unreadable."""
+    scan = scan_file(handler)
+    return set(scan.imports) if scan else set()

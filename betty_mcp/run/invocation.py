@@ -1,7 +1,10 @@
-"""How a skill's handler is invoked: argv, environment, working directory, stdin.
+"""How a skill's handler is invoked: interpreter, environment, working directory, and its command line
+built from the handler's real interface (read once per handler version, cached; ``interface.py``).
 
-Pure functions; the runner owns the process. The argument style comes from the manifest's
-``mcp.arguments`` (see ``McpOptions``); the default is Betty's own convention.
+    invocations = Invocations(settings)
+    skill = invocations.with_interface(skill)          # the parser's facts in the schema
+    call = invocations.build(skill, {"spec_path": "openapi.yaml"})
+    call.argv   # [python, handler.py, "openapi.yaml", "--rule-set", "all"]
 """
 
 from __future__ import annotations
@@ -9,23 +12,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from betty_mcp.core.catalog import Skill
 from betty_mcp.core.config import SETTINGS_ENV, Settings
 from betty_mcp.core.errors import ArgumentsError, PathOutsideWorkspace
+from betty_mcp.core.handler_interface import HandlerInterface
 from betty_mcp.core.rules import ALLOWED_ROOTS_ENV, WORKSPACE_ENV
 from betty_mcp.core.secrets import without_secrets
+from betty_mcp.run import argv
+from betty_mcp.run.interface import InterfaceCache, interface_for
 
-INTERPRETERS = {
-    "python": sys.executable,
-    "python3": sys.executable,
-    "bash": "bash",
-    "sh": "sh",
-    "node": "node",
-}
+OTHER_RUNTIMES = {"bash": "bash", "sh": "sh", "node": "node"}
+PYTHON_RUNTIMES = ("python", "python3")
+NO_INTERFACE = HandlerInterface(source="manifest")
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,14 @@ class Invocation:
     stdin: bytes | None = None
 
 
-def interpreter(skill: Skill) -> str:
-    runtime = skill.manifest.runtime.lower()
-    if runtime not in INTERPRETERS:
-        raise ArgumentsError(
-            f"skill '{skill.name}' declares runtime '{runtime}'; supported: {', '.join(INTERPRETERS)}"
-        )
-    return INTERPRETERS[runtime]
+def base_environment(settings: Settings) -> dict[str, str]:
+    """What every handler gets: this environment minus secrets, plus the workspace and settings."""
+    env = without_secrets(os.environ)
+    env[WORKSPACE_ENV] = str(settings.workspace)
+    env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
+    env[SETTINGS_ENV] = settings.model_dump_json()
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
 
 
 def working_directory(skill: Skill, settings: Settings) -> Path:
@@ -69,76 +72,116 @@ def check_paths(skill: Skill, arguments: dict[str, Any], settings: Settings) -> 
                 )
 
 
-def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def betty_argv(skill: Skill, arguments: dict[str, Any]) -> list[str]:
-    """Required inputs positional in declared order; optional ones ``--name value``; booleans as flags."""
+def _explicit(skill: Skill) -> dict[str, Any]:
+    """The ``mcp`` mapping settings the manifest sets itself (they override the handler's parser)."""
     options = skill.manifest.mcp
-    params = skill.params
-    positional = (
-        options.positional if options.positional is not None else [p.name for p in params if p.required]
-    )
-    argv = [_as_text(arguments[name]) for name in positional if name in arguments]
-    for param in params:
-        if param.name in positional or param.name not in arguments or arguments[param.name] is None:
-            continue
-        value = arguments[param.name]
-        flag = "--" + (param.name.replace("_", "-") if options.flag_style == "kebab" else param.name)
-        if isinstance(value, bool):
-            if value:
-                argv.append(flag)
-            elif param.default is True:
-                argv.append("--no-" + flag[2:])
-            continue
-        argv += [flag, _as_text(value)]
-    return argv
+    return {
+        "style": options.arguments if "arguments" in options.model_fields_set else None,
+        "flag_style": options.flag_style if "flag_style" in options.model_fields_set else None,
+        "positional": options.positional,
+    }
 
 
-def base_environment(settings: Settings) -> dict[str, str]:
-    """What every handler gets: this environment minus secrets, plus the workspace and settings."""
-    env = without_secrets(os.environ)
-    env[WORKSPACE_ENV] = str(settings.workspace)
-    env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
-    env[SETTINGS_ENV] = settings.model_dump_json()
-    env.setdefault("PYTHONIOENCODING", "utf-8")
-    return env
+class Invocations:
+    """How this server invokes each skill's handler. ``base_env`` is computed once."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base_env = base_environment(settings)
+        self.interfaces = InterfaceCache(settings.cache_dir / "interfaces.json")
 
-def child_environment(skill: Skill, settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """``base`` (from base_environment, computed once by the runner) plus what this skill needs."""
-    env = dict(base if base is not None else base_environment(settings))
-    keep = list(skill.manifest.mcp.env)
-    if skill.manifest.mcp.llm_keys:
-        keep += settings.router.key_env_names()
-    env.update({name: os.environ[name] for name in keep if name in os.environ})
-    if skill.source == "betty-home":
-        root = str(skill.project_root)
-        env["BETTY_HOME"] = root
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
+    # -- where and how it runs --------------------------------------------------------------------
 
+    def python(self, skill: Skill) -> str:
+        """A Python handler's interpreter: its source's configured one, a checkout's .venv, or ours."""
+        root = skill.project_root if skill.source == "betty-home" else skill.directory.parent
+        for folder, python in self.settings.interpreters.items():
+            if root == folder or root.is_relative_to(folder):
+                return str(python)
+        if skill.source == "betty-home":
+            if self.settings.betty_home_python is not None:
+                return str(self.settings.betty_home_python)
+            own = skill.project_root / ".venv" / "bin" / "python"
+            if own.is_file():
+                return str(own)
+        return sys.executable
 
-def build_invocation(
-    skill: Skill, arguments: dict[str, Any], settings: Settings, base_env: dict[str, str] | None = None
-) -> Invocation:
-    command = [interpreter(skill), str(skill.handler)]
-    style = skill.manifest.mcp.arguments
-    stdin = None
-    if style == "json-argv":
-        command.append(json.dumps(arguments, ensure_ascii=False))
-    elif style == "json-stdin":
-        stdin = json.dumps(arguments, ensure_ascii=False).encode()
-    else:
-        command += betty_argv(skill, arguments)
-    return Invocation(
-        argv=command,
-        env=child_environment(skill, settings, base_env),
-        cwd=working_directory(skill, settings),
-        stdin=stdin,
-    )
+    def interpreter(self, skill: Skill) -> str:
+        runtime = skill.manifest.runtime.lower()
+        if runtime in PYTHON_RUNTIMES:
+            return self.python(skill)
+        if runtime in OTHER_RUNTIMES:
+            return OTHER_RUNTIMES[runtime]
+        supported = ", ".join([*PYTHON_RUNTIMES, *OTHER_RUNTIMES])
+        raise ArgumentsError(f"skill '{skill.name}' declares runtime '{runtime}'; supported: {supported}")
+
+    def cwd(self, skill: Skill) -> Path:
+        return working_directory(skill, self.settings)
+
+    def env(self, skill: Skill) -> dict[str, str]:
+        """The base environment plus what this skill needs (its declared secrets, a checkout's paths)."""
+        env = dict(self.base_env)
+        keep = list(skill.manifest.mcp.env)
+        if skill.manifest.mcp.llm_keys:
+            keep += self.settings.router.key_env_names()
+        env.update({name: os.environ[name] for name in keep if name in os.environ})
+        if skill.source == "betty-home":
+            root = str(skill.project_root)
+            env["BETTY_HOME"] = root
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        return env
+
+    # -- the handler's interface ------------------------------------------------------------------
+
+    def reads_argparse(self, skill: Skill) -> bool:
+        """Whether reading the handler's interface applies: a Python handler betty-mcp passes argv to."""
+        return skill.manifest.runtime.lower() in PYTHON_RUNTIMES and _explicit(skill)["style"] is None
+
+    def known_interface(self, skill: Skill) -> HandlerInterface | None:
+        """The cached interface of this version of the handler, without running anything."""
+        if not self.reads_argparse(skill):
+            return NO_INTERFACE
+        return self.interfaces.get(skill.handler, self.python(skill))
+
+    def read_interface(self, skill: Skill) -> HandlerInterface:
+        """The handler's interface: the cache, else read now (blocking: run it off the event loop)."""
+        if not self.reads_argparse(skill):
+            return NO_INTERFACE
+        return interface_for(
+            skill.handler,
+            python=self.python(skill),
+            env=self.env(skill),
+            cwd=self.cwd(skill),
+            cache=self.interfaces,
+        )
+
+    def with_interface(self, skill: Skill, interface: HandlerInterface | None = None) -> Skill:
+        """``skill`` with its handler's interface and the schema derived from it (read if not given)."""
+        found = interface or self.read_interface(skill)
+        if skill.interface == found:
+            return skill
+        schema = argv.input_schema(skill.params, found, **_explicit(skill))
+        return replace(skill, interface=found, input_schema=schema)
+
+    def mismatches(self, skill: Skill) -> list[str]:
+        """Where the manifest and the handler's parser disagree (for ``validate`` and ``doctor``)."""
+        return argv.mismatches(skill.params, skill.interface or NO_INTERFACE, **_explicit(skill))
+
+    def describe(self, skill: Skill) -> list[dict[str, Any]]:
+        """How each input reaches the handler, and from what the mapping was derived."""
+        return argv.describe(skill.interface or NO_INTERFACE, skill.params, **_explicit(skill))
+
+    # -- one call ---------------------------------------------------------------------------------
+
+    def build(self, skill: Skill, arguments: dict[str, Any]) -> Invocation:
+        """The process to start for one call (``skill`` as given by ``with_interface``)."""
+        explicit = _explicit(skill)
+        interface = skill.interface or NO_INTERFACE
+        mode = argv.argv_mode(interface, **explicit)
+        command = [self.interpreter(skill), str(skill.handler)]
+        stdin = None
+        if mode == "json-stdin":
+            stdin = json.dumps(arguments, ensure_ascii=False).encode()
+        else:
+            command += argv.build_argv(interface, skill.params, arguments, **explicit)
+        return Invocation(argv=command, env=self.env(skill), cwd=self.cwd(skill), stdin=stdin)

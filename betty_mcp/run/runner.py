@@ -34,7 +34,7 @@ from betty_mcp.core.errors import ArgumentsError
 from betty_mcp.core.rules import failure_envelope, new_output_id
 from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.run.envelope import last_json_document, normalise
-from betty_mcp.run.invocation import Invocation, base_environment, build_invocation, check_paths
+from betty_mcp.run.invocation import Invocation, Invocations, check_paths
 from betty_mcp.run.zygote import ZYGOTE_ENV, Zygote
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,11 @@ def _collect(
 
 
 class SkillRunner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, invocations: Invocations | None = None) -> None:
         self.settings = settings
+        self.invocations = invocations or Invocations(settings)
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
-        self._base_env = base_environment(settings)
+        self._base_env = self.invocations.base_env  # shared: the zygote's address goes in it
         self._secrets = secret_values()  # the environment's secrets, looked up once
         self._zygote: Zygote | None = None
         if os.environ.get(ZYGOTE_ENV):  # inside a handler (workflow.run): use the server's zygote
@@ -140,10 +141,15 @@ class SkillRunner:
     async def run(
         self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None
     ) -> SkillResult:
-        """Run ``skill`` with already schema-validated ``arguments``; never raises for handler failures."""
+        """Run ``skill`` with already schema-validated ``arguments``; never raises for handler failures.
+
+        The handler's interface is read first if the caller has not (``Invocations.with_interface``).
+        """
         try:
+            if skill.interface is None:
+                skill = await anyio.to_thread.run_sync(self.invocations.with_interface, skill)
             check_paths(skill, arguments, self.settings)
-            invocation = build_invocation(skill, arguments, self.settings, self._base_env)
+            invocation = self.invocations.build(skill, arguments)
         except ArgumentsError as exc:
             return self._failure(str(exc), code="invalid_arguments")
         timeout = skill.manifest.mcp.timeout_seconds or self.settings.limits.skill_timeout_seconds
@@ -240,13 +246,17 @@ class SkillRunner:
         assert exit_code is not None
         doc = last_json_document(stdout)
         if doc is None:
-            if exit_code == 0:
-                message = f"skill '{skill.name}' exited 0 but printed no JSON result on stdout"
-            else:
-                last_line = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
-                message = f"skill '{skill.name}' failed with exit code {exit_code}" + (
-                    f": {last_line.strip()[:300]}" if last_line else ""
-                )
+            if exit_code == 0:  # plain text is a result too: a success whose content is the text
+                output = self._scrub(stdout.strip())
+                envelope = {"ok": True, "status": "success", "output": output}
+                result = self._finish(envelope, exit_code=0, stdout=stdout)
+                if result.output_file is None:
+                    result.text = output
+                return result
+            last_line = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
+            message = f"skill '{skill.name}' failed with exit code {exit_code}" + (
+                f": {last_line.strip()[:300]}" if last_line else ""
+            )
             return self._failure(message, code="no_result", exit_code=exit_code, stderr=stderr, stdout=stdout)
         structured = normalise(doc, exit_code)
         if not structured["ok"]:

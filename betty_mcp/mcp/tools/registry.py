@@ -42,9 +42,27 @@ class ToolRegistry:
     def reload(self) -> bool:
         """Re-read the skill sources; True when what clients see changed."""
         changed = self.services.reload()
+        self._rebuild()
+        return changed
+
+    async def read_interfaces(self) -> bool:
+        """Read the handler interfaces not known yet (in the background); True when a schema changed."""
+        changed = await self.services.read_interfaces()
+        self._rebuild()
+        return bool(changed)
+
+    def _rebuild(self) -> None:
         skills = self.services.catalog.tools
         self.tools = {**self.builtin, **{name: SkillTool(self.services, s) for name, s in skills.items()}}
-        return changed
+
+    async def ready(self, name: str) -> Tool | None:
+        """The tool ``name``, its skill's handler interface read first so its schema is the real one."""
+        tool = self.tools.get(name)
+        if isinstance(tool, SkillTool) and tool.skill.interface is None:
+            skill = await self.services.ready(tool.skill)
+            if skill is not tool.skill:
+                tool = self.tools[name] = SkillTool(self.services, skill)
+        return tool
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
