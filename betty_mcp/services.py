@@ -20,6 +20,7 @@ from betty_mcp.core.arguments import ArgumentValidator
 from betty_mcp.core.catalog import Agent, Catalog, Skill, load_catalog
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import AgentError, ArgumentsError, UnknownAgent
+from betty_mcp.core.secrets import register_secret_names
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -44,6 +45,9 @@ class Services:
         reserved_tool_names: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
+        # Every configured api_key_env holds a secret, whatever its name: kept from handlers (unless a
+        # skill declares it), scrubbed from logs, traces and results. Before any part is built.
+        register_secret_names(settings.router.key_env_names())
         self.validator = ArgumentValidator()
         # Names a skill's tool may not take (the front end's own tools); reported by the catalog.
         self.reserved_tool_names = reserved_tool_names
@@ -124,6 +128,11 @@ class Services:
         return self._runs
 
     def close(self) -> None:
+        """End what runs in the background: interface captures, the runner's zygote."""
+        if self._invocations is not None:
+            from betty_mcp.run.interface_capture import stop_captures
+
+            stop_captures()
         if self._runner is not None:
             self._runner.close()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -641,3 +644,71 @@ async def test_secrets_never_reach_the_trace_or_the_result(
     trace_text = (h.runs_dir / "secret-run.jsonl").read_text()
     assert secret not in trace_text and "[REDACTED]" in trace_text
     assert secret not in json.dumps(result.as_dict())
+
+
+async def test_a_key_in_a_plainly_named_variable_is_scrubbed_from_answer_trace_and_runs_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM_CREDS does not look secret, but api_key_env names it: its value is a secret everywhere."""
+    secret = "creds-value-0123456789abcdef"
+    monkeypatch.setenv("LLM_CREDS", secret)
+    provider = {**ROUTER["providers"]["a"], "api_key_env": "LLM_CREDS"}
+    h = make(
+        tmp_path,
+        [{"name": "echoer", "skills": ["test.echo"]}],
+        {"a/one": [answer(f"your key is {secret}, as you asked")]},
+        router={"providers": {**ROUTER["providers"], "a": provider}},
+    )
+    result = await h.runtime.run("echoer", "Tell me the key", run_id="creds-run")
+    assert result.status == "completed", result.error
+    assert result.answer == "your key is [REDACTED], as you asked"
+    assert secret not in json.dumps(result.as_dict())
+    trace_text = (h.runs_dir / "creds-run.jsonl").read_text()
+    assert secret not in trace_text and "[REDACTED]" in trace_text
+    workspace = tmp_path / "workspace"
+    listed = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "betty_mcp", "runs", "list", "--json", "--workspace", str(workspace)],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LLM_CREDS": secret},
+            timeout=60,
+        )
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert secret not in listed.stdout and "your key is [REDACTED]" in listed.stdout
+
+
+async def test_an_unconfigured_preferred_model_falls_through_to_the_embedded_model(tmp_path: Path) -> None:
+    """No configuration at all: api.analyzer's claude-sonnet-4 is passed over, as llm_query would."""
+    agent = {
+        "name": "picky",
+        "skills": ["test.echo"],
+        "mode": "oneshot",
+        "llm_config": {
+            "primary_provider": "anthropic",
+            "primary_model": "claude-sonnet-4",
+            "fallback_provider": "local",
+            "fallback_model": "llama-3-70b",
+        },
+    }
+    plan = '{"skills_to_invoke": [], "final_answer": "nothing to do"}'
+    h = make(
+        tmp_path,
+        [agent],
+        {"embedded/gemma-3-270m": [answer(plan)]},
+        router={"default_model": None, "providers": {}, "embedded_fallback": True},
+    )
+    result = await h.runtime.run("picky", "Review petstore.yaml", run_id="fallthrough")
+    assert result.status == "completed", result.error
+    assert result.answer == "nothing to do" and result.models_used == ["embedded/gemma-3-270m"]
+    [step] = result.steps
+    assert step.name == "embedded/gemma-3-270m" and "embedded demo model" in step.summary
+    assert "anthropic/claude-sonnet-4" in step.summary and "local/llama-3-70b" in step.summary
+    response = next(e for e in read_trace(h.runs_dir / "fallthrough.jsonl") if e["event"] == "llm_response")
+    assert [(f["model"], f["error_kind"]) for f in response["fallbacks"]] == [
+        ("anthropic/claude-sonnet-4", "not_configured"),
+        ("local/llama-3-70b", "not_configured"),
+    ]
+    assert "no provider 'anthropic'" in response["fallbacks"][0]["message"]

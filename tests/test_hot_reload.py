@@ -93,3 +93,40 @@ async def test_a_broken_edit_keeps_the_server_up_and_drops_the_skill(workspace: 
                 while "hot_echo" in await _tool_names(client):
                     await events.__anext__()
         assert {"skills_list", "skill_run"} <= await _tool_names(client)
+
+
+async def test_an_alias_bomb_or_a_huge_manifest_at_reload_is_refused_fast(workspace: Path) -> None:
+    """542 bytes of YAML aliases used to cost 10 s and 2.5 GB at the next reload (and could kill the
+    server); a 40 MB description made every tools/list slow. Both are refused; the rest stays served."""
+    import time
+
+    skills = workspace / "skills"
+    skills.mkdir()
+    _add_skill(skills, "hot.echo")
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level in "bcdefghij":
+        previous = chr(ord(level) - 1)
+        bomb.append(f"{level}: &{level} [{', '.join(['*' + previous] * 9)}]")
+    async with stdio_client(workspace, "--skills-dir", str(skills), fixtures=False) as client:
+        async with client.listen(tools_list_changed=True) as events:
+            started = time.monotonic()
+            _add_skill(skills, "hot.bomb")
+            manifest = skills / "hot.bomb" / "skill.yaml"
+            manifest.write_text(
+                manifest.read_text() + "unknown_field:\n" + "\n".join(f"  {b}" for b in bomb) + "\n"
+            )
+            _add_skill(skills, "hot.huge")
+            huge = skills / "hot.huge" / "skill.yaml"
+            huge.write_text(
+                huge.read_text().replace("description: Echo, hot-added.", "description: " + "x" * 40_000_000)
+            )
+            _add_skill(skills, "hot.after")
+            with anyio.fail_after(20):
+                while "hot_after" not in await _tool_names(client):
+                    await events.__anext__()
+            tools = await _tool_names(client)
+            assert time.monotonic() - started < 10
+        assert {"hot_echo", "hot_after"} <= tools and not {"hot_bomb", "hot_huge"} & tools
+        assert (await client.call_tool("hot_echo", {"message": "still here"})).structured_content[
+            "message"
+        ] == "still here"

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import yaml
 
-from tests.conftest import ERAS, stdio_client
+from tests.conftest import ERAS, server_args, stdio_client
 from tests.fakes.scripted_llm import ContextLengthError, Error, Hang, Reply, ScriptedLLM, ToolCalls
 
 pytestmark = pytest.mark.anyio
@@ -305,3 +307,201 @@ async def test_the_llm_query_skill_runs_the_same_code(workspace: Path, llm: Scri
     assert out["response"] == "from the skill" and out["model_used"] == "scripted/main"
     assert out["tokens_used"]["total"] == 5
     assert llm.requests_for("main")[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+# -- a key in a successful answer ----------------------------------------------------------------
+
+
+async def test_a_key_echoed_in_a_successful_answer_reaches_no_result_progress_or_ledger(
+    workspace: Path, llm: ScriptedLLM
+) -> None:
+    write_config(workspace, llm)
+    # 62 words in 4 chunks 0.8 s apart: the second ends with the key, the last thing received at the
+    # 2 s progress tick (LiteLLM already loaded), where the message shows the end of the text so far.
+    words = " ".join(f"w{i}" for i in range(30)) + " {auth} " + " ".join(f"v{i}" for i in range(30))
+    llm.script("main", Reply("warm"), Reply(words, echo_auth=True, chunk_delay=0.8))
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with stdio_client(workspace, env=ENV) as client:
+        await client.call_tool("llm_query", {"prompt": "warm up"})
+        result = await client.call_tool("llm_query", {"prompt": "echo"}, progress_callback=on_progress)
+    usage = subprocess.run(
+        [sys.executable, "-m", "betty_mcp", "usage", "--json"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+    )
+    assert not result.is_error, result.content[0].text
+    assert SECRET in llm.requests_for("main")[0].headers["authorization"], "the provider did get the key"
+    assert result.structured_content["response"].startswith("w0 w1") and messages
+    assert "Bearer [REDACTED] v0" in result.structured_content["response"]
+    everything = [
+        result.content[0].text,
+        json.dumps(result.structured_content),
+        *messages,
+        usage.stdout,
+        (workspace / ".betty-mcp" / "usage.sqlite").read_bytes().decode("latin-1"),
+    ]
+    assert all(SECRET not in text for text in everything)
+
+
+# -- what reaches stderr and stdout --------------------------------------------------------------
+
+
+async def test_litellm_info_lines_stay_off_stderr_unless_verbose(
+    workspace: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    write_config(workspace, llm)
+    logs = {}
+    for flags in ((), ("--verbose",)):
+        llm.script("main", Reply("fine"))
+        log = tmp_path / f"stderr{len(flags)}.log"
+        args = ("--log-level", "info", *flags)
+        with log.open("w") as errlog:
+            async with stdio_client(workspace, *args, env=ENV, errlog=errlog) as client:
+                result = await client.call_tool("llm_query", {"prompt": "hi"})
+        assert not result.is_error, result.content[0].text
+        logs[flags] = log.read_text().splitlines()
+    # LiteLLM logs "\nLiteLLM completion() model= main; provider = openai" at INFO for each call.
+    quiet = [line for line in logs[()] if "completion() model=" in line or "LiteLLM:INFO" in line]
+    assert quiet == [] and not any(line.startswith("INFO LiteLLM") for line in logs[()]), quiet
+    loud = [line for line in logs[("--verbose",)] if "completion() model=" in line]
+    assert len(loud) == 1, f"--verbose shows LiteLLM's lines, each once: {loud}"
+
+
+def _read_line(stream: Any, deadline: float) -> bytes:
+    """One line of ``stream`` (a pipe), or b"" at EOF; fails the test at ``deadline``."""
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no complete line before the deadline; got {line!r}"
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if not ready:
+            continue
+        byte = os.read(stream.fileno(), 1)
+        if not byte:
+            return line
+        line += byte
+    return line
+
+
+def test_stdout_carries_only_protocol_messages_at_debug_level_even_after_the_session(
+    workspace: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """LiteLLM loaded, --log-level debug: every line on stdout is JSON-RPC, through the end of the process
+    (LiteLLM's own handler writes records below WARNING to stdout, its exit handler among them)."""
+    write_config(workspace, llm)
+    llm.script("main", Reply("fine"))
+    requests = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "llm_query", "arguments": {"prompt": "hi"}},
+        },
+    ]
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        proc = subprocess.Popen(
+            [sys.executable, *server_args(workspace, "--log-level", "debug", fixtures=False)],
+            cwd=workspace,
+            env={**os.environ, **ENV},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+            proc.stdin.flush()
+            deadline = time.monotonic() + 60
+            lines = []
+            while not any(b'"id":2' in line.replace(b" ", b"") for line in lines):
+                line = _read_line(proc.stdout, deadline)
+                assert line, "the server closed stdout before answering"
+                lines.append(line)
+            proc.stdin.close()  # the session ends; the process exits, running its exit handlers
+            while line := _read_line(proc.stdout, deadline):
+                lines.append(line)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    answered = [json.loads(line) for line in lines if b'"id":2' in line.replace(b" ", b"")]
+    assert answered and answered[0]["result"]["structuredContent"]["response"] == "fine"
+    for line in lines:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON-RPC message on stdout: {line!r}")
+        assert isinstance(message, dict) and message.get("jsonrpc") == "2.0", line
+
+
+# -- how each HTTP status is classified, through the real LiteLLM HTTP path ---------------------
+
+STATUSES = [
+    # status, the error kind betty-mcp reports, whether the walk moves on to the next model
+    (400, "bad_request", False),
+    (401, "auth", False),
+    (403, "auth", False),
+    (404, "not_found", True),
+    (408, "timeout", True),
+    (429, "rate_limit", True),
+    (500, "server", True),
+    (502, "server", True),
+    (503, "server", True),
+    (504, "timeout", True),
+]
+
+
+@pytest.mark.parametrize(("status", "kind", "moves_on"), STATUSES)
+async def test_each_http_status_is_classified_and_walked_as_documented(
+    llm: ScriptedLLM, tmp_path: Path, status: int, kind: str, moves_on: bool
+) -> None:
+    from betty_mcp.core.errors import AllModelsFailed
+    from betty_mcp.core.llm_config import LlmRouterConfig
+    from betty_mcp.llm.routing import RouteRequest
+    from betty_mcp.llm.service import LlmService
+    from betty_mcp.llm.types import ChatRequest
+
+    config = LlmRouterConfig.model_validate(
+        {
+            "default_model": "scripted/main",
+            "embedded_fallback": False,
+            "providers": {
+                "scripted": {
+                    "endpoint": llm.base_url,
+                    "models": [{"name": "main", "fallbacks": ["scripted/backup"]}, "backup"],
+                }
+            },
+        }
+    )
+    service = LlmService(config, tmp_path / "usage.sqlite")
+    llm.script("main", Error(status))
+    llm.script("backup", Reply("from backup"))
+    request, route = ChatRequest([{"role": "user", "content": "hi"}]), RouteRequest(prompt="hi")
+    if moves_on:
+        result = await service.chat(request, route, caller="test")
+        assert result.spec.id == "scripted/backup" and result.completion.text == "from backup"
+        assert [(h.model, h.error_kind) for h in result.fallbacks] == [("scripted/main", kind)]
+    else:
+        with pytest.raises(AllModelsFailed) as failed:
+            await service.chat(request, route, caller="test")
+        assert failed.value.kind == kind and [h.error_kind for h in failed.value.hops] == [kind]
+        assert llm.requests_for("backup") == [], "the walk stopped"
+    assert len(llm.requests_for("main")) == 1, "no retry of the same model"

@@ -34,6 +34,42 @@ async def test_llm_query_works_offline_with_the_embedded_model(workspace: Path) 
     assert isinstance(out["response"], str) and out["response"].strip()
 
 
+FACTS = [
+    ("The capital of France is", "paris"),
+    ("What is 2+2?", "4"),
+    ("What is the largest planet in the solar system?", "jupiter"),
+]
+
+
+async def test_the_embedded_model_answers_factual_questions_briefly_and_fast(workspace: Path) -> None:
+    """A base model prompted as a completion (Question/Answer, its first line) answers short questions
+    sensibly; through a chat template it echoed the template's markers for 256 tokens (18 s)."""
+    async with stdio_client(workspace) as client:
+        outs = []
+        for prompt, _ in FACTS:
+            result = await client.call_tool("llm_query", {"prompt": prompt})
+            assert not result.is_error, result.content[0].text
+            outs.append(result.structured_content)
+        with_context = await client.call_tool(
+            "llm_query", {"prompt": FACTS[0][0], "system_prompt": "Answer in a few words."}
+        )
+    answers = [out["response"] for out in outs]
+    assert sum(word in answer.lower() for answer, (_, word) in zip(answers, FACTS, strict=True)) >= 2, answers
+    for out in [*outs, with_context.structured_content]:
+        assert out["model_used"] == "embedded/gemma-3-270m"
+        assert 0 < len(out["response"]) <= 120 and "[INST]" not in out["response"], out["response"]
+        assert out["tokens_used"]["completion"] <= 64
+        assert out["latency_ms"] < 8000, "one short line, not 256 tokens"
+    cli = subprocess.run(
+        [sys.executable, "-m", "betty_mcp", "query", "The capital of France is"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0 and 0 < len(cli.stdout.strip()) <= 120, cli.stdout + cli.stderr
+
+
 @contextmanager
 def start_local_server(folder: Path) -> Iterator[str]:
     """``betty-mcp local serve`` on a free port; yields its base URL once /v1/models answers."""

@@ -94,3 +94,32 @@ async def test_a_wildcard_bind_with_a_token_serves_only_with_it(workspace: Path)
             assert (await http.post(url, json=INIT, headers=ACCEPT)).status_code == 401
             authed = {**ACCEPT, "authorization": f"Bearer {token}"}
             assert (await http.post(url, json=INIT, headers=authed)).status_code == 200
+
+
+def test_a_client_dripping_its_request_head_is_disconnected(workspace: Path) -> None:
+    """A slow client (one header byte at a time) must not hold a connection forever."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    (workspace / "betty.yaml").write_text("limits:\n  http_head_timeout_seconds: 1\n")
+    with http_server(workspace) as url:
+        where = urlparse(url)
+        with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+            started = time.monotonic()
+            conn.sendall(b"POST /mcp HTTP/1.1\r\n")
+            closed = False
+            for byte in b"Host: 127.0.0.1\r\nX-Slow: " + b"a" * 20:
+                try:
+                    conn.sendall(bytes([byte]))
+                    if conn.recv(1, socket.MSG_DONTWAIT) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.25)
+            assert closed, "the server kept a dripping connection open"
+            assert time.monotonic() - started < 4

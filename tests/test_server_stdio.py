@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ERAS, alive, stdio_client
+from tests.conftest import ERAS, alive, server_args, stdio_client
 
 pytestmark = pytest.mark.anyio
 
@@ -279,3 +279,58 @@ async def test_stdout_carries_only_protocol_messages(workspace: Path) -> None:
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines and all(json.loads(ln)["jsonrpc"] == "2.0" for ln in lines)
     assert "DEBUG" in proc.stderr or "INFO" in proc.stderr or "WARNING" in proc.stderr
+
+
+def test_the_server_exits_promptly_when_stdin_closes(workspace: Path) -> None:
+    """Hot reload on, the zygote and interface reading started: EOF ends the process within moments."""
+    import glob
+    import json
+    import subprocess
+    import sys
+    import time
+
+    before = set(glob.glob("/tmp/betty-mcp-*"))
+    proc = subprocess.Popen(
+        [sys.executable, *server_args(workspace)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=workspace,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(message: dict) -> None:
+        proc.stdin.write((json.dumps(message) + "\n").encode())  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+
+    ask(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+    )
+    proc.stdout.readline()
+    ask({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for n in range(3):  # the zygote starts with the first call; the next ones may fork from it
+        ask(
+            {
+                "jsonrpc": "2.0",
+                "id": 10 + n,
+                "method": "tools/call",
+                "params": {"name": "test_echo", "arguments": {"message": "x"}},
+            }
+        )
+        proc.stdout.readline()
+    started = time.monotonic()
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0
+    assert elapsed < 0.3, f"took {elapsed:.2f}s to exit after EOF"
+    assert set(glob.glob("/tmp/betty-mcp-*")) <= before, "the zygote's folder is removed"

@@ -316,8 +316,7 @@ class AgentRuntime:
             cost = chat.spec.cost(completion.prompt_tokens, completion.completion_tokens) or 0.0
         requested = [c.name for c in completion.tool_calls]
         summary = f"asked for {', '.join(requested)}" if requested else "answered"
-        if chat.fallbacks:
-            summary += f" (after {', '.join(h.model for h in chat.fallbacks)} failed)"
+        summary += _route_note(chat)
         step = Step(
             index=index,
             kind="llm",
@@ -576,6 +575,20 @@ def _feed_back(
             shown = o.content
         results.append({"skill": o.call.name, "ok": o.step.ok, "result": shown})
     state.messages.append({"role": "user", "content": plan_results_message(results, final=final_next)})
+
+
+def _route_note(chat: ChatResult) -> str:
+    """What a step says about how its model was reached: preferences passed over, failures, the demo model."""
+    passed = [h.model for h in chat.fallbacks if h.error_kind == "not_configured"]
+    failed = [h.model for h in chat.fallbacks if h.error_kind != "not_configured"]
+    note = ""
+    if chat.spec.type == "embedded":
+        note += " by the embedded demo model (a small base model; configure a provider for real answers)"
+    if passed:
+        note += f"; not configured, passed over: {', '.join(passed)}"
+    if failed:
+        note += f"; after {', '.join(failed)} failed"
+    return note
 
 
 def _llm_failure(index: int, model: str, error: str, started: float) -> Step:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from betty_mcp.agent.state import now_iso
-from betty_mcp.core.secrets import scrub, secret_values
+from betty_mcp.core.secrets import scrub_data, secret_values
 
 SUMMARY_CHARS = 500
 
@@ -31,14 +31,9 @@ def summarise(text: str | None, limit: int = SUMMARY_CHARS) -> str:
 
 
 def scrub_value(value: Any, secrets: list[str]) -> Any:
-    """``value`` with every string in it (keys too) scrubbed of ``secrets``."""
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, dict):
-        return {scrub_value(k, secrets): scrub_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_value(v, secrets) for v in value]
-    return value
+    """``value`` with every string in it (keys too) scrubbed of ``secrets`` (every secret variable's
+    value: secret-looking names and every configured ``api_key_env``)."""
+    return scrub_data(value, secrets)
 
 
 class TraceWriter:

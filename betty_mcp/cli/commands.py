@@ -107,12 +107,15 @@ def with_sources(command: Callable[..., None]) -> Callable[..., None]:
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level for stderr.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", help="Debug logs on stderr, LiteLLM's and its HTTP client's included.")
+]
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, verbose: bool = False) -> None:
     from betty_mcp.core.secrets import log_to_stderr
 
-    log_to_stderr(level)
+    log_to_stderr("debug" if verbose else level, verbose=verbose)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -409,6 +412,7 @@ def query(
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Ask an LLM through the router; prints the answer (exit 1 if every model failed)."""
     import anyio
@@ -416,6 +420,8 @@ def query(
     from betty_mcp.core.rules import failure_envelope
 
     services = Services(_llm_settings(config, workspace))
+    if verbose:
+        _setup_logging("debug", verbose=True)
     arguments: dict[str, Any] = {"prompt": prompt}
     for key, value in (("model", model), ("system_prompt", system), ("max_tokens", max_tokens)):
         if value is not None:
@@ -557,6 +563,7 @@ def run(
     max_steps: Annotated[int, typer.Option(help="Most model calls.")] = 10,
     sources: Sources = DEFAULT_SOURCES,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run an agent on a task with live progress; exits non-zero unless the run completed."""
     import anyio
@@ -574,6 +581,8 @@ def run(
         if not isinstance(facts, dict):
             _fail("--context must be a JSON object")
     betty = sources.services()
+    if verbose:
+        _setup_logging("debug", verbose=True)
     console = Console(stderr=True)
 
     async def on_step(step: Any, state: Any) -> None:

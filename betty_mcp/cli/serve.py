@@ -48,6 +48,11 @@ def serve_parser() -> argparse.ArgumentParser:
         help="extra Host accepted over HTTP, e.g. mcp.example.com:443",
     )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="stderr log level")
+    add(
+        "--verbose",
+        action="store_true",
+        help="log LiteLLM's and its HTTP client's lines too, at --log-level (else only their warnings)",
+    )
     return parser
 
 
@@ -60,7 +65,7 @@ def serve(argv: list[str]) -> None:
     from betty_mcp.services import Services
 
     args = serve_parser().parse_args(argv)
-    log_to_stderr(args.log_level)
+    log_to_stderr(args.log_level, verbose=args.verbose)
     try:
         settings = load_settings(
             args.config,
@@ -91,3 +96,16 @@ def serve(argv: list[str]) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         pass
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Leave at once: everything the server started is stopped by now (zygote, captures, runs), so the
+    interpreter's teardown (a few hundred ms with LiteLLM loaded) and third-party exit hooks that
+    print (LiteLLM's) are skipped. Hosts wait for the process to end before they go on."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

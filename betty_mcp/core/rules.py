@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from betty_mcp.core.errors import PathOutsideWorkspace
+
 # -- skills and agents ------------------------------------------------------------------------
 
 SkillStatus = Literal["draft", "active", "deprecated", "archived"]
@@ -112,8 +114,11 @@ def handler_problem(directory: Path, declared: str | None, name: str) -> str | N
             f"({name.replace('.', '_')}.py, {name.rsplit('.', 1)[-1]}.py, or the folder's only .py file)"
         )
     shown = declared or path.name
-    folder = directory.resolve()
-    resolved = path.resolve()
+    try:
+        folder = directory.resolve()
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop, a name too long
+        return f"handler '{shown}' cannot be resolved: {exc}"
     if not resolved.is_relative_to(folder):
         return f"handler '{shown}' resolves to {resolved}, outside the skill's folder {folder}"
     if not resolved.is_file():
@@ -137,6 +142,22 @@ def conventional_handler(folder: Path, name: str) -> Path | None:
         if p.name != "__init__.py" and not p.name.startswith("test_") and not p.name.endswith("_test.py")
     ]
     return scripts[0] if len(scripts) == 1 else None
+
+
+def confined(path: Path, root: Path) -> Path:
+    """``path`` with every symlink followed, refused unless it stays inside ``root`` (resolved too).
+
+    Every file betty-mcp itself reads or writes in a workspace goes through this: a symlink placed in
+    ``.betty-mcp/`` or ``registry/`` must not lead a read or a write out of it.
+    """
+    try:
+        resolved = path.resolve()
+        base = root.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        raise PathOutsideWorkspace(f"{path} cannot be resolved: {exc}") from None
+    if resolved != base and not resolved.is_relative_to(base):
+        raise PathOutsideWorkspace(f"{path} leads to {resolved}, outside {base}; refusing to follow it")
+    return resolved
 
 
 # -- runs and saved outputs -------------------------------------------------------------------

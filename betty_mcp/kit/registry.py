@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from packaging.version import InvalidVersion, Version
 
-from betty_mcp.core.rules import STATUSES
+from betty_mcp.core.errors import PathOutsideWorkspace
+from betty_mcp.core.rules import STATUSES, confined
 from betty_mcp.kit.skillkit import SkillError
 
 Kind = Literal["skills", "agents"]
@@ -164,14 +165,22 @@ class Registry:
     """The registry files of one workspace (``<root>/registry``)."""
 
     def __init__(self, root: Path) -> None:
-        self.folder = Path(root) / "registry"
+        self.root = Path(root)
+        self.folder = self.root / "registry"
 
     def path(self, kind: Kind) -> Path:
         return self.folder / f"{kind}.json"
 
+    def _inside(self, path: Path) -> Path:
+        """``path`` if it stays in the workspace (a symlinked ``registry/`` must not lead writes out)."""
+        try:
+            return confined(path, self.root)
+        except PathOutsideWorkspace as exc:
+            raise RegistryError(str(exc), code="path_outside_workspace") from None
+
     def read(self, kind: Kind) -> dict[str, Any]:
         """The registry document; an empty one when the file does not exist yet."""
-        path = self.path(kind)
+        path = self._inside(self.path(kind))
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -193,8 +202,8 @@ class Registry:
 
     @contextmanager
     def _locked(self, kind: Kind) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f".{kind}.json.lock", "a+") as lock:
+        self._inside(self.folder).mkdir(parents=True, exist_ok=True)
+        with open(self._inside(self.folder / f".{kind}.json.lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -202,8 +211,8 @@ class Registry:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write(self, kind: Kind, doc: dict[str, Any]) -> None:
-        path = self.path(kind)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+        path = self._inside(self.path(kind))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(doc, out, indent=2, ensure_ascii=False)

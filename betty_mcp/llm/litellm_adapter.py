@@ -2,12 +2,17 @@
 
 LiteLLM is imported on first use, in a worker thread (it takes ~3 s and ~200 MB), with the
 safe settings: no price-map download, no ``.env`` loading, no help banners on stdout, no
-tokenizer downloads, no message or stream logging. Retries are ours (``max_retries=0``): the fallback
-walk moves to the next model instead of waiting.
+tokenizer downloads, no message or stream logging, and its logging tamed (``_tame_logging``):
+LiteLLM adds to its loggers a handler that writes every record below WARNING to *stdout* (the
+MCP wire over stdio; its exit handler logs there after the session), so that handler is removed,
+its records go through ours to stderr, and its loggers stay at WARNING unless ``--verbose``.
+
+Retries are ours (``max_retries=0``): the fallback walk moves to the next model instead of waiting.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -25,7 +30,7 @@ from betty_mcp.core.errors import (
     ProviderUnreachable,
     RateLimited,
 )
-from betty_mcp.core.secrets import scrub, secret_values
+from betty_mcp.core.secrets import THIRD_PARTY_LOGGERS, scrub, secret_values
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.types import ChatRequest, Completion, StreamSink, ToolCall
 
@@ -49,8 +54,23 @@ def _load() -> Any:
             litellm.turn_off_message_logging = True
             # No LiteLLM callbacks are used (the ledger is ours): skip its per-stream logging threads.
             litellm.disable_streaming_logging = True
+            _tame_logging()
             _litellm = litellm
     return _litellm
+
+
+def _tame_logging() -> None:
+    """LiteLLM's loggers without its own handlers (stdout for anything below WARNING) and, unless
+    ``log_to_stderr(verbose=True)`` set their level, at WARNING: its records reach stderr once,
+    through the process's handlers, and stdout never."""
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if name.startswith("LiteLLM"):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 async def load_litellm() -> Any:

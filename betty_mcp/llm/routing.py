@@ -4,7 +4,10 @@ Order of preference (the first that is configured and has its key wins; the rest
 fallback chain, each followed by its own configured fallbacks):
 
 1. an explicit model argument (then only its own fallbacks);
-2. the agent's ``llm_config`` (primary, then fallback) or ``llm_preference``;
+2. the agent's ``llm_config`` (primary, then fallback) or ``llm_preference``; a preference this
+   configuration does not know (a provider or model not configured) is passed over and reported in
+   ``unresolved``, so an agent asking for claude-sonnet-4 on a machine with no configuration still
+   runs, on the embedded model, as ``llm_query`` would;
 3. routing rules: ``agent_pattern`` globs first, then ``task_complexity`` (given, or estimated);
 4. the default provider/model;
 5. the embedded model, last, so a machine with no keys still answers.
@@ -62,6 +65,8 @@ class Route:
     candidates: list[Candidate]
     complexity: Complexity
     skipped: list[tuple[ModelSpec, str]] = field(default_factory=list)
+    # Preferences (an agent's) naming no configured model: (what was asked for, why it was passed over).
+    unresolved: list[tuple[str, str]] = field(default_factory=list)
 
 
 def estimate_complexity(prompt: str, *, structured: bool = False) -> Complexity:
@@ -87,7 +92,29 @@ def _pick(models: ModelCatalog, provider: str | None, model: str | None) -> Mode
     return None
 
 
-def _preferred(request: RouteRequest, models: ModelCatalog, complexity: Complexity) -> list[Candidate]:
+def _agent_pick(
+    models: ModelCatalog, provider: str | None, model: str | None, why: str
+) -> tuple[ModelSpec | None, tuple[str, str] | None]:
+    """An agent's preferred model, or (None, why it is passed over) when nothing configured matches."""
+    if not provider and not model:
+        return None, None
+    asked = "/".join(p for p in (provider, model) if p)
+    try:
+        spec = _pick(models, provider, model)
+    except ConfigError as exc:
+        spec, problem = None, str(exc).split("; known models")[0]
+    else:
+        problem = f"provider '{provider}' lists no models"
+    if spec is not None:
+        return spec, None
+    if provider and provider not in models.config.providers:
+        problem = f"no provider '{provider}' in llm_router.providers"
+    return None, (asked, f"{why} {asked} is not configured ({problem}); passed over")
+
+
+def _preferred(
+    request: RouteRequest, models: ModelCatalog, complexity: Complexity, unresolved: list[tuple[str, str]]
+) -> list[Candidate]:
     config = models.config
     chosen: list[Candidate] = []
     agent = request.agent
@@ -97,9 +124,11 @@ def _preferred(request: RouteRequest, models: ModelCatalog, complexity: Complexi
             (agent.fallback_provider, agent.fallback_model, "agent fallback"),
             (agent.preference, None, "agent llm_preference"),
         ):
-            spec = _pick(models, provider, model)
+            spec, passed_over = _agent_pick(models, provider, model, why)
             if spec is not None:
                 chosen.append(Candidate(spec, why))
+            elif passed_over is not None:
+                unresolved.append(passed_over)
         for rule in config.routing_rules:
             if rule.agent_pattern and agent.name and fnmatch.fnmatchcase(agent.name, rule.agent_pattern):
                 spec = _pick(models, rule.preferred_provider, rule.preferred_model)
@@ -148,9 +177,10 @@ def route(request: RouteRequest, models: ModelCatalog) -> Route:
                 "which is not set"
             )
         return Route(_with_fallbacks([Candidate(explicit, "explicit model")], models), complexity)
-    ordered = _with_fallbacks(_preferred(request, models, complexity), models)
+    unresolved: list[tuple[str, str]] = []
+    ordered = _with_fallbacks(_preferred(request, models, complexity, unresolved), models)
     if models.config.embedded_fallback or not ordered:
         ordered = _with_fallbacks([*ordered, Candidate(EMBEDDED, "embedded last resort")], models)
     usable = [c for c in ordered if c.spec.available]
     skipped = [(c.spec, f"{c.spec.api_key_env} is not set") for c in ordered if not c.spec.available]
-    return Route(usable, complexity, skipped)
+    return Route(usable, complexity, skipped, unresolved)

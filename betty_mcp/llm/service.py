@@ -29,10 +29,11 @@ from betty_mcp.core.errors import (
     RetryableProviderError,
 )
 from betty_mcp.core.llm_config import LlmRouterConfig
+from betty_mcp.core.secrets import register_secret_names, scrub, secret_values
 from betty_mcp.llm.ledger import Budgets, Ledger, UsageRecord
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import Candidate, RouteRequest, route
-from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink
+from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink, ToolCall
 
 
 @dataclass
@@ -67,6 +68,7 @@ class LlmService:
         self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None
     ) -> None:
         self.config = config
+        register_secret_names(config.key_env_names())  # a key is a secret whatever its variable's name
         self.models = ModelCatalog(config)
         self.ledger = Ledger(ledger_path)
         budgets = config.limits.budgets
@@ -139,7 +141,8 @@ class LlmService:
         if not self.config.enabled:
             raise ConfigError("llm_router.enabled is false in betty.yaml: LLM calls are switched off")
         planned = route(route_request, self.models)
-        hops = [Hop(spec.id, "not_configured", reason) for spec, reason in planned.skipped]
+        hops = [Hop(asked, "not_configured", reason) for asked, reason in planned.unresolved]
+        hops += [Hop(spec.id, "not_configured", reason) for spec, reason in planned.skipped]
         candidates: list[Candidate] = list(planned.candidates)
         if not candidates:
             raise AllModelsFailed(
@@ -158,7 +161,8 @@ class LlmService:
             self._check_budgets(spec, request, run_id)
             timeout = min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining)
             attempt = replace(request, timeout_seconds=timeout)
-            sink.model, sink.text = spec.id, ""
+            secrets = secret_values(extra=[spec.key() or ""])
+            sink.start(spec.id, secrets)
             started = time.monotonic()
             try:
                 with anyio.fail_after(timeout + 1.0):  # a backend that ignores its own timeout
@@ -171,6 +175,7 @@ class LlmService:
                 self._record(spec, started, caller, agent, run_id, outcome="cancelled", hops=hops)
                 raise
             else:
+                completion = _scrubbed(completion, secrets)  # a provider may echo a key in its answer
                 self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
                 return ChatResult(
                     completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops
@@ -187,6 +192,17 @@ class LlmService:
         raise AllModelsFailed(
             f"all {len(hops)} candidate model(s) failed; last: {last.message}", last.error_kind, hops
         )
+
+
+def _scrubbed(completion: Completion, secrets: list[str]) -> Completion:
+    """``completion`` with every secret replaced in its text and its tool calls' arguments."""
+    if not secrets:
+        return completion
+    completion.text = scrub(completion.text, secrets)
+    completion.tool_calls = [
+        ToolCall(c.id, scrub(c.name, secrets), scrub(c.arguments, secrets)) for c in completion.tool_calls
+    ]
+    return completion
 
 
 def _larger_context(candidate: ModelSpec, failed: ModelSpec) -> bool:

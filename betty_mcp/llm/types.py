@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from betty_mcp.core.secrets import REDACTED
 from betty_mcp.llm.models import ModelSpec
 
 
@@ -45,13 +46,42 @@ class Completion:
 
 @dataclass
 class StreamSink:
-    """Where a backend reports what it has received so far (read by the progress ticker)."""
+    """Where a backend reports what it has received so far (read by the progress ticker).
+
+    ``text`` never holds a secret: with ``secrets`` set (``start``), the last few characters
+    received (fewer than the longest secret) are held back until they cannot begin one, and every
+    whole secret is replaced, so a key a provider echoes never shows, not even in part at the end
+    of a progress message. Backends build their answers from what they receive, not from ``text``.
+    """
 
     text: str = ""
     model: str = ""
+    secrets: list[str] = field(default_factory=list)
+    _held: str = field(default="", repr=False)
+    _keep: int = field(default=0, repr=False)  # how many characters to hold back
+
+    def __post_init__(self) -> None:
+        self._keep = max((len(s) for s in self.secrets), default=1) - 1
+
+    def start(self, model: str, secrets: list[str] | None = None) -> None:
+        """A new attempt: ``model`` answers now; nothing received yet."""
+        self.model, self.text, self._held = model, "", ""
+        self.secrets = list(secrets or [])
+        self.__post_init__()
 
     def append(self, delta: str) -> None:
-        self.text += delta
+        if not self.secrets:
+            self.text += delta
+            return
+        held = self._held + delta
+        for secret in self.secrets:
+            if secret in held:
+                held = held.replace(secret, REDACTED)
+        keep = self._keep
+        if len(held) > keep:
+            self.text += held[: len(held) - keep]
+            held = held[len(held) - keep :] if keep else ""
+        self._held = held
 
 
 class Backend(Protocol):

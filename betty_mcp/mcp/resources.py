@@ -8,14 +8,17 @@ betty://outputs/<id>                  the full result of a call whose result was
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mcp_types as types
 
-from betty_mcp.core.rules import OUTPUT_ID, run_id_problem
+from betty_mcp.core.errors import PathOutsideWorkspace
+from betty_mcp.core.rules import OUTPUT_ID, confined, run_id_problem
 from betty_mcp.services import Services
 
 LISTED_RUNS = 50
+log = logging.getLogger(__name__)
 
 
 class Resources:
@@ -48,6 +51,16 @@ class Resources:
             for run in runs[:LISTED_RUNS]
         ]
         return found
+
+    def _state_file(self, uri: str, relative: Path, mime: str) -> types.TextResourceContents | None:
+        """A file of the runs folder, never through a symlink leading out of the workspace."""
+        settings = self.services.settings
+        try:
+            path = confined(settings.runs_dir / relative, settings.workspace)
+        except PathOutsideWorkspace as exc:
+            log.warning("resource %s refused: %s", uri, exc)
+            return None
+        return _text(uri, path.read_text(encoding="utf-8"), mime) if path.is_file() else None
 
     def templates(self) -> list[types.ResourceTemplate]:
         return [
@@ -85,15 +98,9 @@ class Resources:
                 else None
             )
         if kind == "runs" and run_id_problem(rest) is None:
-            path = self.services.settings.runs_dir / f"{rest}.jsonl"
-            return (
-                _text(uri, path.read_text(encoding="utf-8"), "application/jsonl") if path.is_file() else None
-            )
+            return self._state_file(uri, Path(f"{rest}.jsonl"), "application/jsonl")
         if kind == "outputs" and OUTPUT_ID.match(rest):
-            path = self.services.settings.runs_dir / "outputs" / f"{rest}.json"
-            return (
-                _text(uri, path.read_text(encoding="utf-8"), "application/json") if path.is_file() else None
-            )
+            return self._state_file(uri, Path("outputs") / f"{rest}.json", "application/json")
         return None
 
 

@@ -29,7 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from betty_mcp import __version__
-from betty_mcp.core.secrets import scrub
+from betty_mcp.core.secrets import known_secrets, scrub, scrub_data
 from betty_mcp.mcp.resources import Resources
 from betty_mcp.mcp.tools import CallContext, Tool, ToolResult
 from betty_mcp.mcp.tools.registry import ToolRegistry
@@ -123,7 +123,7 @@ class BettyServer(Server[Any]):
 
         async def report(progress: float, message: str) -> None:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await ctx.session.report_progress(progress, None, message)
+                await ctx.session.report_progress(progress, None, scrub_data(message, known_secrets()))
 
         try:
             result = await tool.call(arguments, CallContext(report=report))
@@ -172,8 +172,10 @@ def _mcp_tool(tool: Tool) -> types.Tool:
 
 
 def _mcp_result(result: ToolResult) -> types.CallToolResult:
+    """The result as it leaves the server: whatever produced it, no secret's value is in it."""
+    secrets = known_secrets()
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=result.text)],
-        structured_content=result.structured,
+        content=[types.TextContent(type="text", text=scrub_data(result.text, secrets))],
+        structured_content=scrub_data(result.structured, secrets),
         is_error=result.is_error,
     )

@@ -23,33 +23,58 @@ from typing import Any
 import anyio
 
 CHUNK = 65536
+MAX_LINE_BYTES = 64 * 1024 * 1024
+OVERSIZED = "(a message over the size limit was dropped)\n"
 
 
 class LineReader:
-    """``async for line in reader``: the lines of a non-blocking file descriptor, decoded as UTF-8."""
+    """``async for line in reader``: the lines of a non-blocking file descriptor, decoded as UTF-8.
 
-    def __init__(self, fd: int) -> None:
+    Linear in the input (each byte is searched for a newline once), and bounded: a line longer than
+    ``max_line`` bytes is dropped whole and replaced by a line that is not JSON, which the SDK
+    rejects like any malformed message, so the server never holds more than ``max_line`` of it.
+    """
+
+    def __init__(self, fd: int, max_line: int = MAX_LINE_BYTES) -> None:
         self.fd = fd
-        self._buffer = b""
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already searched for a newline
+        self._dropping = False  # inside an oversized line: discard up to its newline
 
     def __aiter__(self) -> LineReader:
         return self
 
     async def __anext__(self) -> str:
-        while b"\n" not in self._buffer:
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                self._scanned = 0
+                if self._dropping:
+                    self._dropping = False
+                    return OVERSIZED
+                return line.decode("utf-8", errors="replace") + "\n"
+            if self._dropping or len(self._buffer) > self.max_line:
+                self._dropping = True  # keep nothing of this line: only look for its end
+                self._buffer.clear()
+            self._scanned = len(self._buffer)
             await anyio.wait_readable(self.fd)
             try:
                 chunk = os.read(self.fd, CHUNK)
             except BlockingIOError:
                 continue
             if not chunk:
+                if self._dropping:
+                    self._dropping = False
+                    return OVERSIZED
                 if not self._buffer:
                     raise StopAsyncIteration
-                line, self._buffer = self._buffer, b""
+                line = bytes(self._buffer)
+                self._buffer.clear()
                 return line.decode("utf-8", errors="replace")
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("utf-8", errors="replace") + "\n"
 
 
 class Writer:

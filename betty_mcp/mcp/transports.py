@@ -51,7 +51,8 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
             services.serve_runs(tg)  # agent runs live here, beyond the request that started them
             tg.start_soon(keep_current, server.tools, server.notify_changed, stop)
             await serve()
-            stop.set()
+            stop.set()  # the watcher's thread ends within a step
+            services.close()  # captures and the zygote end now, not after the task group's wait
             tg.cancel_scope.cancel()
     finally:
         services.close()
@@ -132,6 +133,35 @@ def http_app(
     return BearerAuth(asgi, token) if token else asgi
 
 
+def head_deadline_protocol(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol, closing connections whose request head has not arrived in ``seconds``.
+
+    uvicorn's own keep-alive timer is reset by every byte, so a client dripping its headers one byte
+    at a time would hold a connection (and a file descriptor) forever.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_head()
+
+        def _await_head(self) -> None:
+            waiting_on = self.cycle  # None, or the finished one: a new request replaces it
+
+            def too_late() -> None:
+                if self.cycle is waiting_on and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, too_late)
+
+    return HeadDeadline
+
+
 async def serve_http(
     services: Services, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> None:
@@ -139,6 +169,14 @@ async def serve_http(
 
     server = build_server(services)
     asgi = http_app(server, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
-    config = uvicorn.Config(asgi, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        asgi,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=head_deadline_protocol(services.settings.limits.http_head_timeout_seconds),
+    )
     log.info("serving MCP on http://%s:%d%s", host, port, MCP_PATH)
     await _serve_with_reload(server, uvicorn.Server(config).serve)

@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,20 @@ from betty_mcp.core.handler_interface import HandlerInterface, ParserAction
 from betty_mcp.run.interface_static import read_statically
 
 CHILD = Path(__file__).with_name("capture_child.py")
+# Captures in flight (process group ids), so a server that is stopping can end them at once.
+_running: set[int] = set()
+_stopping = threading.Event()
+
+
+def stop_captures() -> None:
+    """End every capture in flight (the server is exiting); their results are not to be kept."""
+    _stopping.set()
+    for pid in list(_running):
+        _kill_group(pid)
+
+
+def stopping() -> bool:
+    return _stopping.is_set()
 
 
 def _kill_group(pid: int) -> None:
@@ -99,11 +114,14 @@ def capture(
                 )
             except OSError as exc:
                 return _fallback(handler, f"cannot start {python}: {exc.strerror or exc}", started)
+            _running.add(proc.pid)
             try:
-                timed_out = not _wait_unreaped(proc.pid, timeout)
+                if not _stopping.is_set():
+                    timed_out = not _wait_unreaped(proc.pid, timeout)
             finally:
                 _kill_group(proc.pid)  # the handler's children too; the leader is not reaped yet
                 proc.wait()
+                _running.discard(proc.pid)
         try:
             payload = json.loads(channel.read_text(encoding="utf-8") or "null")
         except (OSError, ValueError):

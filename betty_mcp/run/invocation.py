@@ -64,12 +64,22 @@ def check_paths(skill: Skill, arguments: dict[str, Any], settings: Settings) -> 
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, str):
                 continue
-            path = (cwd / Path(item).expanduser()).resolve()
+            path = _resolved(cwd, item, param.name)
             if not any(path == root or path.is_relative_to(root) for root in roots):
                 raise PathOutsideWorkspace(
                     f"argument '{param.name}': '{item}' resolves to {path}, outside the workspace "
                     f"{settings.workspace}; use a path inside it or add an allowed root"
                 )
+
+
+def _resolved(cwd: Path, value: str, name: str) -> Path:
+    """Where a path argument points; a value no path can be (a NUL, an unknown ``~user``) is refused."""
+    if "\0" in value:
+        raise ArgumentsError(f"argument '{name}': a path cannot contain a NUL character")
+    try:
+        return (cwd / Path(value).expanduser()).resolve()
+    except (RuntimeError, OSError) as exc:  # ~nosuchuser, a symlink loop, a name too long
+        raise ArgumentsError(f"argument '{name}': '{value[:200]}' is not a usable path ({exc})") from None
 
 
 def _explicit(skill: Skill) -> dict[str, Any]:

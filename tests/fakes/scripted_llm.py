@@ -65,7 +65,11 @@ __all__ = [
 
 @dataclass
 class Reply:
-    """A text answer. Streams as several chunks with ``chunk_delay`` seconds between them."""
+    """A text answer. Streams as several chunks with ``chunk_delay`` seconds between them.
+
+    ``echo_auth`` puts the request's Authorization header into the answer, where the text says
+    ``{auth}`` (else at its end): a provider echoing the key in a successful reply.
+    """
 
     text: str = "ok"
     prompt_tokens: int | None = None
@@ -73,6 +77,7 @@ class Reply:
     delay: float = 0.0
     chunk_delay: float = 0.0
     finish_reason: str = "stop"
+    echo_auth: bool = False
     kind: str = field(default="reply", init=False, repr=False)
 
 
@@ -574,6 +579,12 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _text(self, step: Reply | ToolCalls) -> str | None:
+        if not (isinstance(step, Reply) and step.echo_auth):
+            return step.text
+        auth = self.headers.get("Authorization", "")
+        return step.text.replace("{auth}", auth) if "{auth}" in step.text else f"{step.text} {auth}"
+
     def _usage(self, step: Reply | ToolCalls, rec: RecordedRequest) -> tuple[int, int]:
         prompt = step.prompt_tokens if step.prompt_tokens is not None else _prompt_words(rec.body)
         if step.completion_tokens is not None:
@@ -612,7 +623,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for name, args in step.calls
             ]
         finish = "tool_calls" if calls else (step.finish_reason if isinstance(step, Reply) else "stop")
-        text = step.text
+        text = self._text(step)
 
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
@@ -697,7 +708,7 @@ class _Handler(BaseHTTPRequestHandler):
         assert isinstance(step, Reply | ToolCalls)
         owner = self.server.owner
         cid = f"cmpl-{owner._next_id()}"
-        text = step.text or ""
+        text = self._text(step) or ""
         prompt, completion = self._usage(step, rec)
         usage = {
             "prompt_tokens": prompt,
@@ -737,7 +748,7 @@ class _Handler(BaseHTTPRequestHandler):
         assert isinstance(step, Reply | ToolCalls)
         model = rec.model or "scripted"
         prompt, completion = self._usage(step, rec)
-        text = step.text or ""
+        text = self._text(step) or ""
         calls = []
         if isinstance(step, ToolCalls):
             calls = [
