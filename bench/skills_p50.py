@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import INITIALIZE, ROOT, StdioPeer, betty_command, median
 
-OPENAPI = ROOT.parent / "shared" / "data" / "openapi"
+OPENAPI = ROOT / "tests" / "data" / "openapi"  # the suite's real OpenAPI documents (see their SOURCE.md)
 
 
 def prepare(ws: Path) -> None:

@@ -23,8 +23,8 @@ from mcp.client.stdio import stdio_client as raw_stdio_client
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_SKILLS = ROOT / "tests" / "fixtures" / "skills"
-SHARED_DATA = ROOT.parent / "shared" / "data"
-OPENAPI_DIR = SHARED_DATA / "openapi"
+TEST_DATA = ROOT / "tests" / "data"  # inside the repository; where each file comes from: its SOURCE.md
+OPENAPI_DIR = TEST_DATA / "openapi"
 ERAS = ["legacy", "auto"]  # 2025-11-25 handshake, and 2026-07-28 (what "auto" negotiates)
 
 

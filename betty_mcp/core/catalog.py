@@ -13,9 +13,10 @@ nothing about MCP beyond the tool-name rules hosts impose.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import ManifestError
@@ -38,6 +39,7 @@ from betty_mcp.core.rules import (
 )
 
 Source = Literal["user", "betty-home", "bundled"]
+M = TypeVar("M", SkillManifest, AgentManifest)
 
 DOC_FILES = ("SKILL.md", "README.md")
 
@@ -234,11 +236,18 @@ def load_catalog(settings: Settings, reserved_tool_names: frozenset[str] = froze
     return catalog
 
 
-def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
+def _loaded(catalog: Catalog, load: Callable[[Path], M], path: Path) -> M | None:
+    """The manifest at ``path``, or None with the problem recorded (a broken file never stops loading)."""
     try:
-        manifest = load_skill_manifest(path)
+        return load(path)
     except ManifestError as exc:
         catalog.problems.append(Problem("error", str(path), str(exc)))
+        return None
+
+
+def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
+    manifest = _loaded(catalog, load_skill_manifest, path)
+    if manifest is None:
         return
     directory = path.parent
     if (problem := folder_name_problem(manifest.name, path)) is not None:
@@ -262,10 +271,8 @@ def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
 
 
 def _add_agent(catalog: Catalog, path: Path, source: Source) -> None:
-    try:
-        manifest = load_agent_manifest(path)
-    except ManifestError as exc:
-        catalog.problems.append(Problem("error", str(path), str(exc)))
+    manifest = _loaded(catalog, load_agent_manifest, path)
+    if manifest is None:
         return
     existing = catalog.agents.get(manifest.name)
     if existing is not None:

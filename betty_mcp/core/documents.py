@@ -18,12 +18,17 @@ from betty_mcp.core.errors import DocumentError
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
-# Nodes a document may expand to through its aliases (a large real OpenAPI document has ~10^5).
+# Nodes a document may hold, aliases expanded (a large real OpenAPI document has ~10^5).
 MAX_EXPANDED_NODES = 2_000_000
+# A real skill.yaml or agent.yaml holds a few hundred: more is refused before any validation.
+MAX_MANIFEST_NODES = 20_000
 
 
-def read_document(path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
-    """Read and parse ``path`` (JSON when it ends in .json, else YAML), refusing files over ``max_bytes``."""
+def read_document(
+    path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES, max_nodes: int = MAX_EXPANDED_NODES
+) -> Any:
+    """Read and parse ``path`` (JSON when it ends in .json, else YAML), refusing files over ``max_bytes``
+    and documents of more than ``max_nodes`` values (aliases expanded)."""
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -35,10 +40,10 @@ def read_document(path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise DocumentError(f"{path}: not UTF-8 text") from None
-    return parse_document(text, source=str(path))
+    return parse_document(text, source=str(path), max_nodes=max_nodes)
 
 
-def parse_document(text: str, *, source: str) -> Any:
+def parse_document(text: str, *, source: str, max_nodes: int = MAX_EXPANDED_NODES) -> Any:
     if source.endswith(".json"):
         try:
             return json.loads(text)
@@ -52,6 +57,8 @@ def parse_document(text: str, *, source: str) -> Any:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        if max_nodes < MAX_EXPANDED_NODES:  # building Python objects is the slow part: count events first
+            _check_events(yaml.parse(text, Loader=loader), source, max_nodes)
         data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -60,22 +67,32 @@ def parse_document(text: str, *, source: str) -> Any:
         raise DocumentError(f"{source}: invalid YAML{where}: {problem}") from None
     except RecursionError:
         raise DocumentError(f"{source}: nested too deeply") from None
-    if "&" in text:  # anchors exist: aliases may multiply the document
-        _check_expansion(data, source)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # PyYAML's constructor fails this way on scalars it resolves but cannot build (2024-02-30, !!int x)
+        raise DocumentError(f"{source}: invalid YAML value: {exc}") from None
+    if max_nodes < MAX_EXPANDED_NODES or "&" in text:  # small budgets always; else only when aliases exist
+        _check_expansion(data, source, max_nodes)
     return data
 
 
-def _check_expansion(data: Any, source: str) -> None:
-    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES (counted with repetition)."""
-    budget = MAX_EXPANDED_NODES
+def _check_events(events: Any, source: str, max_nodes: int) -> None:
+    """Refuse a document with more YAML events than ``max_nodes`` values could need (a few per value)."""
+    for count, _ in enumerate(events):
+        if count > 4 * max_nodes:
+            raise DocumentError(f"{source}: more than {max_nodes:,} values; refusing it (not a manifest?)")
+
+
+def _check_expansion(data: Any, source: str, max_nodes: int) -> None:
+    """Refuse a document holding more than ``max_nodes`` values, aliases counted each time they are used."""
+    budget = max_nodes
     stack = [data]
     while stack:
         node = stack.pop()
         budget -= 1
         if budget < 0:
             raise DocumentError(
-                f"{source}: its aliases expand to more than {MAX_EXPANDED_NODES:,} nodes; "
-                "refusing it (a YAML alias bomb?)"
+                f"{source}: more than {max_nodes:,} values (aliases expanded); refusing it "
+                "(a YAML alias bomb, or not a manifest?)"
             )
         if isinstance(node, dict):
             stack.extend(node.values())

@@ -14,11 +14,12 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from betty_mcp.core.documents import MAX_MANIFEST_BYTES, read_document
+from betty_mcp.core.documents import MAX_MANIFEST_BYTES, MAX_MANIFEST_NODES, read_document
 from betty_mcp.core.errors import DocumentError, ManifestError
 from betty_mcp.core.rules import DEFAULT_RETRIES, MANIFEST_NAME, MAX_RETRIES, SkillStatus
 
 M = TypeVar("M", bound=BaseModel)
+MAX_REPORTED_PROBLEMS = 20
 
 # Manifest type names (Betty's and Python's) -> JSON Schema types. "path"/"file" are strings
 # that name a file: the runner checks them against the workspace.
@@ -362,18 +363,21 @@ class AgentManifest(_Manifest):
 
 def describe_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
     """``skill.yaml: inputs.2.type: unknown type 'blob'; ...`` - one line per problem."""
+    errors = exc.errors()
     lines = []
-    for err in exc.errors():
+    for err in errors[:MAX_REPORTED_PROBLEMS]:
         where = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {where}: {message}")
+    if len(errors) > MAX_REPORTED_PROBLEMS:
+        lines.append(f"{source}: ... and {len(errors) - MAX_REPORTED_PROBLEMS:,} more problem(s)")
     return "\n".join(lines)
 
 
 def read_yaml(path: Path) -> Any:
     """A manifest or config file's data; ``ManifestError`` naming the file when it cannot be read."""
     try:
-        return read_document(path, max_bytes=MAX_MANIFEST_BYTES)
+        return read_document(path, max_bytes=MAX_MANIFEST_BYTES, max_nodes=MAX_MANIFEST_NODES)
     except DocumentError as exc:
         raise ManifestError(str(exc)) from None
 

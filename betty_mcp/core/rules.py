@@ -117,7 +117,7 @@ def handler_problem(directory: Path, declared: str | None, name: str) -> str | N
     try:
         folder = directory.resolve()
         resolved = path.resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop, a name too long
+    except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop, a name too long, a NUL
         return f"handler '{shown}' cannot be resolved: {exc}"
     if not resolved.is_relative_to(folder):
         return f"handler '{shown}' resolves to {resolved}, outside the skill's folder {folder}"
@@ -153,7 +153,7 @@ def confined(path: Path, root: Path) -> Path:
     try:
         resolved = path.resolve()
         base = root.resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop
+    except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop, a NUL
         raise PathOutsideWorkspace(f"{path} cannot be resolved: {exc}") from None
     if resolved != base and not resolved.is_relative_to(base):
         raise PathOutsideWorkspace(f"{path} leads to {resolved}, outside {base}; refusing to follow it")

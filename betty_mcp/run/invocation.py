@@ -18,7 +18,7 @@ from typing import Any
 
 from betty_mcp.core.catalog import Skill
 from betty_mcp.core.config import SETTINGS_ENV, Settings
-from betty_mcp.core.errors import ArgumentsError, PathOutsideWorkspace
+from betty_mcp.core.errors import ArgumentsError, ArgvError, PathOutsideWorkspace
 from betty_mcp.core.handler_interface import HandlerInterface
 from betty_mcp.core.rules import ALLOWED_ROOTS_ENV, WORKSPACE_ENV
 from betty_mcp.core.secrets import without_secrets
@@ -194,4 +194,9 @@ class Invocations:
             stdin = json.dumps(arguments, ensure_ascii=False).encode()
         else:
             command += argv.build_argv(interface, skill.params, arguments, **explicit)
+            if any("\0" in token for token in command):
+                raise ArgvError(
+                    "an argument holds a NUL character, which no command line can carry; "
+                    "remove it (or give the skill mcp.arguments: json-stdin)"
+                )
         return Invocation(argv=command, env=self.env(skill), cwd=self.cwd(skill), stdin=stdin)
