@@ -688,17 +688,6 @@ MALFORMED_WITH_AN_ID = {
 BAD_IDS = {"null": None, "float": 4.5, "true": True, "object": {"a": 1}, "array": [1]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (stdio): a message with a readable id that the SDK's model refuses is dropped without a "
-        "response, so the client waits forever. Repro: after initialize, write the line "
-        '{"jsonrpc": "2.0", "id": 101, "method": "tools/call", "params": [1, 2]} (or params "x", method 5, '
-        "params nested 250 deep, a lone \\ud800 escape, a batch): no line comes back. HTTP answers each "
-        "with 400 and a JSON-RPC error. The drop is in mcp.server.stdio.stdio_server (validation errors go "
-        "to the session, which logs them); betty_mcp/mcp/stdio.py could answer them itself."
-    ),
-)
 def test_stdio_answers_every_malformed_message_that_carries_an_id(stdio_server: StdioServer) -> None:
     missing = []
     for (name, raw), request_id in zip(MALFORMED_WITH_AN_ID.items(), range(101, 107), strict=True):

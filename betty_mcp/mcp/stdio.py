@@ -14,6 +14,7 @@ afterwards. Anything else (a terminal, a regular file) gets the SDK's own stream
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -77,6 +78,75 @@ class LineReader:
             self._buffer += chunk
 
 
+class Gate:
+    """``async for line in gate``: the reader's lines that are JSON-RPC messages; the others answered here.
+
+    The SDK drops a line it cannot validate, and a client that sent it with an id would wait forever.
+    Such a line gets an error response with its id (-32700 for no JSON, -32600 otherwise), a request
+    whose id is neither a string nor an integer one with id null, and a batch (not part of MCP) one.
+    """
+
+    def __init__(self, reader: LineReader, writer: Writer) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def __aiter__(self) -> Gate:
+        return self
+
+    async def __anext__(self) -> str:
+        async for line in self.reader:
+            refusal = _refusal(line)
+            if refusal is None:
+                return line
+            await self.writer.write(json.dumps(refusal) + "\n")
+            await self.writer.flush()
+        raise StopAsyncIteration
+
+
+def _refusal(line: str) -> dict[str, Any] | None:
+    """The error response a line deserves instead of being served, or None for a message to serve."""
+    from mcp_types import jsonrpc_message_adapter
+
+    try:
+        message = jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except Exception as exc:
+        return _error_for(line, exc)
+    if getattr(message, "method", None) is not None and _has_bad_id(line):
+        return _error(None, -32600, "Invalid Request: an id must be a string or an integer")
+    return None
+
+
+def _has_bad_id(line: str) -> bool:
+    if '"id"' not in line:  # a notification: no id to check (the common case costs nothing more)
+        return False
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    request_id = data.get("id") if isinstance(data, dict) else None
+    return "id" in data and (isinstance(request_id, bool) or not isinstance(request_id, str | int))
+
+
+def _error_for(line: str, exc: Exception) -> dict[str, Any] | None:
+    if not line.strip():
+        return None  # a blank line: nothing was asked
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return _error(None, -32700, "Parse error: not a JSON document (or nested too deeply)")
+    if isinstance(data, list):
+        return _error(None, -32600, "Invalid Request: batches are not supported; send one message a line")
+    request_id = data.get("id") if isinstance(data, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        request_id = None
+    first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return _error(request_id, -32600, f"Invalid Request: {first}")
+
+
+def _error(request_id: str | int | None, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
 class Writer:
     """``await write(text)`` then ``await flush()`` on a non-blocking file descriptor."""
 
@@ -119,8 +189,9 @@ def claim_stdio() -> Iterator[tuple[Any, Any]]:
     os.dup2(2, 1)
     for fd in (wire_in, wire_out):
         os.set_blocking(fd, False)
+    writer = Writer(wire_out)
     try:
-        yield LineReader(wire_in), Writer(wire_out)
+        yield Gate(LineReader(wire_in), writer), writer
     finally:
         for fd, std in ((wire_in, 0), (wire_out, 1)):
             os.set_blocking(fd, True)
