@@ -1,16 +1,25 @@
 """Handlers forked from the zygote behave exactly as freshly spawned ones: results, failures,
-timeouts (the whole group killed), secrets kept out, large output."""
+timeouts (the whole group killed), secrets kept out, large output. Arguments of any size reach
+them; a malformed job or a dying zygote costs no call its result, and the zygote comes back. Its
+socket's folder exists only while it runs."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import struct
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from betty_mcp.core.config import load_settings
+from betty_mcp.run.zygote import ZYGOTE_ENV
 from betty_mcp.services import Services
 from tests.conftest import FIXTURE_SKILLS, alive
 
@@ -23,7 +32,7 @@ def parent_of(pid: int) -> int:
 
 
 @pytest.fixture
-async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Services:
+async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
     monkeypatch.setenv("SOME_API_KEY", "sk-zygote-secret-1234")
     app = Services(load_settings(None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False))
     zygote = app.runner._zygote
@@ -32,7 +41,8 @@ async def warm_app(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Services
     with anyio.fail_after(30):
         while not zygote._ready.is_set():
             await anyio.sleep(0.05)
-    return app
+    yield app
+    app.close()
 
 
 async def test_forked_handlers_answer_like_fresh_ones(warm_app: Services) -> None:
@@ -77,3 +87,218 @@ async def test_a_forked_handler_is_killed_with_its_children_at_the_timeout(
         await anyio.sleep(0.05)
     assert not any(alive(p) for p in pids)
     assert os.path.exists(warm_app.runner._zygote.path)  # type: ignore[union-attr]
+
+
+# -- large arguments, malformed jobs, a zygote that dies --------------------------------------------
+
+
+async def test_large_arguments_go_through_the_zygote_and_do_not_hurt_it(warm_app: Services) -> None:
+    """An argument of 100 KB used to kill the zygote (one partial read, then json.loads), taking the
+    exit status of a call running meanwhile with it; one of 1 MB failed with E2BIG."""
+    skills = warm_app.catalog.skills
+    zygote = warm_app.runner._zygote._process  # type: ignore[union-attr]
+    results = {}
+
+    async def sleep() -> None:
+        results["sleep"] = await warm_app.runner.run(skills["test.sleep"], {"seconds": 0.5})
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleep)
+        await anyio.sleep(0.1)
+        results["100k"] = await warm_app.runner.run(skills["test.echo"], {"message": "x" * 100_000})
+    assert results["sleep"].ok and results["sleep"].exit_code == 0, results["sleep"].text
+    for size in (100_000, 1_000_000):
+        result = results.get(f"{size // 1000}k") or await warm_app.runner.run(
+            skills["test.echo"], {"message": "y" * size}
+        )
+        assert result.ok and result.output_file is not None, result.text
+        assert len(json.loads(result.output_file.read_text())["message"]) == size
+    assert zygote.poll() is None and warm_app.runner._zygote._process is zygote  # type: ignore[union-attr]
+
+
+async def test_a_call_keeps_its_exit_status_when_the_zygote_dies_under_it(
+    warm_app: Services, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids"
+    warm_app.runner._base_env["BETTY_TEST_PIDFILE"] = str(pidfile)
+    zygote = warm_app.runner._zygote._process  # type: ignore[union-attr]
+    results = {}
+
+    async def sleep() -> None:
+        results["sleep"] = await warm_app.runner.run(warm_app.catalog.skills["test.sleep"], {"seconds": 0.8})
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleep)
+        with anyio.fail_after(10):
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await anyio.sleep(0.02)
+        assert parent_of(int(pidfile.read_text())) == zygote.pid
+        zygote.kill()
+    result = results["sleep"]
+    assert result.ok and result.exit_code == 0, result.text  # not -9: the handler finished normally
+    assert result.structured["slept"] == 0.8
+
+
+async def test_a_handler_killed_after_its_zygote_died_is_reported_without_a_made_up_status(
+    warm_app: Services, tmp_path: Path
+) -> None:
+    """Died by a signal with nobody left to reap it: its status is unknown, and said to be."""
+    pidfile = tmp_path / "pids"
+    warm_app.runner._base_env["BETTY_TEST_PIDFILE"] = str(pidfile)
+    zygote = warm_app.runner._zygote._process  # type: ignore[union-attr]
+    results = {}
+
+    async def sleep() -> None:
+        results["sleep"] = await warm_app.runner.run(warm_app.catalog.skills["test.sleep"], {"seconds": 30})
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleep)
+        with anyio.fail_after(10):
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await anyio.sleep(0.02)
+        zygote.kill()
+        zygote.wait()
+        os.kill(int(pidfile.read_text()), 9)
+    result = results["sleep"]
+    assert time.monotonic() - started < 10
+    assert not result.ok and result.exit_code is None
+    (error,) = result.structured["errors"]
+    assert error["code"] == "status_lost" and "ended without an exit status" in error["message"]
+
+
+async def test_the_zygote_is_restarted_after_it_dies(warm_app: Services, tmp_path: Path) -> None:
+    runner = warm_app.runner
+    zygote = runner._zygote
+    assert zygote is not None
+    old = zygote._process
+    old.kill()  # type: ignore[union-attr]
+    old.wait()  # type: ignore[union-attr]
+    echo = warm_app.catalog.skills["test.echo"]
+    with anyio.fail_after(30):
+        while True:  # calls meanwhile start a fresh interpreter; the zygote comes back after its backoff
+            result = await runner.run(echo, {"message": "still served"})
+            assert result.ok and result.structured["message"] == "still served"
+            if zygote._process not in (None, old) and zygote._ready.is_set():
+                break
+            await anyio.sleep(0.05)
+    pidfile = tmp_path / "pids"
+    runner._base_env["BETTY_TEST_PIDFILE"] = str(pidfile)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await anyio.sleep(0.02)
+        seen.append(parent_of(int(pidfile.read_text())))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        assert (await runner.run(warm_app.catalog.skills["test.sleep"], {"seconds": 0.3})).ok
+    assert seen == [zygote._process.pid]  # type: ignore[union-attr]
+    assert os.path.exists(zygote.path)
+
+
+async def test_a_malformed_job_only_closes_its_connection(warm_app: Services) -> None:
+    zygote = warm_app.runner._zygote
+    assert zygote is not None and zygote._process is not None
+
+    def send(data: bytes, fds: int = 0) -> bytes:
+        opened = [os.open(os.devnull, os.O_RDWR) for _ in range(fds)]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(zygote.path)
+            socket.send_fds(conn, [data], opened) if opened else conn.sendall(data)
+            for fd in opened:
+                os.close(fd)
+            if data.startswith(b"partial"):
+                return b""
+            conn.shutdown(socket.SHUT_WR)
+            return conn.recv(64)
+
+    header = struct.Struct("!I")
+    garbage = b"{not json"
+    assert send(garbage) == b""
+    assert send(header.pack(len(garbage)) + garbage, fds=4) == b""
+    assert send(header.pack(len(garbage)) + garbage, fds=3) == b""
+    assert send(header.pack(2**31) + b"{}", fds=4) == b""
+    wrong = json.dumps({"argv": "not a list", "cwd": "/", "env": {}}).encode()
+    assert send(header.pack(len(wrong)) + wrong, fds=4) == b""
+    assert send(b"partial" + header.pack(1000) + b'{"argv":', fds=4) == b""
+    bad_utf8 = b'{"argv": ["\xff"]}'
+    assert send(header.pack(len(bad_utf8)) + bad_utf8, fds=4) == b""
+    assert zygote._process.poll() is None, "the zygote survives every one"
+    result = await warm_app.runner.run(warm_app.catalog.skills["test.echo"], {"message": "after"})
+    assert result.ok and result.structured["message"] == "after"
+
+
+async def test_a_command_line_too_large_to_exec_is_refused_clearly(workspace: Path) -> None:
+    """Without the zygote, a handler is exec'd: one argument of 128 KiB or more cannot be."""
+    settings = load_settings(
+        None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False, limits={"fork_server": False}
+    )
+    app = Services(settings)
+    try:
+        echo = app.catalog.skills["test.echo"]
+        fits = await app.runner.run(echo, {"message": "z" * 100_000})
+        assert fits.ok, fits.text
+        result = await app.runner.run(echo, {"message": "z" * 200_000})
+        assert not result.ok
+        (error,) = result.structured["errors"]
+        assert error["code"] == "arguments_too_large"
+        assert error["message"].startswith(
+            "skill 'test.echo': argument 'message' is 200000 bytes; "
+            "too large for a command line (limit 131071"
+        )
+        assert error["message"].endswith("; pass it in a file")
+    finally:
+        app.close()
+
+
+async def test_a_large_argument_before_the_zygote_is_ready_waits_for_it(workspace: Path) -> None:
+    app = Services(load_settings(None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False))
+    try:
+        assert app.runner._zygote is not None and app.runner._zygote._process is None
+        result = await app.runner.run(app.catalog.skills["test.echo"], {"message": "w" * 300_000})
+        assert result.ok and result.output_file is not None, result.text
+        assert len(json.loads(result.output_file.read_text())["message"]) == 300_000
+    finally:
+        app.close()
+
+
+# -- the socket's folder ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def temp_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of our own (short: it holds a Unix socket's path), for the runner."""
+    folder = Path(tempfile.mkdtemp(prefix="bz-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder  # type: ignore[misc]
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_no_socket_folder_before_the_zygote_starts_and_none_after_close(
+    workspace: Path, temp_dir: Path
+) -> None:
+    settings = load_settings(None, workspace=workspace, skills_dirs=[FIXTURE_SKILLS], bundled=False)
+    idle = Services(settings)
+    runner = idle.runner
+    assert runner._zygote is not None
+    assert runner._base_env[ZYGOTE_ENV] == runner._zygote.path  # handlers are told where it will be
+    assert list(temp_dir.iterdir()) == [], "no folder for a runner that has started no zygote"
+    idle.close()
+    assert list(temp_dir.iterdir()) == []
+
+    used = Services(settings)
+    assert (await used.runner.run(used.catalog.skills["test.echo"], {"message": "hi"})).ok
+    zygote = used.runner._zygote
+    assert zygote is not None and zygote._process is not None
+    folder = Path(zygote.path).parent
+    assert list(temp_dir.iterdir()) == [folder] and folder.stat().st_mode & 0o777 == 0o700
+    with anyio.fail_after(30):
+        while not zygote._ready.is_set():
+            await anyio.sleep(0.05)
+    process = zygote._process
+    used.close()
+    assert process.poll() is not None, "the zygote is stopped"
+    assert list(temp_dir.iterdir()) == []

@@ -1,9 +1,18 @@
-"""Running a skill: one subprocess per call, in its own process group, bounded and killable.
+"""Running a skill: one process per call (forked from the zygote, or spawned), bounded and killable.
 
-The whole group is killed on timeout, on cancellation and after the handler exits (so no
-grandchild outlives a call). Concurrency is bounded by a capacity limiter. A result too
-large for a host is cut to a preview; the full output is kept under the workspace's run
-folder and referenced from the result.
+Every process a call starts dies with the call, whatever session it makes: on timeout, on
+cancellation, and once the handler has exited (``reaper.py``: a cgroup per call, else /proc
+tracking). Collecting a call's output ends when the handler exits, plus a short drain for what is
+still buffered; whatever is left of its processes is then killed, so a grandchild holding the
+pipes open neither delays the result nor keeps a thread (and the server's exit) waiting.
+Concurrency is bounded by a capacity limiter. A result too large for a host is cut to a preview;
+the full output is kept under the workspace's run folder and referenced from the result.
+
+Command lines: a Python handler forked from the zygote gets its argv in-process, so an argument
+of any size (up to the zygote's job limit) works. A spawned handler's command line must fit
+``execve``'s limits (128 KiB per argument, ``ARG_MAX`` in all): a call whose command line would
+not is run through the zygote when it can be (waiting for it to be ready), and otherwise refused
+with a clear error naming the argument, rather than failing with ``E2BIG``.
 
     runner = SkillRunner(settings)
     result = await runner.run(skill, {"spec_path": "openapi.yaml"})
@@ -12,13 +21,14 @@ folder and referenced from the result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import selectors
-import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,12 +45,17 @@ from betty_mcp.core.rules import failure_envelope, new_output_id
 from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.run.envelope import last_json_document, normalise
 from betty_mcp.run.invocation import Invocation, Invocations, check_paths
-from betty_mcp.run.zygote import ZYGOTE_ENV, Zygote
+from betty_mcp.run.reaper import CALL_ENV, CallScope, Containment
+from betty_mcp.run.zygote import MAX_JOB, ZYGOTE_ENV, Zygote
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
 HEARTBEAT_SECONDS = 5.0
+DRAIN_SECONDS = 0.2  # after the handler exits, how long its output may still come before the kill
+KILL_GRACE_SECONDS = 1.0  # after that kill, how long to wait for the pipes to close before giving up
+ZYGOTE_WAIT_SECONDS = 30.0  # how long a call too large for a command line waits for the zygote
+MAX_ARG_STRLEN = 32 * 4096  # Linux: the longest single argument execve takes, its NUL included
 
 
 @dataclass
@@ -61,23 +76,115 @@ class _Captured:
     overflow: bool = False
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+class _StartFailure(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _exec_limit() -> int:
+    try:
+        return max(MAX_ARG_STRLEN, os.sysconf("SC_ARG_MAX") - 16 * 1024)
+    except (ValueError, OSError):
+        return MAX_ARG_STRLEN
+
+
+def command_line_problem(invocation: Invocation, arguments: dict[str, Any]) -> str | None:
+    """Why ``invocation`` cannot be exec'd (a command line over execve's limits), or None."""
+    sizes = [len(os.fsencode(a)) + 1 for a in invocation.argv]
+    total = sum(sizes) + sum(len(os.fsencode(f"{k}={v}")) + 1 for k, v in invocation.env.items())
+    total += 8 * (len(sizes) + len(invocation.env) + 2)  # the pointer arrays count too
+    limit = _exec_limit()
+    if max(sizes) <= MAX_ARG_STRLEN and total <= limit:
+        return None
+    rendered = {
+        name: len((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).encode())
+        for name, value in arguments.items()
+    }
+    limits = f"limit {MAX_ARG_STRLEN - 1} bytes for one argument, {limit} for the whole command line"
+    if not rendered:
+        return f"the command line is {total} bytes; too large for a command line ({limits})"
+    name = max(rendered, key=lambda n: rendered[n])
+    return (
+        f"argument '{name}' is {rendered[name]} bytes; too large for a command line ({limits}); "
+        "pass it in a file"
+    )
+
+
+class _Collector:
+    """The worker thread's side of a call. From the moment it starts it owns the handler's pipes and
+    exit descriptor, and it releases them when done: the runner may have stopped waiting for it (a
+    timeout, a cancellation) and must not close descriptors a running thread still watches."""
+
+    def __init__(self, process: Any, stdin: bytes | None, captured: _Captured, cap: int, keep: int) -> None:
+        self.process, self.stdin, self.captured, self.cap, self.keep = process, stdin, captured, cap, keep
+        self._lock = threading.Lock()
+        self._started = self._abandoned = False
+
+    def run(self, kill: Callable[[], None]) -> None:
+        with self._lock:
+            if self._abandoned:
+                return
+            self._started = True
+        exit_fd = self._exit_fd()
+        try:
+            _collect(self.process, exit_fd, self.stdin, self.captured, self.cap, self.keep, kill)
+        except BaseException:
+            kill()  # or release() would wait for a handler nobody reads any more
+            raise
+        finally:
+            self.release(exit_fd)
+
+    def _exit_fd(self) -> int | None:
+        """A descriptor readable once the handler has exited (a pidfd), or None: poll then."""
+        if isinstance(self.process, subprocess.Popen):
+            try:
+                return os.pidfd_open(self.process.pid)
+            except (AttributeError, OSError):
+                return None
+        return self.process.exit_fd()
+
+    def release(self, exit_fd: int | None = None) -> None:
+        """Reap the handler (it has exited, or was killed) and close what the call opened."""
+        self.process.wait()
+        if isinstance(self.process, subprocess.Popen):
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            if exit_fd is not None:
+                os.close(exit_fd)
+        else:
+            self.process.close()
+
+    def abandon(self) -> bool:
+        """The runner is done with the call: True when the thread never started (release it yourself)."""
+        with self._lock:
+            self._abandoned = not self._started
+            return self._abandoned
 
 
 def _collect(
-    process: subprocess.Popen[bytes], stdin: bytes | None, captured: _Captured, cap: int, keep: int
+    process: Any,
+    exit_fd: int | None,
+    stdin: bytes | None,
+    captured: _Captured,
+    cap: int,
+    keep: int,
+    kill: Callable[[], None],
 ) -> None:
-    """Feed stdin, drain stdout (capped) and stderr (its tail) until both close, then reap.
+    """Feed stdin, drain stdout (capped) and stderr (its tail) until the handler is done, then reap.
 
-    Once the handler has exited, whatever is left of its process group is killed: a stray
-    grandchild holding the pipes open must not keep the call waiting.
+    Done means: both pipes closed, or the handler exited and ``DRAIN_SECONDS`` passed. Then whatever
+    is left of the call is killed (``kill``): a stray grandchild holding the pipes open must not keep
+    the call waiting; and if the pipes still do not close, reading stops ``KILL_GRACE_SECONDS`` later.
     """
     assert process.stdout is not None and process.stderr is not None
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ, "out")
         selector.register(process.stderr, selectors.EVENT_READ, "err")
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ, "exit")
         pending = memoryview(stdin) if stdin is not None else None
         if process.stdin is not None:
             if pending:
@@ -85,35 +192,59 @@ def _collect(
                 selector.register(process.stdin, selectors.EVENT_WRITE, "in")
             else:
                 process.stdin.close()
-        while selector.get_map():
-            events = selector.select(timeout=0.2)
-            if not events and process.poll() is not None:
-                _kill_group(process.pid)
+        streams = 2
+        exited_at: float | None = None
+        killed_at: float | None = None
+        while streams:
+            if exited_at is None:
+                timeout = None if exit_fd is not None else 0.1
+            elif killed_at is None:
+                timeout = max(0.0, exited_at + DRAIN_SECONDS - time.monotonic())
+            else:
+                timeout = max(0.0, killed_at + KILL_GRACE_SECONDS - time.monotonic())
+            events = selector.select(timeout)
             for key, _ in events:
-                if key.data == "in":
+                if key.data == "exit":
+                    selector.unregister(key.fileobj)
+                    exited_at = time.monotonic()
+                elif key.data == "in":
                     try:
                         written = os.write(key.fd, pending[:65536])  # type: ignore[index]
-                    except BrokenPipeError:
+                    except (BrokenPipeError, BlockingIOError):
                         written = len(pending)  # type: ignore[arg-type]
                     pending = pending[written:]  # type: ignore[index]
                     if not pending:
                         selector.unregister(key.fileobj)
                         key.fileobj.close()  # type: ignore[union-attr]
                     continue
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()  # type: ignore[union-attr]
-                elif key.data == "err":
-                    captured.stderr_tail += chunk
-                    if len(captured.stderr_tail) > 2 * keep + 4096:
-                        del captured.stderr_tail[: len(captured.stderr_tail) - keep]
-                elif len(captured.stdout) + len(chunk) > cap:
-                    captured.overflow = True
-                    _kill_group(process.pid)
                 else:
-                    captured.stdout += chunk
-    process.wait()  # the pipes are closed: the handler is exiting, or its group was killed
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+                        streams -= 1
+                    elif key.data == "err":
+                        captured.stderr_tail += chunk
+                        if len(captured.stderr_tail) > 2 * keep + 4096:
+                            del captured.stderr_tail[: len(captured.stderr_tail) - keep]
+                    elif len(captured.stdout) + len(chunk) > cap:
+                        if not captured.overflow:
+                            captured.overflow = True
+                            kill()
+                    else:
+                        captured.stdout += chunk
+            if exited_at is None and exit_fd is None and not events and process.poll() is not None:
+                exited_at = time.monotonic()
+            now = time.monotonic()
+            if exited_at is not None and killed_at is None and streams and now >= exited_at + DRAIN_SECONDS:
+                kill()
+                killed_at = now
+            if killed_at is not None and streams and now >= killed_at + KILL_GRACE_SECONDS:
+                log.warning("a handler's pipes stayed open after its processes were killed; not read further")
+                break
+        for key in list(selector.get_map().values()):
+            if key.data in ("out", "err", "in"):
+                key.fileobj.close()  # type: ignore[union-attr]
 
 
 class SkillRunner:
@@ -123,17 +254,19 @@ class SkillRunner:
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
         self._base_env = self.invocations.base_env  # shared: the zygote's address goes in it
         self._secrets = secret_values()  # the environment's secrets, looked up once
+        self._containment = Containment()  # a cgroup per call, decided at the first call
         self._zygote: Zygote | None = None
         if os.environ.get(ZYGOTE_ENV):  # inside a handler (workflow.run): use the server's zygote
             self._zygote = Zygote.attach(os.environ[ZYGOTE_ENV])
         elif settings.limits.fork_server:
-            self._zygote = Zygote(self._base_env, str(settings.workspace))
+            self._zygote = Zygote(self._base_env, str(settings.workspace))  # nothing created yet
             self._base_env[ZYGOTE_ENV] = self._zygote.path
 
     def close(self) -> None:
-        """Stop this runner's zygote (if it started one) and remove its socket folder."""
+        """Stop this runner's zygote (if it started one), remove its socket folder and call cgroups."""
         if self._zygote is not None:
             self._zygote.close()
+        self._containment.close()
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -155,30 +288,43 @@ class SkillRunner:
         timeout = skill.manifest.mcp.timeout_seconds or self.settings.limits.skill_timeout_seconds
         async with self._limiter:
             started = time.perf_counter()
-            captured, exit_code, timed_out = await self._execute(invocation, timeout, skill, progress)
+            try:
+                captured, exit_code, timed_out = await self._execute(
+                    invocation, timeout, skill, arguments, progress
+                )
+            except _StartFailure as exc:
+                return self._failure(f"skill '{skill.name}': {exc}", code=exc.code)
             duration_ms = (time.perf_counter() - started) * 1000
         result = self._interpret(skill, captured, exit_code, timed_out, timeout)
         result.duration_ms = duration_ms
         return result
 
     async def _execute(
-        self, invocation: Invocation, timeout: float, skill: Skill, progress: Progress | None
+        self,
+        invocation: Invocation,
+        timeout: float,
+        skill: Skill,
+        arguments: dict[str, Any],
+        progress: Progress | None,
     ) -> tuple[_Captured, int | None, bool]:
-        """Spawn, then collect output in a worker thread (cheaper per call than asyncio's pipes).
+        """Start the handler, then collect output in a worker thread (cheaper per call than asyncio's
+        pipes). Whatever happens (completion, timeout, cancellation), every process of the call is
+        killed at the end, which also ends the thread.
 
-        Timeout and cancellation kill the process group, which closes the pipes and ends the thread.
+        The exit code is None when the call timed out, or when the handler's status was lost.
         """
         limits = self.settings.limits
-        process = self._fork(invocation, skill) or subprocess.Popen(
-            invocation.argv,
-            stdin=subprocess.PIPE if invocation.stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=invocation.cwd,
-            env=invocation.env,
-            start_new_session=True,
-        )
+        scope = self._containment.open()
+        invocation.env[CALL_ENV] = scope.env_value(invocation.env.get(CALL_ENV))
+        try:
+            process = await self._start(invocation, skill, arguments, scope)
+        except BaseException:
+            scope.release()
+            raise
         captured = _Captured()
+        collector = _Collector(
+            process, invocation.stdin, captured, limits.max_output_bytes, limits.stderr_tail_chars
+        )
         timed_out = False
         try:
             with anyio.move_on_after(timeout) as deadline:
@@ -186,33 +332,82 @@ class SkillRunner:
                     if progress is not None:
                         tg.start_soon(self._heartbeat, progress, skill.name)
                     await anyio.to_thread.run_sync(
-                        _collect,
-                        process,
-                        invocation.stdin,
-                        captured,
-                        limits.max_output_bytes,
-                        limits.stderr_tail_chars,
-                        abandon_on_cancel=True,
+                        collector.run, lambda: scope.kill(process), abandon_on_cancel=True
                     )
                     tg.cancel_scope.cancel()
             timed_out = deadline.cancelled_caught
         finally:
-            _kill_group(process.pid)
             with anyio.CancelScope(shield=True):
-                if process.poll() is None:
-                    await anyio.to_thread.run_sync(process.wait)
-        return captured, None if timed_out else process.returncode, timed_out
+                if scope.cgroup is not None:
+                    scope.kill(process)  # one write: no need for a thread
+                else:
+                    await anyio.to_thread.run_sync(scope.kill, process)  # a scan of /proc
+                if collector.abandon():
+                    await anyio.to_thread.run_sync(collector.release)
+            scope.release()
+        if timed_out or getattr(process, "status_lost", False):
+            return captured, None, timed_out
+        return captured, process.returncode, False
 
-    def _fork(self, invocation: Invocation, skill: Skill) -> Any:
-        """A handler forked from the warm zygote when it can run this call, else None."""
-        if (
+    def _forkable(self, invocation: Invocation, skill: Skill) -> bool:
+        return not (
             self._zygote is None
             or invocation.stdin is not None
             or invocation.argv[0] != sys.executable
             or skill.source == "betty-home"  # its own PYTHONPATH: a fresh interpreter
-        ):
+        )
+
+    def _fork(self, invocation: Invocation, skill: Skill, scope: CallScope) -> Any:
+        """A handler forked from the warm zygote when it can run this call, else None."""
+        if not self._forkable(invocation, skill):
             return None
-        return self._zygote.fork(invocation.argv[1:], str(invocation.cwd), invocation.env)
+        assert self._zygote is not None
+        cgroup = str(scope.cgroup) if scope.cgroup is not None else None
+        return self._zygote.fork(invocation.argv[1:], str(invocation.cwd), invocation.env, cgroup)
+
+    async def _start(
+        self, invocation: Invocation, skill: Skill, arguments: dict[str, Any], scope: CallScope
+    ) -> Any:
+        """The running handler: forked from the zygote, else spawned (see the module docstring)."""
+        process = self._fork(invocation, skill, scope)
+        if process is not None:
+            return process
+        problem = command_line_problem(invocation, arguments)
+        if problem is not None:
+            if self._forkable(invocation, skill) and self._job_fits(invocation):
+                deadline = time.monotonic() + ZYGOTE_WAIT_SECONDS
+                assert self._zygote is not None
+                while process is None and self._zygote.starting() and time.monotonic() < deadline:
+                    await anyio.sleep(0.05)
+                    process = self._fork(invocation, skill, scope)
+                if process is not None:
+                    return process
+            raise _StartFailure(problem, "arguments_too_large")
+        try:
+            process = subprocess.Popen(
+                invocation.argv,
+                stdin=subprocess.PIPE if invocation.stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=invocation.cwd,
+                env=invocation.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise _StartFailure(
+                    f"its command line is too large to start it ({exc.strerror}); pass large values "
+                    "in a file",
+                    "arguments_too_large",
+                ) from None
+            raise
+        scope.adopt(process.pid)
+        return process
+
+    @staticmethod
+    def _job_fits(invocation: Invocation) -> bool:
+        size = sum(len(a) for a in invocation.argv) + sum(len(k) + len(v) for k, v in invocation.env.items())
+        return size < MAX_JOB // 2  # a rough bound: JSON may double what it escapes
 
     @staticmethod
     async def _heartbeat(progress: Progress, name: str) -> None:
@@ -243,7 +438,14 @@ class SkillRunner:
                 stderr=stderr,
                 stdout=stdout,
             )
-        assert exit_code is not None
+        if exit_code is None:
+            return self._failure(
+                f"skill '{skill.name}' ended without an exit status: it died abnormally while the zygote "
+                "that forked it was gone",
+                code="status_lost",
+                stderr=stderr,
+                stdout=stdout,
+            )
         doc = last_json_document(stdout)
         if doc is None:
             if exit_code == 0:  # plain text is a result too: a success whose content is the text

@@ -1,8 +1,13 @@
 """The zygote's own side: a single-threaded process with the handlers' heavy imports done, that forks
-one child per job and turns it into ``python handler.py ARGS`` (its own session, descriptors 0/1/2,
-environment, working directory, argv and ``sys.path[0]``). The server's side is ``zygote.py``.
+one child per job and turns it into ``python handler.py ARGS`` (its call's cgroup, its own session,
+descriptors 0/1/2, environment, working directory, argv and ``sys.path[0]``). The server's side, and
+the protocol, are in ``zygote.py``.
 
-Single-threaded on purpose: forking a process that runs threads is unsafe.
+Single-threaded on purpose: forking a process that runs threads is unsafe. Nothing a job sends can
+stop it: a job is read whole however it arrives (length-framed), and a malformed one only closes
+its own connection. It is a child subreaper: orphans of the handlers it forks come back to it, and it
+reaps them. A child whose requester goes away while it runs (the connection closes) is killed with
+its call's processes.
 
     python -m betty_mcp.run.zygote_server SOCKET_PATH
 """
@@ -17,6 +22,12 @@ import selectors
 import signal
 import socket
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from betty_mcp.run.reaper import CALL_ENV, kill_cgroup, kill_group, kill_processes, set_child_subreaper
+from betty_mcp.run.zygote import HEADER, MAX_JOB, OUTSIDE_CGROUP
 
 # What bundled handlers import, by name (the server never imports the kit itself); a failed
 # import is skipped (the handler will say what is missing).
@@ -29,20 +40,66 @@ PRELOAD = (
     "jsonschema",
     "openapi_spec_validator",
 )
-MAX_JOB = 8 * 1024 * 1024
+FDS = 4  # stdin, stdout, stderr, status
+STATUS_FD = 3  # where the child keeps its status pipe
+
+
+@dataclass
+class _Incoming:
+    """A job being received."""
+
+    data: bytearray = field(default_factory=bytearray)
+    fds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Child:
+    conn: socket.socket
+    status_fd: int
+    cgroup: str | None
+    call_id: str | None
+
+
+def _job(data: bytes) -> dict[str, Any]:
+    """The job in ``data`` (its JSON), checked; ValueError when it is not one."""
+    job = json.loads(data)
+    if not isinstance(job, dict):
+        raise ValueError("a job is a JSON object")
+    argv, env, cwd, cgroup = job.get("argv"), job.get("env"), job.get("cwd"), job.get("cgroup")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise ValueError("argv: a non-empty list of strings")
+    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ValueError("env: a mapping of strings")
+    if not isinstance(cwd, str) or not (cgroup is None or isinstance(cgroup, str)):
+        raise ValueError("cwd: a string; cgroup: a string or null")
+    return job
+
+
+def _write_status(fd: int, text: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, text)
 
 
 def _become_handler(job: dict, fds: list[int]) -> None:
     """In the forked child: turn into ``python handler.py ARGS``; never returns."""
     code = 1
+    status = fds[3]
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if job.get("cgroup"):  # first: everything the handler starts stays in its call's cgroup
+            try:
+                Path(job["cgroup"], "cgroup.procs").write_text("0")
+            except OSError:
+                _write_status(status, OUTSIDE_CGROUP + b"\n")
         os.setsid()
-        for target, fd in enumerate(fds):
+        for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        for fd in fds:
-            os.close(fd)
+        if status != STATUS_FD:
+            os.dup2(status, STATUS_FD, inheritable=False)
+            status = STATUS_FD
+        os.set_inheritable(STATUS_FD, False)
+        os.closerange(STATUS_FD + 1, 1 << 20)  # the zygote's socket, pipes and other jobs' descriptors
         os.environ.clear()
         os.environ.update(job["env"])
         os.chdir(job["cwd"])
@@ -67,75 +124,203 @@ def _become_handler(job: dict, fds: list[int]) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        code &= 0xFF
+        _write_status(status, f"{code}\n".encode())  # the status, whatever becomes of the zygote
         os._exit(code)
+
+
+class _Zygote:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+        self.selector.register(sys.stdin, selectors.EVENT_READ, "stdin")  # EOF: the server is gone
+        # A child's exit wakes the loop at once (its status goes back without waiting for a timeout).
+        self.wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
+        self.wake_w = wake_w
+        signal.set_wakeup_fd(wake_w.fileno())
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.incoming: dict[socket.socket, _Incoming] = {}
+        self.children: dict[int, _Child] = {}  # running child pid -> who waits for it
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.data == "listener":
+                    self._accept()
+                elif key.data == "wake":
+                    self.wake_r.recv(4096)
+                elif key.data == "stdin":
+                    if not os.read(0, 1):
+                        self._shut_down()
+                        return
+                elif key.data == "job":
+                    self._receive(key.fileobj)  # type: ignore[arg-type]
+                else:
+                    self._requester_gone(key.data, key.fileobj)  # type: ignore[arg-type]
+            self._reap()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.listener.accept()
+            conn.setblocking(False)
+            self.incoming[conn] = _Incoming()
+            self.selector.register(conn, selectors.EVENT_READ, "job")
+
+    def _drop(self, conn: socket.socket) -> None:
+        """Forget a connection whose job was malformed or abandoned, with the descriptors it brought."""
+        incoming = self.incoming.pop(conn, None)
+        for fd in incoming.fds if incoming is not None else ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        conn.close()
+
+    def _receive(self, conn: socket.socket) -> None:
+        incoming = self.incoming.get(conn)
+        if incoming is None:
+            return
+        try:
+            data, fds, flags, _ = socket.recv_fds(conn, 1 << 20, FDS)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds, flags = b"", [], 0
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        incoming.fds += fds
+        incoming.data += data
+        if not data or flags & socket.MSG_CTRUNC or len(incoming.fds) > FDS:
+            self._drop(conn)  # closed before the job was whole, or sent too many descriptors
+            return
+        if len(incoming.data) < HEADER.size:
+            return
+        (length,) = HEADER.unpack_from(incoming.data)
+        if length > MAX_JOB or len(incoming.data) > HEADER.size + length:
+            self._drop(conn)
+            return
+        if len(incoming.data) < HEADER.size + length:
+            return
+        try:
+            if len(incoming.fds) != FDS:
+                raise ValueError(f"a job brings {FDS} descriptors")
+            job = _job(bytes(incoming.data[HEADER.size :]))
+        except ValueError:  # json.JSONDecodeError and UnicodeDecodeError included
+            self._drop(conn)
+            return
+        del self.incoming[conn]
+        self._launch(conn, job, incoming.fds)
+
+    def _launch(self, conn: socket.socket, job: dict, fds: list[int]) -> None:
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            self.selector.unregister(conn)
+            conn.close()
+            return
+        if pid == 0:
+            _become_handler(job, fds)
+        for fd in fds[:3]:
+            os.close(fd)
+        os.set_blocking(fds[3], False)  # a status line never waits, even on a pipe a handler filled
+        child = _Child(conn, fds[3], job.get("cgroup"), (job["env"].get(CALL_ENV) or "").rpartition(":")[2])
+        self.children[pid] = child
+        self.selector.modify(conn, selectors.EVENT_READ, pid)
+        try:
+            conn.setblocking(True)
+            conn.sendall(f"{pid}\n".encode())
+        except OSError:
+            self._kill(pid, child)  # the requester is already gone
+
+    def _requester_gone(self, pid: int, conn: socket.socket) -> None:
+        try:
+            if conn.recv(64):
+                return  # nothing is expected after the job; ignore it
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        child = self.children.get(pid)
+        if child is not None and child.conn is conn:
+            self._kill(pid, child)
+        else:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn)
+            conn.close()
+
+    def _kill(self, pid: int, child: _Child) -> None:
+        """Kill a child nobody waits for, with its call's processes (it is reaped by ``_reap``)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(child.conn)
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, None
+        if done:  # it had already exited: nothing to kill
+            self._finished(pid, child, status)
+            return
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # itself first: it may not have made its session, or moved, yet
+        kill_group(pid)
+        if child.cgroup:
+            kill_cgroup(Path(child.cgroup))
+        else:
+            kill_processes([pid], child.call_id or None)
+
+    def _finished(self, pid: int, child: _Child, status: int | None) -> None:
+        self.children.pop(pid, None)
+        if status is not None:
+            _write_status(child.status_fd, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+        with contextlib.suppress(OSError):
+            os.close(child.status_fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(child.conn)
+        child.conn.close()
+
+    def _reap(self) -> None:
+        """Reap every child that exited: handlers (their status goes to their status pipe) and orphans."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.get(pid)
+            if child is not None:
+                self._finished(pid, child, status)
+
+    def _shut_down(self) -> None:
+        """The server is gone: so is everyone waiting for a handler."""
+        for pid, child in list(self.children.items()):
+            self._kill(pid, child)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+            os.rmdir(os.path.dirname(self.path))
 
 
 def serve(path: str) -> None:
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             __import__(name)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
-    selector.register(sys.stdin, selectors.EVENT_READ)  # EOF: the server is gone
-    # A child's exit wakes the loop at once (its status goes back without waiting for a timeout).
-    wake_r, wake_w = socket.socketpair()
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno())
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector.register(wake_r, selectors.EVENT_READ)
-    waiting: dict[int, socket.socket] = {}  # child pid -> the connection to tell its exit status
+    set_child_subreaper()
+    zygote = _Zygote(path)
     print("ready", flush=True)
     while True:
-        for key, _ in selector.select(timeout=1.0):
-            if key.fileobj is listener:
-                conn, _ = listener.accept()
-                selector.register(conn, selectors.EVENT_READ)
-                continue
-            if key.fileobj is wake_r:
-                wake_r.recv(4096)
-                continue
-            if key.fileobj is sys.stdin:
-                if not os.read(0, 1):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                        os.rmdir(os.path.dirname(path))
-                    return
-                continue
-            conn = key.fileobj  # type: ignore[assignment]
-            try:
-                data, fds, _, _ = socket.recv_fds(conn, MAX_JOB, 3)
-            except OSError:
-                data, fds = b"", []
-            selector.unregister(conn)
-            if not data or len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                conn.close()
-                continue
-            job = json.loads(data)
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                _become_handler(job, fds)
-            for fd in fds:
-                os.close(fd)
-            conn.sendall(f"{pid}\n".encode())
-            waiting[pid] = conn
-        while waiting:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            conn = waiting.pop(pid, None)
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
-                conn.close()
+        try:
+            zygote.serve()
+            sys.stdout.flush()
+            os._exit(0)  # the server is gone: no need to tear down what the handlers preloaded
+        except Exception as exc:  # a bug must not take the zygote down with every later call
+            print(f"zygote: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
