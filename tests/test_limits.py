@@ -204,15 +204,6 @@ def _client_connections_to(pid: int, port: int) -> int:
     return count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: every llm_query builds a new HTTP client, and keeps its connection open: the request timeout "
-        "passed to LiteLLM is the time left before the deadline (54.99999...s, a new float each call), and "
-        "LiteLLM keys its client cache on it (up to 200 clients, 600 s). Repro: 20 llm_query calls to one "
-        "OpenAI-compatible endpoint leave ~20 established connections to it (bench/soak.py: 80-100)."
-    ),
-)
 def test_repeated_llm_queries_reuse_their_connections(workspace: Path) -> None:
     from tests.fakes.scripted_llm import ScriptedLLM
 

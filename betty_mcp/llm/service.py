@@ -12,6 +12,7 @@ hop is recorded in the result and in the ledger. The whole walk has one deadline
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -159,7 +160,11 @@ class LlmService:
                     f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops
                 )
             self._check_budgets(spec, request, run_id)
-            timeout = min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining)
+            # Whole seconds (a float: LiteLLM is slower with an int): LiteLLM keys its HTTP clients on the
+            # timeout, so "the time left" to the microsecond would build (and keep) a client per call.
+            timeout = float(
+                math.ceil(min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining))
+            )
             attempt = replace(request, timeout_seconds=timeout)
             secrets = secret_values(extra=[spec.key() or ""])
             sink.start(spec.id, secrets)
