@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from betty_mcp.agent import AgentRuntime, OnStep, RunRequest, RunResult
     from betty_mcp.agent.runs import RunHandle, RunManager
+    from betty_mcp.llm.messages import MessagesService
+    from betty_mcp.llm.routing import AgentPreference
     from betty_mcp.llm.service import LlmService
     from betty_mcp.llm.types import StreamSink
     from betty_mcp.run.invocation import Invocations
@@ -56,6 +58,7 @@ class Services:
         self._runner: SkillRunner | None = None
         self._llm = llm  # given by tests and benchmarks; otherwise built on first use
         self._runs: RunManager | None = None
+        self._messages: MessagesService | None = None
 
     # -- parts, built on first use --------------------------------------------------------------
 
@@ -264,6 +267,38 @@ class Services:
             except json.JSONDecodeError as exc:
                 out["json_error"] = f"the model's answer is not valid JSON: {exc.msg} at char {exc.pos}"
         return out
+
+    # -- the gateway (Anthropic Messages) -------------------------------------------------------
+
+    async def messages(self) -> MessagesService:
+        """The gateway's use case: Anthropic Messages through the router (LiteLLM loaded in a thread)."""
+        if self._messages is None:
+            import anyio.to_thread
+
+            from betty_mcp.llm import anthropic_adapter
+            from betty_mcp.llm.messages import MessagesService
+
+            llm = await self.llm()
+            await anyio.to_thread.run_sync(anthropic_adapter.load)
+            self._messages = MessagesService(llm, agents=self.agent_preference)
+        return self._messages
+
+    def agent_preference(self, name: str) -> AgentPreference | None:
+        """A Betty agent's model preferences (its ``llm_config`` / ``llm_preference``), or None if unknown."""
+        from betty_mcp.llm.routing import AgentPreference
+
+        agent = self.catalog.agents.get(name)
+        if agent is None:
+            log.warning("gateway: a request names Betty agent '%s', which is not in the catalog", name)
+            return None
+        return AgentPreference.of(agent.manifest)
+
+    async def aclose_llm(self) -> None:
+        """Close the gateway's pooled upstream connections."""
+        if self._messages is not None:
+            from betty_mcp.llm import anthropic_adapter
+
+            await anthropic_adapter.close_client()
 
     # -- agents ---------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""The package's layers import in one direction only: core → run → llm → agent → services → (mcp | cli).
+"""The package's layers import in one direction only: core → run → llm → agent → services → (mcp | gateway)
+→ cli (cli may use both front ends; mcp and gateway never import each other).
 
 Every import counts: module level, inside functions, and under ``TYPE_CHECKING``. ``kit/`` (what
 handler processes import) may use core and run, and nothing in the server imports it. The MCP SDK
-is imported only under ``mcp/``, LiteLLM only by the LiteLLM adapter.
+is imported only under ``mcp/``, LiteLLM only by the LiteLLM adapter and the Anthropic adapter.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "betty_mcp"
 
 # Higher may import lower, never the reverse. Same rank: only within the same layer.
-RANKS = {"core": 0, "run": 1, "llm": 2, "agent": 3, "services": 4, "mcp": 5, "cli": 6, "kit": 7}
+RANKS = {"core": 0, "run": 1, "llm": 2, "agent": 3, "services": 4, "mcp": 5, "gateway": 5, "cli": 6, "kit": 7}
 # Who may import kit/ (nobody in the server: handlers import it by path, the zygote preloads it by name).
 KIT_USERS = {"kit"}
 ENTRY_POINTS = {"__init__", "__main__"}  # betty_mcp/__init__.py and __main__.py
 SDK_HOME = "mcp"
-LITELLM_HOME = "betty_mcp.llm.litellm_adapter"
+LITELLM_HOMES = {"betty_mcp.llm.litellm_adapter", "betty_mcp.llm.anthropic_adapter"}
 
 
 def modules() -> dict[str, Path]:
@@ -89,6 +90,8 @@ def test_no_import_goes_up_a_layer() -> None:
             wrong.append(f"{source}:{line} (kit) imports {target} ({dst}); kit may use core and run only")
         elif {src, dst} == {"mcp", "cli"} and src == "mcp":
             wrong.append(f"{source}:{line} imports {target}: mcp/ does not use the CLI")
+        elif {src, dst} == {"mcp", "gateway"}:
+            wrong.append(f"{source}:{line} imports {target}: mcp/ and gateway/ are separate front ends")
     assert not wrong, "\n".join(wrong)
 
 
@@ -125,7 +128,7 @@ def test_vendor_libraries_have_one_home(library: str, home: str | None) -> None:
         for line, target in imports(module, path):
             if target != library and not target.startswith(library + "."):
                 continue
-            allowed = layer(module) == home if home else module == LITELLM_HOME
+            allowed = layer(module) == home if home else module in LITELLM_HOMES
             if not allowed:
                 outside.append(f"{module}:{line} imports {target}")
     assert not outside, "\n".join(outside)

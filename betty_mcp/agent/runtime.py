@@ -507,16 +507,7 @@ class AgentRuntime:
 
 
 def _route_request(manifest: AgentManifest, state: RunState) -> RouteRequest:
-    config = manifest.llm_config
-    preference = AgentPreference(
-        name=manifest.name,
-        primary_provider=config.primary_provider if config else None,
-        primary_model=config.primary_model if config else None,
-        fallback_provider=config.fallback_provider if config else None,
-        fallback_model=config.fallback_model if config else None,
-        preference=manifest.llm_preference,
-    )
-    return RouteRequest(model=state.model_override, agent=preference, prompt=state.task)
+    return RouteRequest(model=state.model_override, agent=AgentPreference.of(manifest), prompt=state.task)
 
 
 def _interpret(completion: Completion, textual: bool, state: RunState) -> tuple[list[_Call], str]:

@@ -659,3 +659,108 @@ def runs_show(
         typer.echo(
             f"{e.get('ts', '')}  {e.get('event', '?'):<14} {json.dumps(detail, ensure_ascii=False)[:300]}"
         )
+
+
+# -- the gateway: Claude Code through the llm_router -------------------------------------------------
+
+HostOpt = Annotated[str, typer.Option("--host", help="Bind address; anything but loopback needs a token.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Token clients must send (bearer or x-api-key); or $BETTY_MCP_TOKEN."),
+]
+
+
+@app.command()
+def gateway(
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (default 8787).")] = 8787,
+    token: TokenOpt = None,
+    allowed_host: Annotated[
+        list[str] | None, typer.Option("--allowed-host", help="Extra Host accepted, e.g. gw.example.com:443.")
+    ] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    log_level: LogLevelOpt = "info",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve an Anthropic Messages endpoint (for Claude Code) that answers through the llm_router."""
+    from betty_mcp.cli.claude import run_gateway
+
+    run_gateway(
+        host=host,
+        port=port,
+        token=token,
+        allowed_hosts=allowed_host or [],
+        config=config,
+        workspace=workspace,
+        log_level=log_level,
+        verbose=verbose,
+    )
+
+
+export_app = typer.Typer(help="Write files for other tools: Claude Code subagents, claude-code-router.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("claude-agents")
+@with_sources
+def export_claude_agents(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the subagent files.")] = Path(
+        ".claude/agents"
+    ),
+    sources: Sources = DEFAULT_SOURCES,
+    as_json: JsonOpt = False,
+) -> None:
+    """One Claude Code subagent per active Betty agent (tools: its skills as mcp__betty__<tool>)."""
+    from betty_mcp.gateway.exports import claude_agent_files
+
+    files = claude_agent_files(sources.services())
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (out / f.filename).write_text(f.text, encoding="utf-8")
+    if as_json:
+        _print_json(
+            [
+                {"agent": f.agent, "file": str(out / f.filename), "tools": f.tools, "missing": f.missing}
+                for f in files
+            ]
+        )
+        return
+    for f in files:
+        typer.echo(f"{out / f.filename}: {f.agent}, {len(f.tools)} tool(s)")
+        if f.missing:
+            typer.echo(
+                f"  warning: no tool for {', '.join(f.missing)} (missing, inactive or excluded)", err=True
+            )
+
+
+@export_app.command("ccr")
+def export_ccr(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write config.json (default: stdout).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="claude-code-router's port.")] = 3456,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Write a claude-code-router config.json equivalent to the llm_router block."""
+    from betty_mcp.gateway.exports import ccr_config
+
+    text = json.dumps(ccr_config(_llm_settings(config, workspace).router, port=port), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def claude(ctx: typer.Context) -> None:
+    """Run Claude Code through the gateway, with betty's MCP server; see 'betty-mcp claude --betty-help'."""
+    from betty_mcp.cli.claude import run_claude
+
+    raise typer.Exit(run_claude(ctx.args))

@@ -19,6 +19,8 @@ DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 ProviderType = Literal["openai", "anthropic", "ollama", "openai_compatible", "embedded"]
 Complexity = Literal["simple", "medium", "complex"]
+# What the gateway makes of an Anthropic Messages request (README: "Route Claude Code through betty").
+RequestClass = Literal["default", "background", "think", "long_context"]
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What keys look like: a literal in the file is refused wherever it appears.
@@ -99,19 +101,24 @@ class ProviderConfig(BaseModel):
 
 
 class RoutingRule(BaseModel):
-    """``agent_pattern`` (a glob on the agent's name) or ``task_complexity`` picks a provider/model."""
+    """``agent_pattern`` (a glob on the agent's name), ``task_complexity`` or, for gateway requests,
+    ``request_class`` picks a provider/model."""
 
     model_config = ConfigDict(extra="forbid")
 
     agent_pattern: str | None = None
     task_complexity: Complexity | None = None
+    request_class: RequestClass | None = None
     preferred_provider: str | None = None
     preferred_model: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> RoutingRule:
-        if (self.agent_pattern is None) == (self.task_complexity is None):
-            raise ValueError("a routing rule needs exactly one of agent_pattern or task_complexity")
+        chosen = [f for f in (self.agent_pattern, self.task_complexity, self.request_class) if f is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "a routing rule needs exactly one of agent_pattern or task_complexity (or request_class)"
+            )
         if self.preferred_provider is None and self.preferred_model is None:
             raise ValueError("a routing rule needs preferred_provider and/or preferred_model")
         return self
@@ -136,6 +143,23 @@ class LlmLimits(BaseModel):
     budgets: BudgetConfig = BudgetConfig()
 
 
+class GatewayConfig(BaseModel):
+    """How ``betty-mcp gateway`` classifies Anthropic Messages requests and whom it lets through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    long_context_tokens: int = Field(
+        default=60_000, gt=0, description="Estimated prompt tokens above which a request is long_context."
+    )
+    background_models: list[str] = Field(
+        default=["*haiku*"], description="Globs on the requested model that make a request background."
+    )
+    passthrough: bool = Field(
+        default=False,
+        description="Forward the client's own Anthropic key, and only to providers of type anthropic.",
+    )
+
+
 class LlmRouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -150,6 +174,7 @@ class LlmRouterConfig(BaseModel):
         default=True, description="Try the embedded model when nothing else answers."
     )
     limits: LlmLimits = LlmLimits()
+    gateway: GatewayConfig = GatewayConfig()
 
     @model_validator(mode="after")
     def _references_exist(self) -> LlmRouterConfig:

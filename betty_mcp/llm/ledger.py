@@ -61,6 +61,8 @@ class UsageRecord:
     fallbacks: tuple[dict, ...] = ()  # models tried before this one: {"model": ..., "error_kind": ...}
     error: str | None = None  # short, already scrubbed of secrets by the caller
     created_at: datetime | None = None  # timezone-aware; None means now (UTC)
+    session_id: str | None = None  # the client's session (the gateway: X-Claude-Code-Session-Id)
+    request_class: str | None = None  # the gateway's class: default, background, think, long_context
 
     @property
     def total_tokens(self) -> int:
@@ -113,11 +115,18 @@ def m003_run_and_agent_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_agent ON calls (agent, created_at)")
 
 
+def m004_gateway_session_and_class(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN session_id TEXT")
+    db.execute("ALTER TABLE calls ADD COLUMN request_class TEXT")
+    db.execute("CREATE INDEX calls_caller ON calls (caller, created_at)")
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_calls,
     m002_call_fallbacks,
     m003_run_and_agent_indexes,
+    m004_gateway_session_and_class,
 )
 
 
@@ -213,7 +222,7 @@ def _first_day(days: int) -> datetime:
 _SPEND = "COUNT(*), COALESCE(SUM(total_tokens), 0), TOTAL(cost_usd), COUNT(*) - COUNT(cost_usd)"
 _COLUMNS = (
     "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
-    "run_id, fallbacks, error, created_at"
+    "run_id, fallbacks, error, created_at, session_id, request_class"
 )
 
 
@@ -260,10 +269,13 @@ class Ledger:
             rec.outcome,
             rec.error,
             json.dumps(list(rec.fallbacks)),
+            rec.session_id,
+            rec.request_class,
         )
         sql = (
             "INSERT INTO calls (created_at, caller, agent, run_id, model, provider, prompt_tokens, "
-            "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks) "
+            "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks, session_id, "
+            "request_class) "
             f"VALUES ({', '.join('?' * len(values))})"
         )
         with self._connection() as db:
@@ -302,9 +314,26 @@ class Ledger:
         keys = ("model", "provider", "calls", "tokens", "cost_usd", "unpriced", "errors")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def records(self, *, run_id: str | None = None, limit: int = 100) -> list[UsageRecord]:
-        """The most recent calls (of one run, if given), newest first."""
-        where, params = _where(run_id=run_id)
+    def by_caller(self, days: int = 30) -> list[dict]:
+        """One row per caller (llm_query, agent_run, gateway, ...), costliest first: {caller, calls, tokens,
+        cost_usd, unpriced, errors, share} where share is the caller's fraction of the calls."""
+        rows = self._rows(
+            f"SELECT caller, {_SPEND}, SUM(outcome != 'ok') FROM calls WHERE created_at >= ? "
+            "GROUP BY caller ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, caller",
+            (_iso(_first_day(days)),),
+        )
+        keys = ("caller", "calls", "tokens", "cost_usd", "unpriced", "errors")
+        found = [dict(zip(keys, row, strict=True)) for row in rows]
+        total = sum(r["calls"] for r in found) or 1
+        for r in found:
+            r["share"] = r["calls"] / total
+        return found
+
+    def records(
+        self, *, run_id: str | None = None, session_id: str | None = None, limit: int = 100
+    ) -> list[UsageRecord]:
+        """The most recent calls (of one run or session, if given), newest first."""
+        where, params = _where(run_id=run_id, session_id=session_id)
         rows = self._rows(
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
@@ -325,9 +354,16 @@ class Ledger:
 
 
 def _where(
-    *, since: datetime | None = None, run_id: str | None = None, agent: str | None = None
+    *,
+    since: datetime | None = None,
+    run_id: str | None = None,
+    agent: str | None = None,
+    session_id: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
+    if session_id is not None:
+        clauses.append("session_id = ?")
+        params.append(session_id)
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(_iso(since))
@@ -438,6 +474,7 @@ def usage_report(ledger: Ledger, days: int = 30) -> dict:
         },
         "by_day": ledger.by_day(days),
         "by_model": ledger.by_model(days),
+        "by_caller": ledger.by_caller(days),
     }
 
 
@@ -454,12 +491,25 @@ def format_usage(ledger: Ledger, days: int = 30) -> str:
         [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
         for m in report["by_model"]
     ]
+    caller_rows = [
+        [
+            c["caller"],
+            f"{c['calls']:,}",
+            f"{c['share']:.0%}",
+            f"{c['tokens']:,}",
+            _usd(c["cost_usd"]),
+            f"{c['errors']:,}",
+        ]
+        for c in report["by_caller"]
+    ]
     parts = [
         f"LLM usage in {span} (UTC days since {report['since']})",
         "",
         _table(["day", "calls", "tokens", "cost", "errors"], day_rows),
         "",
         _table(["model", "provider", "calls", "tokens", "cost", "errors"], model_rows, left=2),
+        "",
+        _table(["caller", "calls", "share", "tokens", "cost", "errors"], caller_rows),
     ]
     if total["unpriced"]:
         parts += ["", f"{total['unpriced']:,} call(s) had no known price and count as $0."]

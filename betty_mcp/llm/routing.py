@@ -8,9 +8,12 @@ fallback chain, each followed by its own configured fallbacks):
    configuration does not know (a provider or model not configured) is passed over and reported in
    ``unresolved``, so an agent asking for claude-sonnet-4 on a machine with no configuration still
    runs, on the embedded model, as ``llm_query`` would;
-3. routing rules: ``agent_pattern`` globs first, then ``task_complexity`` (given, or estimated);
-4. the default provider/model;
-5. the embedded model, last, so a machine with no keys still answers.
+3. routing rules: ``agent_pattern`` globs first, then ``request_class`` (gateway requests), then, for
+   a gateway request whose Claude model name is aliased (``aliases: {claude-haiku-4-5: fast}``) or
+   configured, that model; then ``task_complexity`` (given, or estimated);
+4. for a gateway request, the Claude model it names at a provider of type ``anthropic``, if any;
+5. the default provider/model;
+6. the embedded model, last, so a machine with no keys still answers.
 
 Complexity heuristic (``estimate_complexity``): *complex* when the prompt is long (> 4,000
 characters) or asks for two or more kinds of deep work (design, analyse, compare, prove,
@@ -25,8 +28,9 @@ import re
 from dataclasses import dataclass, field
 
 from betty_mcp.core.errors import ConfigError
-from betty_mcp.core.llm_config import Complexity
-from betty_mcp.llm.models import EMBEDDED, ModelCatalog, ModelSpec
+from betty_mcp.core.llm_config import Complexity, RequestClass
+from betty_mcp.core.manifests import AgentManifest
+from betty_mcp.llm.models import EMBEDDED, ModelCatalog, ModelSpec, provider_type
 
 DEEP_WORK = re.compile(
     r"\b(design|architect|analy[sz]e|analysis|compare|contrast|prove|derive|refactor|debug|optimi[sz]e|"
@@ -44,6 +48,19 @@ class AgentPreference:
     fallback_model: str | None = None
     preference: str | None = None  # the simpler ``llm_preference: <provider>``
 
+    @classmethod
+    def of(cls, manifest: AgentManifest) -> AgentPreference:
+        """A Betty agent's preferences: its ``llm_config``, or its ``llm_preference``."""
+        config = manifest.llm_config
+        return cls(
+            name=manifest.name,
+            primary_provider=config.primary_provider if config else None,
+            primary_model=config.primary_model if config else None,
+            fallback_provider=config.fallback_provider if config else None,
+            fallback_model=config.fallback_model if config else None,
+            preference=manifest.llm_preference,
+        )
+
 
 @dataclass(frozen=True)
 class RouteRequest:
@@ -52,6 +69,10 @@ class RouteRequest:
     complexity: Complexity | None = None
     prompt: str = ""
     structured: bool = False
+    # Gateway requests: the class the request was put in, and the model the client asked for (a hint
+    # that rules override, unlike ``model``).
+    request_class: RequestClass | None = None
+    requested_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,11 +155,24 @@ def _preferred(
                 spec = _pick(models, rule.preferred_provider, rule.preferred_model)
                 if spec is not None:
                     chosen.append(Candidate(spec, f"rule agent_pattern {rule.agent_pattern}"))
+    if request.request_class is not None:
+        for rule in config.routing_rules:
+            if rule.request_class == request.request_class:
+                spec = _pick(models, rule.preferred_provider, rule.preferred_model)
+                if spec is not None:
+                    chosen.append(Candidate(spec, f"rule request_class {request.request_class}"))
+    asked = request.requested_model
+    if asked and (asked in config.aliases or asked in models.aliases or asked in models.specs):
+        chosen.append(Candidate(models.resolve(asked), f"requested model {asked}"))
     for rule in config.routing_rules:
         if rule.task_complexity == complexity:
             spec = _pick(models, rule.preferred_provider, rule.preferred_model)
             if spec is not None:
                 chosen.append(Candidate(spec, f"rule task_complexity {complexity}"))
+    if asked:
+        anthropic = [name for name, p in config.providers.items() if provider_type(name, p) == "anthropic"]
+        if anthropic:
+            chosen.append(Candidate(models.resolve(f"{anthropic[0]}/{asked}"), f"requested model {asked}"))
     default = _pick(models, config.default_provider, config.default_model)
     if default is not None:
         chosen.append(Candidate(default, "default"))

@@ -7,7 +7,6 @@ needs a bearer token (``--token`` or ``$BETTY_MCP_TOKEN``); requests without it 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from typing import Any
@@ -16,7 +15,7 @@ import anyio
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from betty_mcp.core.errors import ConfigError
+from betty_mcp.core.http_policy import HttpPolicy, head_deadline_protocol, require_token_off_loopback
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import claim_stdio
@@ -26,17 +25,6 @@ from betty_mcp.services import Services
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
-LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def build_server(services: Services) -> BettyServer:
@@ -99,67 +87,24 @@ class BearerAuth:
 
 
 def security_settings(host: str, port: int, allowed_hosts: list[str]) -> TransportSecuritySettings:
-    hosts = [*LOOPBACK_HOSTS, *allowed_hosts]
-    origins = [
-        *LOOPBACK_ORIGINS,
-        *(f"http://{h}" for h in allowed_hosts),
-        *(f"https://{h}" for h in allowed_hosts),
-    ]
-    if host not in ("0.0.0.0", "::") and not is_loopback(host):
-        hosts.append(f"{host}:{port}")
-        origins += [f"http://{host}:{port}", f"https://{host}:{port}"]
-    wildcard_open = host in ("0.0.0.0", "::") and not allowed_hosts
-    if wildcard_open:
-        log.warning(
-            "bound to %s with no --allowed-host: Host/Origin checks are off; the bearer token guards", host
-        )
+    policy = HttpPolicy.for_bind(host, port, allowed_hosts)
     return TransportSecuritySettings(
-        enable_dns_rebinding_protection=not wildcard_open, allowed_hosts=hosts, allowed_origins=origins
+        enable_dns_rebinding_protection=policy.check_host,
+        allowed_hosts=list(policy.hosts),
+        allowed_origins=list(policy.origins),
     )
 
 
 def http_app(
     server: BettyServer, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> Any:
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"binding to {host} exposes the server beyond this machine: pass --token or set $BETTY_MCP_TOKEN"
-        )
+    require_token_off_loopback(host, token, "the server")
     asgi = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         transport_security=security_settings(host, port, allowed_hosts),
         host=host,
     )
     return BearerAuth(asgi, token) if token else asgi
-
-
-def head_deadline_protocol(seconds: float) -> type:
-    """uvicorn's HTTP/1.1 protocol, closing connections whose request head has not arrived in ``seconds``.
-
-    uvicorn's own keep-alive timer is reset by every byte, so a client dripping its headers one byte
-    at a time would hold a connection (and a file descriptor) forever.
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeadDeadline(H11Protocol):
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._await_head()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._await_head()
-
-        def _await_head(self) -> None:
-            waiting_on = self.cycle  # None, or the finished one: a new request replaces it
-
-            def too_late() -> None:
-                if self.cycle is waiting_on and not self.transport.is_closing():
-                    self.transport.close()
-
-            self.loop.call_later(seconds, too_late)
-
-    return HeadDeadline
 
 
 async def serve_http(

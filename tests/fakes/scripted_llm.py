@@ -91,6 +91,7 @@ class ToolCalls:
     completion_tokens: int | None = None
     delay: float = 0.0
     chunk_delay: float = 0.0
+    arg_pieces: int = 3  # how many streamed chunks each call's arguments are split into
     kind: str = field(default="tool_calls", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -679,7 +680,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             events += [
                 chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
-                for piece in _split_text(args, 3)
+                for piece in _split_text(args, getattr(step, "arg_pieces", 3))
             ]
         events.append(chunk({}, finish))
         if include_usage:
