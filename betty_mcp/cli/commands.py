@@ -11,16 +11,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from betty_mcp.cli.serve import SOURCE_HELP
+from betty_mcp.cli.serve import SOURCE_HELP, Sources
 from betty_mcp.core.config import Settings, load_settings
 from betty_mcp.core.errors import BettyError
 from betty_mcp.services import Services
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="betty-mcp",
@@ -38,34 +39,15 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help=SOURCE_HELP["co
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help=SOURCE_HELP["workspace"])]
 
 
-@dataclass(frozen=True)
-class Sources:
-    """Where skills and agents come from, as the shared options of every catalog command say."""
-
-    config: Path | None = None
-    workspace: Path | None = None
-    skills_dir: list[Path] | None = None
-    agents_dir: list[Path] | None = None
-    betty_home: Path | None = None
-    no_bundled: bool = False
-
-    def services(self) -> Services:
-        """The services as the server would build them from these flags (and betty.yaml)."""
-        _setup_logging("error")
-        try:
-            settings = load_settings(
-                self.config,
-                workspace=self.workspace,
-                skills_dirs=self.skills_dir,
-                agents_dirs=self.agents_dir,
-                betty_home=self.betty_home,
-                bundled=False if self.no_bundled else None,
-            )
-            services = Services(settings)
-            services.reload()
-        except BettyError as exc:
-            _fail(str(exc))
-        return services
+def _services(sources: Sources) -> Services:
+    """The services as the server would build them from these flags (and betty.yaml)."""
+    _setup_logging("error")
+    try:
+        services = Services(sources.settings())
+        services.reload()
+    except BettyError as exc:
+        _fail(str(exc))
+    return services
 
 
 DEFAULT_SOURCES = Sources()
@@ -127,6 +109,13 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
+def _named(things: dict[str, T], name: str, kind: str) -> T:
+    """The skill or agent called ``name``, or exit saying where to look."""
+    if name not in things:
+        _fail(f"no {kind} named '{name}'; see 'betty-mcp {kind}s list'")
+    return things[name]
+
+
 def _show(info: dict[str, Any], as_json: bool) -> None:
     """One thing's facts: JSON for scripts, else ``key: value`` lines (objects as indented JSON)."""
     if as_json:
@@ -158,7 +147,7 @@ def skills_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List skills with their tool names."""
-    betty = sources.services()
+    betty = _services(sources)
     statuses = betty.settings.tools.statuses
     skills = [s for s in betty.catalog.skills.values() if all_statuses or s.manifest.status in statuses]
     if as_json:
@@ -256,11 +245,8 @@ def skills_argv(
 
 
 def _skill_with_interface(sources: Sources, name: str) -> tuple[Services, Any]:
-    betty = sources.services()
-    skill = betty.catalog.skills.get(name)
-    if skill is None:
-        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
-    return betty, betty.invocations.with_interface(skill)
+    betty = _services(sources)
+    return betty, betty.invocations.with_interface(_named(betty.catalog.skills, name, "skill"))
 
 
 def _parse_pairs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
@@ -292,10 +278,8 @@ def skills_run(
     """Run a skill the way the server would, and print its result; exits 1 when it fails."""
     import anyio
 
-    betty = sources.services()
-    skill = betty.catalog.skills.get(name)
-    if skill is None:
-        _fail(f"no skill named '{name}'; see 'betty-mcp skills list'")
+    betty = _services(sources)
+    skill = _named(betty.catalog.skills, name, "skill")
     arguments = _parse_pairs(pairs or [], skill.input_schema)
     try:
         result = anyio.run(betty.run_skill, skill, arguments)
@@ -318,7 +302,7 @@ def agents_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List agents with their skills and reasoning mode."""
-    betty = sources.services()
+    betty = _services(sources)
     agents = sorted(betty.catalog.agents.values(), key=lambda a: a.name)
     if as_json:
         _print_json([betty.describe_agent(a) for a in agents])
@@ -346,11 +330,8 @@ def agents_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one agent."""
-    betty = sources.services()
-    agent = betty.catalog.agents.get(name)
-    if agent is None:
-        _fail(f"no agent named '{name}'; see 'betty-mcp agents list'")
-    _show(betty.describe_agent(agent), as_json)
+    betty = _services(sources)
+    _show(betty.describe_agent(_named(betty.catalog.agents, name, "agent")), as_json)
 
 
 @app.command()
@@ -370,7 +351,7 @@ def validate(
     if paths:
         report = validate_paths(paths)
     else:
-        betty = sources.services()
+        betty = _services(sources)
         report = validate_sources(betty.catalog)
         for skill in betty.catalog.skills.values():  # reading a handler's interface runs it up to parse_args
             for mismatch in betty.invocations.mismatches(betty.invocations.with_interface(skill)):
@@ -495,14 +476,7 @@ def doctor(sources: Sources = DEFAULT_SOURCES, as_json: JsonOpt = False) -> None
     """Check config, keys, endpoints, the embedded model and every handler; a fix for each problem."""
     from betty_mcp.cli.doctor import diagnose
 
-    findings = diagnose(
-        sources.config,
-        sources.workspace,
-        skills_dirs=sources.skills_dir,
-        agents_dirs=sources.agents_dir,
-        betty_home=sources.betty_home,
-        bundled=False if sources.no_bundled else None,
-    )
+    findings = diagnose(sources)
     if as_json:
         _print_json([f.as_dict() for f in findings])
     else:
@@ -580,7 +554,7 @@ def run(
             _fail(f"--context is not JSON: {exc.msg}")
         if not isinstance(facts, dict):
             _fail("--context must be a JSON object")
-    betty = sources.services()
+    betty = _services(sources)
     if verbose:
         _setup_logging("debug", verbose=True)
     console = Console(stderr=True)
@@ -714,7 +688,7 @@ def export_claude_agents(
     """One Claude Code subagent per active Betty agent (tools: its skills as mcp__betty__<tool>)."""
     from betty_mcp.gateway.exports import claude_agent_files
 
-    files = claude_agent_files(sources.services())
+    files = claude_agent_files(_services(sources))
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         (out / f.filename).write_text(f.text, encoding="utf-8")

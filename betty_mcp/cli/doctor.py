@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from betty_mcp.core.config import find_config_file, load_settings
+from betty_mcp.cli.serve import Sources
+from betty_mcp.core.config import find_config_file
 from betty_mcp.core.errors import BettyError
 from betty_mcp.core.secrets import without_secrets
 from betty_mcp.run.interface_static import imported_modules
@@ -49,13 +49,13 @@ def _probe(url: str) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
-def diagnose(config: Path | None = None, workspace: Path | None = None, **sources: Any) -> list[Finding]:
+def diagnose(sources: Sources) -> list[Finding]:
     from betty_mcp.llm.embedded import readiness
     from betty_mcp.llm.models import ModelCatalog
 
     try:
-        path = find_config_file(config)
-        settings = load_settings(config, workspace=workspace, **sources)
+        path = find_config_file(sources.config)
+        settings = sources.settings()
     except BettyError as exc:
         return [
             Finding("config", False, str(exc), "fix the field named above, then run betty-mcp doctor again")

@@ -10,9 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from betty_mcp.core.config import TOKEN_ENV
+
+if TYPE_CHECKING:
+    from betty_mcp.core.config import Settings
 
 # Where skills and agents come from: the options ``serve`` and every catalog command share.
 SOURCE_HELP = {
@@ -23,6 +28,32 @@ SOURCE_HELP = {
     "betty-home": "serve an existing Betty checkout as it is",
     "no-bundled": "leave out the skills and agents bundled with betty-mcp",
 }
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where skills and agents come from: the options ``serve`` and every catalog command share."""
+
+    config: Path | None = None
+    workspace: Path | None = None
+    skills_dir: list[Path] | None = None
+    agents_dir: list[Path] | None = None
+    betty_home: Path | None = None
+    no_bundled: bool = False
+
+    def settings(self, **more: Any) -> Settings:
+        """betty.yaml with these flags on top (ConfigError when either is wrong)."""
+        from betty_mcp.core.config import load_settings
+
+        return load_settings(
+            self.config,
+            workspace=self.workspace,
+            skills_dirs=self.skills_dir,
+            agents_dirs=self.agents_dir,
+            betty_home=self.betty_home,
+            bundled=False if self.no_bundled else None,
+            **more,
+        )
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -59,7 +90,6 @@ def serve_parser() -> argparse.ArgumentParser:
 def serve(argv: list[str]) -> None:
     import anyio
 
-    from betty_mcp.core.config import load_settings
     from betty_mcp.core.errors import BettyError
     from betty_mcp.core.secrets import log_to_stderr
     from betty_mcp.services import Services
@@ -67,16 +97,10 @@ def serve(argv: list[str]) -> None:
     args = serve_parser().parse_args(argv)
     log_to_stderr(args.log_level, verbose=args.verbose)
     try:
-        settings = load_settings(
-            args.config,
-            workspace=args.workspace,
-            skills_dirs=args.skills_dir,
-            agents_dirs=args.agents_dir,
-            betty_home=args.betty_home,
-            bundled=False if args.no_bundled else None,
-            include=args.include,
-            exclude=args.exclude,
+        sources = Sources(
+            args.config, args.workspace, args.skills_dir, args.agents_dir, args.betty_home, args.no_bundled
         )
+        settings = sources.settings(include=args.include, exclude=args.exclude)
         services = Services(settings)
         if args.http:
             from betty_mcp.mcp.transports import serve_http

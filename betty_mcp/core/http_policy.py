@@ -91,3 +91,22 @@ def head_deadline_protocol(seconds: float, *, fast: bool = False) -> type:
             self.loop.call_later(seconds, too_late)
 
     return HeadDeadline
+
+
+def uvicorn_server(
+    app: Any, *, host: str, port: int, head_timeout: float, fast: bool = False, **options: Any
+) -> Any:
+    """A uvicorn server for one of the HTTP front ends: no access log, our logging, slow clients cut."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=head_deadline_protocol(head_timeout, fast=fast),
+        **options,
+    )
+    return uvicorn.Server(config)

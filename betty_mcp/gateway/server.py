@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from betty_mcp.core.http_policy import head_deadline_protocol, require_token_off_loopback
+from betty_mcp.core.http_policy import require_token_off_loopback, uvicorn_server
 from betty_mcp.gateway.app import GatewayApp
 from betty_mcp.services import Services
 
@@ -46,19 +46,11 @@ async def serve_gateway(
     allowed_hosts: list[str] | None = None,
 ) -> None:
     """Serve until cancelled or signalled."""
-    import uvicorn
 
     app = gateway_app(services, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        http=head_deadline_protocol(services.settings.limits.http_head_timeout_seconds, fast=_fast_http()),
-        timeout_keep_alive=30,
+    head_timeout = services.settings.limits.http_head_timeout_seconds
+    server = uvicorn_server(
+        app, host=host, port=port, head_timeout=head_timeout, fast=_fast_http(), timeout_keep_alive=30
     )
-    server = uvicorn.Server(config)
     log.info("gateway: Anthropic Messages on http://%s:%d/v1/messages", host, port)
     await server.serve()

@@ -191,11 +191,19 @@ async def close_client() -> None:
 async def _post(
     spec: ModelSpec, url: str, payload: bytes, headers: dict[str, str], timeout: float, secrets: list[str]
 ) -> aiohttp.ClientResponse:
+    """The upstream's response, or the ProviderError its failure (transport or HTTP status) means."""
     limit = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
     try:
-        return await session().post(url, data=payload, headers=headers, timeout=limit)
+        response = await session().post(url, data=payload, headers=headers, timeout=limit)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise _transport_error(spec, exc, secrets) from None
+    if response.status >= 400:
+        try:
+            text = (await _read(response, spec, secrets)).decode(errors="replace")
+        finally:
+            response.release()
+        raise _http_error(spec, response.status, text, secrets)
+    return response
 
 
 def _http_error(spec: ModelSpec, status: int, text: str, secrets: list[str]) -> ProviderError:
@@ -321,9 +329,6 @@ async def _open_openai(
     response = await _post(spec, base + "/chat/completions", payload, headers, timeout, secrets)
     upstream = Upstream(spec, stream, secrets)
     try:
-        if response.status >= 400:
-            text = (await _read(response, spec, secrets)).decode(errors="replace")
-            raise _http_error(spec, response.status, text, secrets)
         pieces = load()
         if not stream:
             try:
@@ -538,9 +543,6 @@ async def _open_native(
     response = await _post(spec, base + "/v1/messages", payload, headers, timeout, secrets)
     upstream = Upstream(spec, stream, secrets)
     try:
-        if response.status >= 400:
-            text = (await _read(response, spec, secrets)).decode(errors="replace")
-            raise _http_error(spec, response.status, text, secrets)
         if not stream:
             message = json.loads(await _read(response, spec, secrets))
             counted = message.get("usage") or {}

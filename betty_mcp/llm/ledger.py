@@ -406,8 +406,6 @@ class Budgets:
         run_id: str | None = None,
     ) -> None:
         """Raise BudgetExceeded if a call of the estimated size would pass any limit; else return."""
-        cost = f"~{_usd(estimated_cost_usd)} for this call"
-        tokens = f"~{estimated_tokens:,} for this call"
         if self.per_call_usd is not None and estimated_cost_usd > self.per_call_usd + _EPSILON:
             raise BudgetExceeded(
                 f"per-call budget of {_usd(self.per_call_usd)} exceeded: this call is estimated at "
@@ -416,32 +414,43 @@ class Budgets:
             )
         if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
             run = ledger.spend(run_id=run_id)
-            if _over(self.per_run_usd, run.cost_usd, estimated_cost_usd):
-                raise BudgetExceeded(
-                    f"run budget of {_usd(self.per_run_usd)} reached: {_usd(run.cost_usd)} spent by run "
-                    f"{run_id} + {cost}; raise {CONFIG_HINT.format(field='per_run_usd')}",
-                    budget="per_run",
-                )
-            if _over(self.per_run_tokens, run.tokens, estimated_tokens):
-                raise BudgetExceeded(
-                    f"run token budget of {self.per_run_tokens:,} reached: {run.tokens:,} tokens used by run "
-                    f"{run_id} + {tokens}; raise {CONFIG_HINT.format(field='per_run_tokens')}",
-                    budget="per_run_tokens",
-                )
+            where = f"by run {run_id}"
+            _refuse_past(self.per_run_usd, run.cost_usd, estimated_cost_usd, "per_run", "run budget", where)
+            _refuse_past(
+                self.per_run_tokens, run.tokens, estimated_tokens, "per_run_tokens", "run token budget", where
+            )
         if self.per_day_usd is not None or self.per_day_tokens is not None:
             today = ledger.spend_today()
-            if _over(self.per_day_usd, today.cost_usd, estimated_cost_usd):
-                raise BudgetExceeded(
-                    f"daily budget of {_usd(self.per_day_usd)} reached: {_usd(today.cost_usd)} spent today "
-                    f"(UTC) + {cost}; raise {CONFIG_HINT.format(field='per_day_usd')}",
-                    budget="per_day",
-                )
-            if _over(self.per_day_tokens, today.tokens, estimated_tokens):
-                raise BudgetExceeded(
-                    f"daily token budget of {self.per_day_tokens:,} reached: {today.tokens:,} tokens used "
-                    f"today (UTC) + {tokens}; raise {CONFIG_HINT.format(field='per_day_tokens')}",
-                    budget="per_day_tokens",
-                )
+            where = "today (UTC)"
+            _refuse_past(
+                self.per_day_usd, today.cost_usd, estimated_cost_usd, "per_day", "daily budget", where
+            )
+            _refuse_past(
+                self.per_day_tokens,
+                today.tokens,
+                estimated_tokens,
+                "per_day_tokens",
+                "daily token budget",
+                where,
+            )
+
+
+def _refuse_past(
+    limit: float | None, spent: float, estimate: float, budget: str, what: str, where: str
+) -> None:
+    """BudgetExceeded when ``spent`` plus this call's ``estimate`` passes ``limit`` (USD, or tokens for
+    the ``*_tokens`` budgets), saying how much, by whom, and which setting to raise."""
+    if not _over(limit, spent, estimate):
+        return
+    if budget.endswith("_tokens"):
+        field = budget
+        amount = f"of {limit:,} reached: {spent:,} tokens used {where} + ~{estimate:,} for this call"
+    else:
+        field = f"{budget}_usd"
+        amount = (
+            f"of {_usd(limit or 0)} reached: {_usd(spent)} spent {where} + ~{_usd(estimate)} for this call"
+        )
+    raise BudgetExceeded(f"{what} {amount}; raise {CONFIG_HINT.format(field=field)}", budget=budget)
 
 
 def _over(limit: float | None, spent: float, estimate: float) -> bool:

@@ -15,7 +15,7 @@ import anyio
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from betty_mcp.core.http_policy import HttpPolicy, head_deadline_protocol, require_token_off_loopback
+from betty_mcp.core.http_policy import HttpPolicy, require_token_off_loopback, uvicorn_server
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import claim_stdio
@@ -110,18 +110,10 @@ def http_app(
 async def serve_http(
     services: Services, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> None:
-    import uvicorn
 
     server = build_server(services)
     asgi = http_app(server, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
-    config = uvicorn.Config(
-        asgi,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        http=head_deadline_protocol(services.settings.limits.http_head_timeout_seconds),
-    )
+    head_timeout = services.settings.limits.http_head_timeout_seconds
+    http = uvicorn_server(asgi, host=host, port=port, head_timeout=head_timeout)
     log.info("serving MCP on http://%s:%d%s", host, port, MCP_PATH)
-    await _serve_with_reload(server, uvicorn.Server(config).serve)
+    await _serve_with_reload(server, http.serve)
