@@ -7,6 +7,7 @@
     ├── ArgumentsError              tool arguments do not fit the tool, or cannot be passed to the handler
     │   ├── PathOutsideWorkspace    a path argument leads outside the workspace and the allowed roots
     │   └── ArgvError               arguments the handler's command line cannot take
+    ├── CaptureStopped              reading a handler's interface was stopped (the server is exiting)
     ├── BudgetExceeded              a call would exceed a ledger budget (``budget`` names it)
     ├── RunLimitReached             an agent run reached one of its own limits (``limit`` names it)
     ├── AgentError                  an agent run cannot start
@@ -73,6 +74,10 @@ class PathOutsideWorkspace(ArgumentsError):
 
 class ArgvError(ArgumentsError):
     """The arguments cannot be put on the handler's command line (its parser cannot take them)."""
+
+
+class CaptureStopped(BettyError):
+    """Reading a handler's interface was stopped because the server is exiting: nothing to keep of it."""
 
 
 class BudgetExceeded(BettyError):

@@ -13,6 +13,7 @@ import anyio
 from watchfiles import awatch
 
 from betty_mcp.core.catalog import sources
+from betty_mcp.core.errors import CaptureStopped
 from betty_mcp.mcp.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ async def _watch(tools: ToolRegistry, on_change: Notify, stop: anyio.Event) -> N
 async def _read_interfaces(tools: ToolRegistry, on_change: Notify) -> None:
     try:
         changed = await tools.read_interfaces()
+    except CaptureStopped:  # the server is exiting
+        return
     except Exception:
         log.exception("reading handler interfaces failed; they will be read at each skill's first call")
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from betty_mcp.core.handler_interface import HandlerInterface
-from betty_mcp.run.interface_capture import capture, ms_since, stopping
+from betty_mcp.run.interface_capture import capture, ms_since
 from betty_mcp.run.interface_static import scan_file
 
 CACHE_FORMAT = 1
@@ -140,6 +140,6 @@ def interface_for(
     else:
         result = capture(handler, python=python, env=env, cwd=cwd, timeout=timeout)
         retry = result.source != "parser"
-    if cache is not None and not stopping():  # a capture ended by shutdown says nothing of the handler
+    if cache is not None:
         cache.put(handler, python, result, retry=retry)
     return result

@@ -19,24 +19,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from betty_mcp.core.errors import CaptureStopped
 from betty_mcp.core.handler_interface import HandlerInterface, ParserAction
 from betty_mcp.run.interface_static import read_statically
 
 CHILD = Path(__file__).with_name("capture_child.py")
-# Captures in flight (process group ids), so a server that is stopping can end them at once.
-_running: set[int] = set()
-_stopping = threading.Event()
+# Captures in flight (process group id -> stopped by us), so a server that is stopping ends them at once.
+_running: dict[int, bool] = {}
+_lock = threading.Lock()
 
 
 def stop_captures() -> None:
-    """End every capture in flight (the server is exiting); their results are not to be kept."""
-    _stopping.set()
-    for pid in list(_running):
-        _kill_group(pid)
-
-
-def stopping() -> bool:
-    return _stopping.is_set()
+    """End every capture in flight (the server is exiting); each raises CaptureStopped in its thread."""
+    with _lock:
+        for pid in _running:
+            _running[pid] = True
+            _kill_group(pid)
 
 
 def _kill_group(pid: int) -> None:
@@ -114,14 +112,17 @@ def capture(
                 )
             except OSError as exc:
                 return _fallback(handler, f"cannot start {python}: {exc.strerror or exc}", started)
-            _running.add(proc.pid)
+            with _lock:
+                _running[proc.pid] = False
             try:
-                if not _stopping.is_set():
-                    timed_out = not _wait_unreaped(proc.pid, timeout)
+                timed_out = not _wait_unreaped(proc.pid, timeout)
             finally:
                 _kill_group(proc.pid)  # the handler's children too; the leader is not reaped yet
                 proc.wait()
-                _running.discard(proc.pid)
+                with _lock:
+                    stopped = _running.pop(proc.pid)
+            if stopped:
+                raise CaptureStopped(f"reading {handler.name}'s interface was stopped: the server is exiting")
         try:
             payload = json.loads(channel.read_text(encoding="utf-8") or "null")
         except (OSError, ValueError):
