@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 
 def cgroups_work() -> bool:
-    containment = Containment()
+    containment = Containment(cgroups=True)
     try:
         return containment.mode == "cgroup"
     finally:
@@ -76,8 +76,7 @@ async def assert_gone(pids: list[int], within: float = 3.0) -> None:
 
 @pytest.fixture(params=MODES)
 def containment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "proc":
-        monkeypatch.setenv(CGROUPS_ENV, "0")
+    monkeypatch.setenv(CGROUPS_ENV, "1" if request.param == "cgroup" else "0")
     return request.param
 
 

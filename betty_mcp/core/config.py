@@ -48,6 +48,9 @@ class Limits(BaseModel):
     stderr_tail_chars: int = Field(default=4_000, ge=0)
     # Fork Python handlers from a process that has their heavy imports done (zygote.py).
     fork_server: bool = True
+    # Each call in its own cgroup v2 (where writable): nothing escapes its kill, but moving a process into
+    # a cgroup can cost ~10 ms a call while other processes fork. Off: calls are tracked through /proc.
+    call_cgroups: bool = False
     # HTTP: a client that has not sent a whole request head by then is disconnected (slow clients).
     http_head_timeout_seconds: float = Field(default=10, gt=0, le=300)
 

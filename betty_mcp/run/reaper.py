@@ -54,7 +54,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CALL_ENV = "BETTY_MCP_CALL_ID"
-CGROUPS_ENV = "BETTY_MCP_CGROUPS"  # "0" / "off": use /proc tracking even where cgroups work
+CGROUPS_ENV = "BETTY_MCP_CGROUPS"  # "1" / "on": a cgroup per call where cgroups work (limits.call_cgroups)
 PR_SET_CHILD_SUBREAPER = 36
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -244,6 +244,10 @@ def _remove_stale_homes(own: Path) -> None:
             remove_cgroup(Path(entry.path))
 
 
+def cgroups_asked() -> bool:
+    return os.environ.get(CGROUPS_ENV, "").strip().lower() in ("1", "on", "true", "yes")
+
+
 def _cgroup_home() -> tuple[Path, bool] | None:
     """Where this runner makes its calls' cgroups, and whether it made that folder itself; None when
     cgroups cannot be used here.
@@ -251,8 +255,6 @@ def _cgroup_home() -> tuple[Path, bool] | None:
     Inside a call (a handler running skills: workflow.run), that is the call's own cgroup, so that
     killing the call kills the calls it makes; otherwise a new cgroup below this process's own.
     """
-    if os.environ.get(CGROUPS_ENV, "").strip().lower() in ("0", "off", "false", "no"):
-        return None
     own = own_cgroup()
     if own is None:
         return None
@@ -343,7 +345,8 @@ class CallScope:
 class Containment:
     """How one runner makes every process of its calls die with the call (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cgroups: bool | None = None) -> None:
+        self.cgroups = cgroups_asked() if cgroups is None else cgroups  # asked for; used where they work
         self._home: Path | None = None  # where the calls' cgroups go (None: /proc tracking)
         self._owned = False  # whether this runner made ``_home`` (and removes it)
         self._decided = False
@@ -358,7 +361,7 @@ class Containment:
     def _decide(self) -> None:
         if not self._decided:
             self._decided = True
-            found = _cgroup_home()
+            found = _cgroup_home() if self.cgroups else None
             if found is not None:
                 self._home, self._owned = found
                 if self._owned:

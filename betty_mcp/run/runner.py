@@ -45,7 +45,7 @@ from betty_mcp.core.rules import failure_envelope, new_output_id
 from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.run.envelope import last_json_document, normalise
 from betty_mcp.run.invocation import Invocation, Invocations, check_paths
-from betty_mcp.run.reaper import CALL_ENV, CallScope, Containment
+from betty_mcp.run.reaper import CALL_ENV, CGROUPS_ENV, CallScope, Containment, cgroups_asked
 from betty_mcp.run.zygote import MAX_JOB, ZYGOTE_ENV, Zygote
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,10 @@ class SkillRunner:
         self._limiter = anyio.CapacityLimiter(settings.limits.max_concurrent_skills)
         self._base_env = self.invocations.base_env  # shared: the zygote's address goes in it
         self._secrets = secret_values()  # the environment's secrets, looked up once
-        self._containment = Containment()  # a cgroup per call, decided at the first call
+        cgroups = settings.limits.call_cgroups or cgroups_asked()
+        if cgroups:  # handlers running skills themselves (workflow.run) make the same choice
+            self._base_env[CGROUPS_ENV] = "1"
+        self._containment = Containment(cgroups)  # a cgroup per call or /proc tracking, decided at first use
         self._zygote: Zygote | None = None
         if os.environ.get(ZYGOTE_ENV):  # inside a handler (workflow.run): use the server's zygote
             self._zygote = Zygote.attach(os.environ[ZYGOTE_ENV])
