@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# The variable a provider's key is read from when ``api_key_env`` does not name one.
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+from betty_mcp.core.secrets import key_env_names
 
 ProviderType = Literal["openai", "anthropic", "ollama", "openai_compatible", "embedded"]
 Complexity = Literal["simple", "medium", "complex"]
@@ -190,8 +189,4 @@ class LlmRouterConfig(BaseModel):
 
     def key_env_names(self) -> list[str]:
         """Every environment variable a configured provider reads its key from: their values are secrets."""
-        names = {
-            provider.api_key_env or DEFAULT_KEY_ENV.get(provider.type or name)
-            for name, provider in self.providers.items()
-        }
-        return sorted(n for n in names if n)
+        return key_env_names(self.model_dump(include={"providers"}, exclude_none=True))

@@ -146,3 +146,18 @@ def log_to_stderr(level: str, *, verbose: bool = False) -> None:
     root = logging.getLogger().level
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(root if verbose else max(root, logging.WARNING))
+
+
+# The variable a provider's key is read from when its ``api_key_env`` names none.
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def key_env_names(llm_router: Mapping[str, Any] | None) -> list[str]:
+    """Every variable a configured provider reads its key from (their values are secrets), read from the
+    ``llm_router`` block as written: no validation needed, so start-up pays nothing for it."""
+    providers = (llm_router or {}).get("providers")
+    names = set()
+    for name, provider in providers.items() if isinstance(providers, Mapping) else []:
+        if isinstance(provider, Mapping):
+            names.add(provider.get("api_key_env") or DEFAULT_KEY_ENV.get(provider.get("type") or name))
+    return sorted(n for n in names if isinstance(n, str) and n)

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 from betty_mcp.core.errors import ConfigError
-from betty_mcp.core.llm_config import DEFAULT_KEY_ENV, LlmRouterConfig, ModelConfig, ProviderConfig
+from betty_mcp.core.llm_config import LlmRouterConfig, ModelConfig, ProviderConfig
+from betty_mcp.core.secrets import DEFAULT_KEY_ENV
 
 EMBEDDED_PROVIDER = "embedded"
 EMBEDDED_MODEL = "gemma-3-270m"

@@ -18,12 +18,20 @@ from betty_mcp.mcp.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 Notify = Callable[[], Awaitable[None]]
+IDLE_START_SECONDS = 2.0
 
 
-async def keep_current(tools: ToolRegistry, on_change: Notify, stop: anyio.Event) -> None:
-    """Until ``stop`` is set: read the unknown interfaces while (with hot reload on) following the folders."""
+async def keep_current(
+    tools: ToolRegistry, on_change: Notify, stop: anyio.Event, started: anyio.Event
+) -> None:
+    """Until ``stop`` is set: read the unknown interfaces while (with hot reload on) following the folders.
+
+    Interfaces are read only after ``started`` (the first request after the handshake) or
+    IDLE_START_SECONDS: answering ``initialize`` comes first. The watcher starts at once (a change made
+    while it is not watching would be missed).
+    """
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_read_interfaces, tools, on_change)
+        tg.start_soon(_read_interfaces_when, started, tools, on_change)
         if tools.services.settings.hot_reload:
             await _watch(tools, on_change, stop)
 
@@ -53,6 +61,12 @@ async def _watch(tools: ToolRegistry, on_change: Notify, stop: anyio.Event) -> N
             log.info("skills or agents changed: %d tools", len(tools.tools))
             await on_change()
         await _read_interfaces(tools, on_change)
+
+
+async def _read_interfaces_when(started: anyio.Event, tools: ToolRegistry, on_change: Notify) -> None:
+    with anyio.move_on_after(IDLE_START_SECONDS):
+        await started.wait()
+    await _read_interfaces(tools, on_change)
 
 
 async def _read_interfaces(tools: ToolRegistry, on_change: Notify) -> None:

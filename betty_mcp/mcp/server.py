@@ -50,6 +50,8 @@ class BettyServer(Server[Any]):
         self.services = services
         self.tools = tools
         self.bus = InMemorySubscriptionBus()
+        # Set at the first request a client makes after the handshake: background work waits for it.
+        self.first_request = anyio.Event()
         self.resources = Resources(services)
         self._legacy_sessions: dict[int, Any] = {}
         super().__init__(
@@ -82,6 +84,7 @@ class BettyServer(Server[Any]):
 
     def _remember(self, ctx: ServerRequestContext[Any]) -> None:
         """Keep one handshake-era session per connection, to notify it outside any request."""
+        self.first_request.set()
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or ctx.session.client_params is None:
             return
         self._legacy_sessions.setdefault(id(ctx.session.client_params), ctx.session)

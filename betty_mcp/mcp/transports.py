@@ -37,7 +37,7 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
     try:
         async with anyio.create_task_group() as tg:
             services.serve_runs(tg)  # agent runs live here, beyond the request that started them
-            tg.start_soon(keep_current, server.tools, server.notify_changed, stop)
+            tg.start_soon(keep_current, server.tools, server.notify_changed, stop, server.first_request)
             await serve()
             stop.set()  # the watcher's thread ends within a step
             services.close()  # captures and the zygote end now, not after the task group's wait
