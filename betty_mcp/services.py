@@ -7,26 +7,30 @@ start-up does no LLM work.
     services = Services(load_settings())
     result = await services.run_skill(services.skill("api.validate"), {"spec_path": "openapi.yaml"})
     answer = await services.query_llm({"prompt": "Hello"})
+    verdict = await services.consensus({"prompt": "Tabs or spaces?", "models": ["gpt-4o", "sonnet"]})
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from betty_mcp.core.arguments import ArgumentValidator
 from betty_mcp.core.catalog import Agent, Catalog, Skill, load_catalog
 from betty_mcp.core.config import Settings
-from betty_mcp.core.errors import AgentError, ArgumentsError, UnknownAgent
-from betty_mcp.core.secrets import register_secret_names
+from betty_mcp.core.errors import AgentError, ArgumentsError, BettyError, UnknownAgent
+from betty_mcp.core.secrets import key_env_names, register_secret_names
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from betty_mcp.agent import AgentRuntime, OnStep, RunRequest, RunResult
     from betty_mcp.agent.runs import RunHandle, RunManager
+    from betty_mcp.core.llm_config import LlmRouterConfig
+    from betty_mcp.llm.consensus import Consensus, Observer
     from betty_mcp.llm.messages import MessagesService
     from betty_mcp.llm.routing import AgentPreference
     from betty_mcp.llm.service import LlmService
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], Awaitable[None]]
+CONSENSUS_SKILL = "llm.consensus"  # the bundled skill an agent's run serves in-process
 
 
 class Services:
@@ -49,7 +54,7 @@ class Services:
         self.settings = settings
         # Every configured api_key_env holds a secret, whatever its name: kept from handlers (unless a
         # skill declares it), scrubbed from logs, traces and results. Before any part is built.
-        register_secret_names(settings.router.key_env_names())
+        register_secret_names(key_env_names(settings.llm_router))
         self.validator = ArgumentValidator()
         # Names a skill's tool may not take (the front end's own tools); reported by the catalog.
         self.reserved_tool_names = reserved_tool_names
@@ -58,6 +63,7 @@ class Services:
         self._runner: SkillRunner | None = None
         self._llm = llm  # given by tests and benchmarks; otherwise built on first use
         self._runs: RunManager | None = None
+        self._task_group: TaskGroup | None = None
         self._messages: MessagesService | None = None
 
     # -- parts, built on first use --------------------------------------------------------------
@@ -119,15 +125,18 @@ class Services:
         return self._llm
 
     def serve_runs(self, task_group: TaskGroup) -> None:
-        """Background agent runs live in ``task_group`` (the serving process's), beyond any request."""
-        from betty_mcp.agent.runs import RunManager
-
-        self._runs = RunManager(task_group)
+        """Background runs will live in ``task_group`` (the serving process's), beyond any request."""
+        self._task_group = task_group
 
     @property
     def runs(self) -> RunManager:
+        """The background runs (imported on first use: start-up stays light)."""
         if self._runs is None:
-            raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
+            if self._task_group is None:
+                raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
+            from betty_mcp.agent.runs import RunManager
+
+            self._runs = RunManager(self._task_group)
         return self._runs
 
     def close(self) -> None:
@@ -268,6 +277,126 @@ class Services:
                 out["json_error"] = f"the model's answer is not valid JSON: {exc.msg} at char {exc.pos}"
         return out
 
+    # -- consensus ------------------------------------------------------------------------------
+
+    async def plan_consensus(
+        self,
+        arguments: dict[str, Any],
+        *,
+        agent: str | None = None,
+        run_id: str | None = None,
+        cost_limit: float | None = None,
+        token_limit: int | None = None,
+    ) -> Consensus:
+        """``llm_consensus``'s arguments as a consensus ready to run. Raises before anything is sent:
+        ArgumentsError or ConfigError (a bad stance, an unknown model), BudgetExceeded (the worst case
+        would pass ``max_cost_usd``, ``cost_limit``, ``token_limit`` or a ledger budget).
+
+        Its calls carry ``run_id`` (an agent run asking for a second opinion) or, by default, the
+        consensus's own id, so the run budgets apply to the fan-out as a whole."""
+        from betty_mcp.core.rules import new_run_id
+        from betty_mcp.llm.consensus import (
+            DEFAULT_MAX_TOKENS,
+            Consensus,
+            ConsensusRequest,
+            align_stances,
+            default_models,
+        )
+
+        service = await self.llm()
+        given = arguments.get("models")
+        models = tuple(given) if given else default_models(service.models, _consensus_models(service.config))
+        max_cost = arguments.get("max_cost_usd")
+        if cost_limit is not None:
+            max_cost = cost_limit if max_cost is None else min(max_cost, cost_limit)
+        request = ConsensusRequest(
+            prompt=arguments["prompt"],
+            models=models,
+            stances=align_stances(models, arguments.get("stances"), service.models),
+            system_prompt=arguments.get("system_prompt"),
+            judge=arguments.get("judge"),
+            blind=arguments.get("blind", True),
+            rounds=arguments.get("rounds", 1),
+            max_cost_usd=max_cost,
+            max_tokens=arguments.get("max_tokens") or DEFAULT_MAX_TOKENS,
+            temperature=arguments.get("temperature"),
+            token_limit=token_limit,
+        )
+        consensus_id = new_run_id()
+        return Consensus.plan(
+            service,
+            request,
+            consensus_id=consensus_id,
+            caller="llm_consensus",
+            agent=agent,
+            run_id=run_id or consensus_id,
+        )
+
+    async def run_consensus(self, consensus: Consensus, observe: Observer | None = None) -> dict[str, Any]:
+        """Run a planned consensus to its end, traced as ``<runs_dir>/<id>.jsonl`` (``betty://runs/<id>``).
+
+        ``observe(line, event)`` hears each call end. The result is returned when some model answered
+        and when none did (``status`` failed, ``error`` says why); cancellation propagates."""
+        from betty_mcp.agent.trace import TraceWriter, summarise
+        from betty_mcp.core.secrets import scrub_data, secret_values
+        from betty_mcp.llm.consensus import KIND
+
+        request = consensus.request
+        trace = TraceWriter.open(self.settings.runs_dir, consensus.id)
+        trace.event(
+            "run_started",
+            run_id=consensus.id,
+            agent=KIND,
+            task=summarise(request.prompt),
+            models=list(request.models),
+            stances=list(request.stances),
+            judge=request.judge,
+            blind=request.blind,
+            rounds=request.rounds,
+            max_tokens=request.max_tokens,
+            estimate=consensus.estimate.as_dict(),
+            parent_run=consensus.run_id if consensus.run_id != consensus.id else None,
+        )
+
+        async def traced(line: str, event: dict[str, Any]) -> None:
+            fields = {**event, "response": summarise(event.get("response"))}
+            trace.event("llm_response" if event["error"] is None else "llm_error", **fields)
+            if observe is not None:
+                await observe(line, event)
+
+        try:
+            result = await consensus.run(traced)
+        finally:  # no await in here: a cancelled consensus still records its end
+            shown = consensus.snapshot()
+            trace.event(
+                "run_finished",
+                status="failed" if shown["status"] == "running" else shown["status"],
+                answer=summarise(shown["answer"]),
+                error=shown["error"],
+                totals=shown["totals"],
+            )
+            trace.close()
+        return scrub_data(result, secret_values())
+
+    async def consensus(
+        self, arguments: dict[str, Any], observe: Observer | None = None, **plan: Any
+    ) -> dict[str, Any]:
+        """``llm_consensus`` run to its end here (the CLI, the bundled skill, an agent's call)."""
+        return await self.run_consensus(await self.plan_consensus(arguments, **plan), observe)
+
+    async def start_consensus(self, arguments: dict[str, Any]) -> RunHandle:
+        """``llm_consensus`` as a background run of the serving process (planned, and so refused, first);
+        follow it with ``runs.wait``/``runs.get``/``runs.cancel``."""
+        from betty_mcp.llm.consensus import KIND
+
+        runs = self.runs
+        consensus = await self.plan_consensus(arguments)
+
+        async def work(run_id: str, note: Progress) -> None:
+            await self.run_consensus(consensus, lambda line, event: note(line))
+
+        return runs.start_job(KIND, arguments["prompt"], consensus, work)
+
     # -- the gateway (Anthropic Messages) -------------------------------------------------------
 
     async def messages(self) -> MessagesService:
@@ -328,12 +457,12 @@ class Services:
             "source": agent.source,
         }
 
-    def agent_runtime(self) -> AgentRuntime:
+    def agent_runtime(self, *, runner: SkillRunner | None = None) -> AgentRuntime:
         from betty_mcp.agent import AgentRuntime
 
         return AgentRuntime(
             catalog=self.catalog,
-            runner=self.runner,
+            runner=runner or self.runner,
             llm=self.llm,
             validator=self.validator,
             runs_dir=self.settings.runs_dir,
@@ -343,8 +472,12 @@ class Services:
         self, request: RunRequest, *, run_id: str | None = None, on_step: OnStep | None = None
     ) -> RunResult:
         """Run an agent to the end (the CLI's ``run``, and every background run)."""
+        from betty_mcp.core.rules import new_run_id
+
         self.agent(request.agent)
-        return await self.agent_runtime().run(
+        run_id = run_id or new_run_id()  # named now: a consensus the agent asks for counts against it
+        runner = cast("SkillRunner", _AgentSkills(self, run_id, request))
+        return await self.agent_runtime(runner=runner).run(
             request.agent,
             request.task,
             request.context,
@@ -362,6 +495,59 @@ class Services:
             request.task,
             lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
         )
+
+
+class _AgentSkills:
+    """The skills of one agent run: each runs as a process (the services' runner), except the bundled
+    ``llm.consensus``, served here so that its calls carry the run's id and stay within its limits
+    (``max_cost_usd`` and ``max_tokens`` less what the run has spent) and its ledger budgets."""
+
+    def __init__(self, services: Services, run_id: str, request: RunRequest) -> None:
+        self.services = services
+        self.run_id = run_id
+        self.request = request
+
+    async def run(
+        self, skill: Skill, arguments: dict[str, Any], progress: Progress | None = None
+    ) -> SkillResult:
+        if skill.name != CONSENSUS_SKILL or skill.source != "bundled":
+            return await self.services.runner.run(skill, arguments, progress)
+        from betty_mcp.core.rules import failure_envelope
+        from betty_mcp.run.runner import SkillResult
+
+        started = time.perf_counter()
+        limits = self.request.limits
+        spent = (await self.services.llm()).ledger.spend(run_id=self.run_id)  # the run's calls so far
+        cost_left = None if limits.max_cost_usd is None else max(0.0, limits.max_cost_usd - spent.cost_usd)
+        tokens_left = None if limits.max_tokens is None else max(0, limits.max_tokens - spent.tokens)
+        try:
+            out = await self.services.consensus(
+                arguments,
+                agent=self.request.agent,
+                run_id=self.run_id,
+                cost_limit=cost_left,
+                token_limit=tokens_left,
+            )
+        except BettyError as exc:
+            structured = failure_envelope(str(exc), exc.code, **exc.details())
+        else:
+            ok = out["status"] == "completed"
+            shown = {k: v for k, v in out.items() if k not in ("steps", "first_round", "status")}
+            structured = {"ok": ok, "status": "success" if ok else "failed", **shown}
+            structured["consensus_status"] = out["status"]
+            if not ok:
+                structured["errors"] = [{"code": "all_models_failed", "message": out["error"]}]
+        text = json.dumps(structured, ensure_ascii=False, default=str)
+        result = SkillResult(ok=structured["ok"], structured=structured, text=text)
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        return result
+
+
+def _consensus_models(router: LlmRouterConfig) -> list[str]:
+    """``llm_router.consensus.models``: read once the llm_router schema declares the block."""
+    block = getattr(router, "consensus", None)
+    models = block.get("models") if isinstance(block, dict) else getattr(block, "models", None)
+    return list(models or [])
 
 
 def response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:

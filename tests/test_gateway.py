@@ -440,7 +440,7 @@ def test_an_old_ledger_gains_the_gateway_columns_and_keeps_its_rows(tmp_path: Pa
         )
         assert ledger.records(session_id="s")[0].request_class == "think"
     names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM _migrations ORDER BY rowid")]
-    assert names == [m.__name__ for m in MIGRATIONS] and names[-1] == "m004_gateway_session_and_class"
+    assert names == [m.__name__ for m in MIGRATIONS] and "m004_gateway_session_and_class" in names
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -213,6 +213,7 @@ async def test_skills_list_and_skill_run_reach_every_skill(workspace: Path) -> N
             "skills_list",
             "skill_run",
             "llm_query",
+            "llm_consensus",
             "models_list",
             "agent_run",
             "agents_list",

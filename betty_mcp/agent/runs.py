@@ -1,20 +1,25 @@
 """Runs in the background: start, watch, wait for, cancel, for the life of the server.
 
-Every agent run is a task in the manager's own task group, not in the request that started
-it, so it survives the client disconnecting and a ``wait`` that gives up: a caller waiting past
-its deadline gets the partial result (status ``running``) and polls with the run id.
+Every run is a task in the manager's own task group, not in the request that started it, so it
+survives the client disconnecting and a ``wait`` that gives up: a caller waiting past its deadline
+gets the partial result (status ``running``) and polls with the run id. A run is an agent's
+(``start``: its steps are the progress) or any other ``Job`` (``start_job``: a consensus, which
+reports its own lines and shows its own result so far); ``run_status``, ``run_result`` and
+``run_cancel`` treat both alike.
 
     manager = RunManager(task_group)   # the serving process's task group
     handle = manager.start("api.analyzer", "Review openapi.yaml", run)   # run(run_id, on_step)
+    handle = manager.start_job("llm.consensus", "Tabs or spaces?", consensus, work)  # work(run_id, note)
     result = await manager.wait(handle, seconds=50, on_progress=report)
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -28,7 +33,19 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], Awaitable[None]]
 StartRun = Callable[[str, OnStep], Awaitable[RunResult]]
+Note = Callable[[str], Awaitable[None]]  # a job's progress line, reported to whoever waits
+StartJob = Callable[[str, Note], Awaitable[Any]]
 HEARTBEAT_SECONDS = 10.0
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    """A background run other than an agent's: it shows its result so far, ``status`` included
+    (with ``run_id``, ``agent``, ``steps``, ``totals``, ``error``), and a line while nothing happens."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def heartbeat(self) -> str: ...
 
 
 @dataclass
@@ -44,8 +61,32 @@ class RunHandle:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    job: Job | None = None  # a run other than an agent's
+
+    def note(self, line: str) -> None:
+        """A progress line: kept, and whoever waits is woken."""
+        self.lines.append(line)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def heartbeat(self) -> str:
+        if self.job is not None:
+            return self.job.heartbeat()
+        return f"{self.agent}: running, {len(self.lines)} step(s) so far"
 
     def status(self) -> dict[str, Any]:
+        if self.job is not None:
+            shown = self.snapshot()
+            return {
+                "run_id": self.run_id,
+                "agent": self.agent,
+                "status": shown["status"],
+                "steps": len(shown.get("steps") or []),
+                "last_step": self.lines[-1] if self.lines else None,
+                "elapsed_s": round(time.monotonic() - self.started, 1),
+                "totals": shown.get("totals"),
+                "error": shown.get("error"),
+            }
         state = self.state
         status = self.result.status if self.result else ("failed" if self.error else "running")
         return {
@@ -61,6 +102,13 @@ class RunHandle:
 
     def snapshot(self) -> dict[str, Any]:
         """The final result, or what is known so far while the run goes on."""
+        if self.job is not None:
+            shown = self.job.snapshot()
+            if self.error and shown.get("status") == "running":  # the job ended on an error of its own
+                shown = {**shown, "status": "failed", "error": self.error}
+            elif self.done.is_set() and shown.get("status") == "running":
+                shown = {**shown, "status": "cancelled", "error": "the run was cancelled before it started"}
+            return shown
         if self.result is not None:
             return self.result.as_dict()
         state = self.state
@@ -86,12 +134,35 @@ class RunManager:
         self.task_group.start_soon(self._run, handle, run)
         return handle
 
+    def start_job(self, name: str, task: str, job: Job, work: StartJob) -> RunHandle:
+        """Start ``work(run_id, note)`` in the background; ``job`` shows its progress and result.
+
+        ``job.snapshot()["run_id"]`` is the run's id, so the job may name it before it starts."""
+        handle = RunHandle(job.snapshot()["run_id"], name, task, job=job)
+        self.runs[handle.run_id] = handle
+        self.task_group.start_soon(self._run_job, handle, work)
+        return handle
+
+    async def _run_job(self, handle: RunHandle, work: StartJob) -> None:
+        async def note(line: str) -> None:
+            handle.note(line)
+
+        try:
+            with handle.scope:
+                await work(handle.run_id, note)
+        except BettyError as exc:
+            handle.error = str(exc)
+        except Exception as exc:  # a bug in the job: it must not end the server's task group with it
+            log.exception("background run %s failed", handle.run_id)
+            handle.error = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            handle.done.set()
+            handle.changed.set()
+
     async def _run(self, handle: RunHandle, run: StartRun) -> None:
         async def on_step(step: Step, state: RunState) -> None:
             handle.state = state
-            handle.lines.append(step_line(step))
-            handle.changed.set()
-            handle.changed = anyio.Event()
+            handle.note(step_line(step))
 
         try:
             with handle.scope:
@@ -129,7 +200,7 @@ class RunManager:
             if on_progress is not None:
                 new = handle.lines[reported:]
                 reported = len(handle.lines)
-                for line in new or [f"{handle.agent}: running, {len(handle.lines)} step(s) so far"]:
+                for line in new or [handle.heartbeat()]:
                     await on_progress(line)
         return handle.snapshot()
 

@@ -431,6 +431,181 @@ def query(
 
 
 @app.command()
+def consensus(
+    prompt: str,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models", help="Comma-separated aliases or provider/model ids; default: one per provider."
+        ),
+    ] = None,
+    stance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stance", help="MODEL=STANCE: for, against, neutral or a stance in words; repeatable."
+        ),
+    ] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="A model that sums up the answers.")] = None,
+    rounds: Annotated[
+        int,
+        typer.Option("--rounds", min=1, max=2, help="2: each model sees the others' answers and revises."),
+    ] = 1,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt for every model.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default 1024).")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Refuse, before asking, a worst case above this (USD).")
+    ] = None,
+    blind: Annotated[
+        bool, typer.Option("--blind/--named", help="Hide or show model names to the others and the judge.")
+    ] = True,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Ask several LLMs at once, with live progress; answers side by side, then the judge's verdict."""
+    import anyio
+
+    from betty_mcp.core.rules import failure_envelope
+
+    services = Services(_llm_settings(config, workspace))
+    if verbose:
+        _setup_logging("debug", verbose=True)
+    arguments: dict[str, Any] = {"prompt": prompt, "rounds": rounds, "blind": blind}
+    if models:
+        arguments["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if stance:
+        pairs = [s.partition("=") for s in stance]
+        if any(not sep or not key for key, sep, _ in pairs):
+            _fail("--stance takes MODEL=STANCE, e.g. --stance gpt-4o=for")
+        arguments["stances"] = {key: value for key, _, value in pairs}
+    for key, value in (
+        ("judge", judge),
+        ("system_prompt", system),
+        ("max_tokens", max_tokens),
+        ("max_cost_usd", max_cost),
+    ):
+        if value is not None:
+            arguments[key] = value
+    progress = _ConsensusProgress(live=not as_json)
+    try:
+        out = anyio.run(progress.run, services, arguments)
+        failed = out["error"] if out["status"] != "completed" else None
+    except BettyError as exc:
+        out, failed = failure_envelope(str(exc), exc.code, **exc.details()), str(exc)
+    if as_json:
+        _print_json(out)
+    elif "answers" in out:
+        _show_consensus(out)
+    if failed is not None and not as_json:
+        typer.echo(f"error: {failed}", err=True)
+    raise typer.Exit(1 if failed is not None else 0)
+
+
+class _ConsensusProgress:
+    """The live table of ``betty-mcp consensus``: one row per model (and the judge), updated as each
+    call ends, on stderr."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.rows: dict[Any, list[str]] = {}
+        self.live = live
+        self._display: Any = None
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table("model", "stance", "", box=None)
+        for model, stance, state in self.rows.values():
+            table.add_row(model, stance, state)
+        return table
+
+    async def run(self, services: Services, arguments: dict[str, Any]) -> dict[str, Any]:
+        plan = await services.plan_consensus(arguments)
+        from rich.markup import escape
+
+        for i, model in enumerate(plan.request.models):
+            self.rows[i] = [escape(model), escape(plan.request.stance(i) or ""), "asking..."]
+        if plan.request.judge:
+            self.rows["judge"] = [escape(plan.request.judge), "judge", "waiting for the answers"]
+        if not self.live:
+            return await services.run_consensus(plan)
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(stderr=True)
+        try:
+            with Live(self._table(), console=console, refresh_per_second=8) as display:
+                self._display = display
+                return await services.run_consensus(plan, self.observe)
+        finally:
+            if not console.is_terminal:  # Live ends its last line only on a terminal
+                console.line()
+
+    async def observe(self, line: str, event: dict[str, Any]) -> None:
+        key = "judge" if event["judge"] else event["slot"]
+        row = self.rows[key]
+        if event["error"] is not None:
+            row[2] = f"[red]failed[/red]: {event['error_kind']}"
+        else:
+            cost = "" if event["cost_usd"] is None else f", ${event['cost_usd']:.6f}"
+            verb = "answered" if event["round"] != 2 or event["judge"] else "revised"
+            row[2] = (
+                f"[green]{verb}[/green] by {event['model_used']} in {event['latency_ms'] / 1000:.1f}s, "
+                f"{event['tokens']['total']} tokens{cost}"
+            )
+        if self._display is not None:
+            self._display.update(self._table())
+
+
+CONSENSUS_COLUMNS = 3  # answers shown side by side, at most this many a row
+
+
+def _show_consensus(out: dict[str, Any]) -> None:
+    """The answers side by side, then the judge's verdict (stdout), then the totals (stderr)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console = Console()
+    panels = []
+    for a in out["answers"]:
+        title = escape(a["model_used"] or a["model"]) + (
+            f" [dim]({escape(a['stance'])})[/dim]" if a["stance"] else ""
+        )
+        body = escape(a["response"]) if a["error"] is None else f"[red]failed[/red]: {escape(a['error'])}"
+        panels.append(Panel(body, title=title, title_align="left"))
+    per_row = min(len(panels), CONSENSUS_COLUMNS)
+    for start in range(0, len(panels), per_row):
+        grid = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(per_row):
+            grid.add_column(ratio=1)
+        row = panels[start : start + per_row]
+        grid.add_row(*row, *[""] * (per_row - len(row)))
+        console.print(grid)
+    verdict = out.get("judge")
+    if verdict:
+        if verdict["error"] is not None:
+            console.print(Panel(f"[red]failed[/red]: {escape(verdict['error'])}", title="judge"))
+        else:
+            parts = [
+                f"[bold]{name}[/bold]: {escape(verdict[name])}"
+                for name in ("agreement", "disagreement", "recommendation")
+                if verdict[name]
+            ]
+            title = f"verdict of {escape(verdict['model_used'])}" + (
+                " [dim](text)[/dim]" if verdict["format"] == "text" else ""
+            )
+            console.print(Panel("\n\n".join(parts), title=title, title_align="left"))
+    totals = out["totals"]
+    typer.echo(
+        f"-- {totals['answered']}/{len(out['answers'])} answered, {totals['tokens']} tokens, "
+        f"${totals['cost_usd']:.6f}, {totals['wall_ms'] / 1000:.1f}s; consensus {out['consensus_id']}",
+        err=True,
+    )
+
+
+@app.command()
 def models(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """List every model llm_query can use, whether it is ready, and its prices."""
     from betty_mcp.llm.listing import list_models

@@ -159,6 +159,14 @@ class GatewayConfig(BaseModel):
     )
 
 
+class ConsensusConfig(BaseModel):
+    """``llm_consensus``'s defaults: the models asked when a call names none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = []
+
+
 class LlmRouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -173,6 +181,7 @@ class LlmRouterConfig(BaseModel):
         default=True, description="Try the embedded model when nothing else answers."
     )
     limits: LlmLimits = LlmLimits()
+    consensus: ConsensusConfig = ConsensusConfig()
     gateway: GatewayConfig = GatewayConfig()
 
     @model_validator(mode="after")

@@ -4,6 +4,12 @@
     Budgets(per_day_usd=5.0).check(ledger, estimated_cost_usd=0.02)   # raises BudgetExceeded
     ledger.record(UsageRecord(caller="llm_query", model="gpt-4", provider="openai", cost_usd=0.02))
 
+Rows written inside ``tagged(consensus_id=...)`` carry that id (every call of one ``llm_consensus`` fan-out,
+whoever makes them: the context is inherited by the tasks started within it):
+
+    with tagged(consensus_id="20250101-120000-ab12cd34"):
+        await service.chat(...)          # its row has consensus_id set
+
 Several processes (the server, skill subprocesses) may write the same file: the database runs in WAL mode
 with a busy timeout and every write is one short statement. One `Ledger` may be shared by threads; a lock
 serialises use of its connection. Times are stored as ISO-8601 UTC text, so they sort and group by day
@@ -19,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +42,7 @@ __all__ = [
     "connect",
     "format_usage",
     "migrate",
+    "tagged",
     "usage_report",
 ]
 
@@ -63,6 +71,7 @@ class UsageRecord:
     created_at: datetime | None = None  # timezone-aware; None means now (UTC)
     session_id: str | None = None  # the client's session (the gateway: X-Claude-Code-Session-Id)
     request_class: str | None = None  # the gateway's class: default, background, think, long_context
+    consensus_id: str | None = None  # the llm_consensus fan-out this call belongs to (see ``tagged``)
 
     @property
     def total_tokens(self) -> int:
@@ -121,12 +130,18 @@ def m004_gateway_session_and_class(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_caller ON calls (caller, created_at)")
 
 
+def m005_consensus_id(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN consensus_id TEXT")
+    db.execute("CREATE INDEX calls_consensus_id ON calls (consensus_id)")
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_calls,
     m002_call_fallbacks,
     m003_run_and_agent_indexes,
     m004_gateway_session_and_class,
+    m005_consensus_id,
 )
 
 
@@ -222,8 +237,20 @@ def _first_day(days: int) -> datetime:
 _SPEND = "COUNT(*), COALESCE(SUM(total_tokens), 0), TOTAL(cost_usd), COUNT(*) - COUNT(cost_usd)"
 _COLUMNS = (
     "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
-    "run_id, fallbacks, error, created_at, session_id, request_class"
+    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id"
 )
+# The consensus id rows written in the current context carry unless their record names one (``tagged``).
+_CONSENSUS_ID: ContextVar[str | None] = ContextVar("betty_mcp_consensus_id", default=None)
+
+
+@contextmanager
+def tagged(*, consensus_id: str) -> Iterator[None]:
+    """Rows recorded within the block (in this task and the tasks it starts) carry ``consensus_id``."""
+    token = _CONSENSUS_ID.set(consensus_id)
+    try:
+        yield
+    finally:
+        _CONSENSUS_ID.reset(token)
 
 
 class Ledger:
@@ -271,21 +298,27 @@ class Ledger:
             json.dumps(list(rec.fallbacks)),
             rec.session_id,
             rec.request_class,
+            rec.consensus_id or _CONSENSUS_ID.get(),
         )
         sql = (
             "INSERT INTO calls (created_at, caller, agent, run_id, model, provider, prompt_tokens, "
             "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks, session_id, "
-            "request_class) "
+            "request_class, consensus_id) "
             f"VALUES ({', '.join('?' * len(values))})"
         )
         with self._connection() as db:
             return db.execute(sql, values).lastrowid
 
     def spend(
-        self, *, since: datetime | None = None, run_id: str | None = None, agent: str | None = None
+        self,
+        *,
+        since: datetime | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        consensus_id: str | None = None,
     ) -> Spend:
         """Totals over the calls matching every filter given (all calls if none)."""
-        where, params = _where(since=since, run_id=run_id, agent=agent)
+        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
         calls, tokens, cost, unpriced = self._rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
         return Spend(calls=calls, tokens=tokens, cost_usd=cost, unpriced=unpriced)
 
@@ -330,10 +363,15 @@ class Ledger:
         return found
 
     def records(
-        self, *, run_id: str | None = None, session_id: str | None = None, limit: int = 100
+        self,
+        *,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        consensus_id: str | None = None,
+        limit: int = 100,
     ) -> list[UsageRecord]:
-        """The most recent calls (of one run or session, if given), newest first."""
-        where, params = _where(run_id=run_id, session_id=session_id)
+        """The most recent calls (of one run, session or consensus, if given), newest first."""
+        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
         rows = self._rows(
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
@@ -359,8 +397,12 @@ def _where(
     run_id: str | None = None,
     agent: str | None = None,
     session_id: str | None = None,
+    consensus_id: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
+    if consensus_id is not None:
+        clauses.append("consensus_id = ?")
+        params.append(consensus_id)
     if session_id is not None:
         clauses.append("session_id = ?")
         params.append(session_id)
@@ -432,6 +474,54 @@ class Budgets:
                 "per_day_tokens",
                 "daily token budget",
                 where,
+            )
+
+    def check_batch(
+        self,
+        ledger: Ledger,
+        *,
+        call_costs: Sequence[float],
+        estimated_tokens: int = 0,
+        run_id: str | None = None,
+        what: str = "these calls",
+    ) -> None:
+        """Raise BudgetExceeded if calls made together (a fan-out), each at its worst case, could pass a
+        limit: the per-call budget against the costliest call, the run and day budgets against their sum.
+        The message names the budget and by how much it would be passed."""
+        total = sum(call_costs)
+        worst = max(call_costs, default=0.0)
+        if self.per_call_usd is not None and worst > self.per_call_usd + _EPSILON:
+            raise BudgetExceeded(
+                f"{what} refused: the per-call budget of {_usd(self.per_call_usd)} would be passed by "
+                f"{_usd(worst - self.per_call_usd)} (its costliest call may cost up to {_usd(worst)}); "
+                f"raise {CONFIG_HINT.format(field='per_call_usd')}",
+                budget="per_call",
+            )
+        checks: list[tuple[float | None, Spend, str, str]] = []
+        if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
+            run = ledger.spend(run_id=run_id)
+            checks += [(self.per_run_usd, run, "per_run", f"by run {run_id}")]
+            checks += [(self.per_run_tokens, run, "per_run_tokens", f"by run {run_id}")]
+        if self.per_day_usd is not None or self.per_day_tokens is not None:
+            today = ledger.spend_today()
+            checks += [(self.per_day_usd, today, "per_day", "today (UTC)")]
+            checks += [(self.per_day_tokens, today, "per_day_tokens", "today (UTC)")]
+        for limit, spend, budget, where in checks:
+            tokens = budget.endswith("_tokens")
+            spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
+            if limit is None or not _over(limit, spent, estimate):
+                continue
+            name = ("run" if budget.startswith("per_run") else "daily") + (" token" if tokens else "")
+
+            def amount(value: float, tokens: bool = tokens) -> str:
+                return f"{int(value):,} tokens" if tokens else _usd(value)
+
+            field = budget if tokens else f"{budget}_usd"
+            raise BudgetExceeded(
+                f"{what} refused: the {name} budget of {amount(limit)} would be passed by "
+                f"{amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
+                f"{amount(estimate)} for {what}); raise {CONFIG_HINT.format(field=field)}",
+                budget=budget,
             )
 
 

@@ -257,6 +257,7 @@ class RecordedRequest:
     headers: dict[str, str]
     time: float  # time.monotonic() when the request arrived
     step: str | None = None  # kind of the step that answered it
+    client_gone_at: float | None = None  # time.monotonic() when the client hung up before the answer
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -275,6 +276,7 @@ class RecordedRequest:
             "headers": dict(self.headers),
             "time": self.time,
             "step": self.step,
+            "client_gone_at": self.client_gone_at,
         }
 
 
@@ -331,6 +333,10 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
 
 class _Aborted(Exception):
     """The client went away or the server is shutting down: drop the connection."""
+
+
+class _ClientGone(_Aborted):
+    """The client closed its connection before the answer (it cancelled the call)."""
 
 
 # --------------------------------------------------------------------------- HTTP handler
@@ -400,8 +406,10 @@ class _Handler(BaseHTTPRequestHandler):
         stop = self.server.owner._stop
         deadline = None if seconds is None else time.monotonic() + seconds
         while True:
-            if stop.is_set() or self._client_gone():
+            if stop.is_set():
                 raise _Aborted
+            if self._client_gone():
+                raise _ClientGone
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 return
@@ -459,6 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
             owner._record(rec)
             route(rec)
+        except _ClientGone:
+            owner._hung_up(rec)
+            self._drop()
         except _Aborted:
             self._drop()
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
@@ -975,11 +986,30 @@ class ScriptedLLM:
                 self._cond.wait(left)
             return list(self._requests)
 
+    def wait_for_hang_ups(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        """Block until at least ``n`` requests were hung up on by the client before their answer
+        (a cancelled call); TimeoutError otherwise. Returns those requests."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                gone = [r for r in self._requests if r.client_gone_at is not None]
+                if len(gone) >= n:
+                    return gone
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(gone)} of {n} requests hung up on after {timeout} s")
+                self._cond.wait(left)
+
     # ---- internals used by the handler
 
     def _record(self, rec: RecordedRequest) -> None:
         with self._cond:
             self._requests.append(rec)
+            self._cond.notify_all()
+
+    def _hung_up(self, rec: RecordedRequest) -> None:
+        with self._cond:
+            rec.client_gone_at = time.monotonic()
             self._cond.notify_all()
 
     def _next_step(self, model: str | None) -> Step:

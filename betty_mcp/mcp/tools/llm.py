@@ -1,4 +1,5 @@
-"""``llm_query`` (ask any configured LLM) and ``models_list`` (what can be asked, and at what price)."""
+"""``llm_query`` (ask any configured LLM), ``llm_consensus`` (ask several at once, with stances and a
+judge) and ``models_list`` (what can be asked, and at what price)."""
 
 from __future__ import annotations
 
@@ -118,6 +119,145 @@ async def with_progress(ctx: CallContext, sink: StreamSink, call: Awaitable[T]) 
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+CONSENSUS_ANSWER = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "model_used": {"type": ["string", "null"]},
+        "provider": {"type": ["string", "null"]},
+        "stance": {"type": ["string", "null"]},
+        "response": {"type": ["string", "null"]},
+        "tokens": {"type": "object"},
+        "cost_usd": {"type": ["number", "null"]},
+        "latency_ms": {"type": "number"},
+        "fallbacks": {"type": "array", "items": {"type": "object"}},
+        "error": {"type": ["string", "null"]},
+    },
+    "required": ["model", "model_used", "provider", "stance", "response", "tokens", "cost_usd", "error"],
+}
+
+CONSENSUS_INPUT = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string", "minLength": 1, "description": "The question every model answers."},
+        "models": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": 10,
+            "description": "Aliases or provider/model ids (one may appear twice, e.g. with two stances); "
+            "default: one configured model per provider, at most 5.",
+        },
+        "stances": {
+            "type": ["array", "object"],
+            "items": {"type": ["string", "null"]},
+            "additionalProperties": {"type": "string"},
+            "description": "Per model: 'for', 'against', 'neutral' or a stance in words; a list in the "
+            "models' order, or an object keyed by model.",
+        },
+        "system_prompt": {"type": "string"},
+        "judge": {
+            "type": "string",
+            "description": "A model that compares the answers and returns agreement, disagreement and a "
+            "recommendation; default: no judge.",
+        },
+        "blind": {
+            "type": "boolean",
+            "default": True,
+            "description": "Answers are independent and, wherever shown (round 2, the judge), carry no "
+            "model names; false names them.",
+        },
+        "rounds": {
+            "type": "integer",
+            "enum": [1, 2],
+            "default": 1,
+            "description": "2: each model sees the others' first answers and may revise its own.",
+        },
+        "max_cost_usd": {
+            "type": "number",
+            "minimum": 0,
+            "description": "Refuse the whole fan-out, before anything is sent, if its worst case costs more.",
+        },
+        "max_tokens": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 200000,
+            "description": "Most tokens per answer (default 1024); also what the worst case is priced at.",
+        },
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "wait": {
+            "type": "boolean",
+            "default": True,
+            "description": "Wait for the result (up to wait_seconds), or return a run id at once.",
+        },
+        "wait_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 3600,
+            "default": 50,
+            "description": "How long to wait before returning the partial result; the run goes on.",
+        },
+    },
+    "required": ["prompt"],
+    "additionalProperties": False,
+}
+
+CONSENSUS_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string"},
+        "consensus_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["running", "completed", "failed", "cancelled"]},
+        "answers": {"type": "array", "items": CONSENSUS_ANSWER},
+        "judge": {
+            "type": ["object", "null"],
+            "properties": {
+                "agreement": {"type": ["string", "null"]},
+                "disagreement": {"type": ["string", "null"]},
+                "recommendation": {"type": ["string", "null"]},
+                "format": {"type": ["string", "null"], "enum": ["json", "text", None]},
+            },
+        },
+        "totals": {"type": "object"},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "error": {"type": ["string", "null"]},
+    },
+    "required": ["run_id", "status", "answers", "judge", "totals", "steps"],
+}
+
+
+class LlmConsensusTool(ServiceTool):
+    spec = ToolSpec(
+        name="llm_consensus",
+        title="llm.consensus",
+        description=(
+            "Ask several LLMs the same question at once (each a routed call with its own fallbacks), "
+            "optionally with stances (for/against/neutral), a second round where each sees the others' "
+            "answers, and a judge that sums up agreement, disagreement and a recommendation. The worst "
+            "case is checked against max_cost_usd and the budgets before anything is sent. Returns every "
+            "answer with tokens, cost and latency; a model that fails leaves its error and the others "
+            "count. With wait=false it returns a run id at once (run_status, run_result, run_cancel)."
+        ),
+        input_schema=CONSENSUS_INPUT,
+        output_schema=CONSENSUS_OUTPUT,
+    )
+
+    async def run(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
+        from betty_mcp.mcp.tools.agent import DEFAULT_WAIT_SECONDS, run_result
+
+        asked = {k: v for k, v in arguments.items() if k not in ("wait", "wait_seconds")}
+        handle = await self.services.start_consensus(asked)  # refused here, before anything is sent
+        if not arguments.get("wait", True):
+            return ToolResult.of(handle.snapshot())
+        seconds = arguments.get("wait_seconds", DEFAULT_WAIT_SECONDS)
+        try:
+            result = await self.services.runs.wait(handle, seconds, ctx.progress)
+        except BaseException:
+            handle.scope.cancel()  # the caller gave up on a consensus it was waiting for: stop every call
+            raise
+        return run_result(result)
 
 
 class ModelsListTool(ServiceTool):

@@ -14,7 +14,7 @@ from betty_mcp.mcp.tools.agent import (
     RunResultTool,
     RunStatusTool,
 )
-from betty_mcp.mcp.tools.llm import LlmQueryTool, ModelsListTool
+from betty_mcp.mcp.tools.llm import LlmConsensusTool, LlmQueryTool, ModelsListTool
 from betty_mcp.mcp.tools.skills import SkillRunTool, SkillsListTool, SkillTool
 from betty_mcp.services import Services
 
@@ -22,6 +22,7 @@ BUILTIN_TOOLS = (
     SkillsListTool,
     SkillRunTool,
     LlmQueryTool,
+    LlmConsensusTool,
     ModelsListTool,
     AgentRunTool,
     RunStatusTool,
