@@ -698,14 +698,6 @@ def test_stdio_answers_every_malformed_message_that_carries_an_id(stdio_server: 
     assert not missing, f"no response over stdio to: {', '.join(missing)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (minor, both transports): a request whose id is not a string or an integer (null, 4.5, true, "
-        'an object) is treated as a notification: no response over stdio, 202 over HTTP. Repro: {"jsonrpc": '
-        '"2.0", "id": 4.5, "method": "ping"}. JSON-RPC 2.0 wants -32600 Invalid Request with id null.'
-    ),
-)
 def test_http_rejects_requests_whose_id_is_not_a_string_or_an_integer(http_peer: HttpPeer) -> None:
     accepted = []
     for name, bad in BAD_IDS.items():

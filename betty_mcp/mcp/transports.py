@@ -68,20 +68,8 @@ class BearerAuth:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                body = json.dumps(
-                    {"error": "unauthorized", "error_description": "missing or wrong bearer token"}
-                )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b'Bearer realm="betty-mcp"'),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body.encode()})
+                body = {"error": "unauthorized", "error_description": "missing or wrong bearer token"}
+                await _respond(send, 401, body, [(b"www-authenticate", b'Bearer realm="betty-mcp"')])
                 return
         await self.app(scope, receive, send)
 
@@ -95,14 +83,74 @@ def security_settings(host: str, port: int, allowed_hosts: list[str]) -> Transpo
     )
 
 
+class RequestIdCheck:
+    """ASGI middleware: a request whose id is neither a string nor an integer gets -32600 (the SDK would
+    take it for a notification and answer 202, leaving the client waiting for a response)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more and sum(map(len, chunks)) <= MAX_CHECKED_BODY:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not more and _bad_request_id(body):
+            await _respond(
+                send, 400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": BAD_ID}}
+            )
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+MAX_CHECKED_BODY = 4 * 1024 * 1024  # the SDK's own cap: past it, it answers 413 itself
+BAD_ID = "Invalid Request: an id must be a string or an integer"
+
+
+def _bad_request_id(body: bytes) -> bool:
+    if b'"id"' not in body:
+        return False
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(message, dict) or "method" not in message or "id" not in message:
+        return False
+    request_id = message["id"]
+    return isinstance(request_id, bool) or not isinstance(request_id, str | int)
+
+
+async def _respond(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def http_app(
     server: BettyServer, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> Any:
     require_token_off_loopback(host, token, "the server")
-    asgi = server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        transport_security=security_settings(host, port, allowed_hosts),
-        host=host,
+    asgi = RequestIdCheck(
+        server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            transport_security=security_settings(host, port, allowed_hosts),
+            host=host,
+        )
     )
     return BearerAuth(asgi, token) if token else asgi
 
