@@ -134,11 +134,13 @@ def _bad_request_id(body: bytes) -> bool:
     return isinstance(request_id, bool) or not isinstance(request_id, str | int)
 
 
-async def _respond(send: Any, status: int, body: bytes, content_type: bytes) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _respond(
+    send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A JSON answer made here, before the SDK sees the request."""
+    start = {"type": "http.response.start", "status": status}
+    await send({**start, "headers": [(b"content-type", b"application/json"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def http_app(
