@@ -5,7 +5,7 @@ Invariants: the only exception that escapes is ``ManifestError``/``DocumentError
 each load is bounded in time (< 1 s of CPU) and memory (< 100 MB); a catalog load never raises, and
 every skill folder either becomes a skill or is reported as a problem.
 
-The strict xfails at the bottom are what this fuzz found; each names its reproduction.
+What this fuzz found is pinned at the bottom, each test named after the finding and its reproduction.
 """
 
 from __future__ import annotations
