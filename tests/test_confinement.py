@@ -68,3 +68,18 @@ def test_the_registry_is_not_written_through_a_symlinked_folder(tmp_path: Path) 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 1 and out["errors"][0]["code"] == "path_outside_workspace"
     assert list(outside.iterdir()) == [], "nothing was written through the link"
+
+
+async def test_a_cut_result_is_not_saved_through_a_symlinked_outputs_folder(
+    workspace: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    runs = workspace / ".betty-mcp" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "outputs").symlink_to(outside)
+    async with stdio_client(workspace) as client:
+        result = await client.call_tool("test_big", {"megabytes": 1})
+    assert not result.is_error and result.structured_content["truncated"] is True
+    assert "output_file" not in result.structured_content
+    assert list(outside.iterdir()) == [], "nothing was written through the link"

@@ -389,11 +389,15 @@ def _read_line(stream: Any, deadline: float) -> bytes:
     return line
 
 
-def test_stdout_carries_only_protocol_messages_at_debug_level_even_after_the_session(
-    workspace: Path, llm: ScriptedLLM, tmp_path: Path
+@pytest.mark.parametrize(
+    "logging", [("debug",), ("debug", "--verbose"), ("info",), ("error",)], ids=lambda a: "-".join(a)
+)
+def test_stdout_carries_only_protocol_messages_at_every_log_level_even_after_the_session(
+    workspace: Path, llm: ScriptedLLM, tmp_path: Path, logging: tuple[str, ...]
 ) -> None:
-    """LiteLLM loaded, --log-level debug: every line on stdout is JSON-RPC, through the end of the process
-    (LiteLLM's own handler writes records below WARNING to stdout, its exit handler among them)."""
+    """LiteLLM loaded, at any --log-level (and --verbose): every line on stdout is JSON-RPC, through the
+    end of the process (LiteLLM's own handler writes records below WARNING to stdout, its exit handler
+    among them)."""
     write_config(workspace, llm)
     llm.script("main", Reply("fine"))
     requests = [
@@ -417,7 +421,7 @@ def test_stdout_carries_only_protocol_messages_at_debug_level_even_after_the_ses
     ]
     with (tmp_path / "stderr.log").open("w") as errlog:
         proc = subprocess.Popen(
-            [sys.executable, *server_args(workspace, "--log-level", "debug", fixtures=False)],
+            [sys.executable, *server_args(workspace, "--log-level", *logging, fixtures=False)],
             cwd=workspace,
             env={**os.environ, **ENV},
             stdin=subprocess.PIPE,

@@ -40,8 +40,8 @@ import anyio.to_thread
 
 from betty_mcp.core.catalog import Skill
 from betty_mcp.core.config import Settings
-from betty_mcp.core.errors import ArgumentsError
-from betty_mcp.core.rules import failure_envelope, new_output_id
+from betty_mcp.core.errors import ArgumentsError, PathOutsideWorkspace
+from betty_mcp.core.rules import confined, failure_envelope, new_output_id
 from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.run.envelope import last_json_document, normalise
 from betty_mcp.run.invocation import Invocation, Invocations, check_paths
@@ -494,12 +494,10 @@ class SkillRunner:
         cap = self.settings.limits.max_result_chars
         if len(text) <= cap and len(stdout) <= cap:
             return result
-        folder = self.settings.runs_dir / "outputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{result.call_id}.json"
-        path.write_text(text, encoding="utf-8")
-        (folder / f"{result.call_id}.stdout.txt").write_text(self._scrub(stdout), encoding="utf-8")
-        reference = {"output_file": str(path), "output_resource": f"betty://outputs/{result.call_id}"}
+        path = self._save(result.call_id, text, stdout)
+        reference = (
+            {"output_file": str(path), "output_resource": f"betty://outputs/{result.call_id}"} if path else {}
+        )
         if len(text) > cap:
             structured = {
                 "ok": structured["ok"],
@@ -514,3 +512,19 @@ class SkillRunner:
         result.text = json.dumps(structured, ensure_ascii=False, default=str)
         result.output_file = path
         return result
+
+    def _save(self, call_id: str, text: str, stdout: str) -> Path | None:
+        """Keep a cut result whole in the runs folder (never through a symlink out of the workspace)."""
+        workspace = self.settings.workspace
+        try:
+            folder = confined(self.settings.runs_dir / "outputs", workspace)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = confined(folder / f"{call_id}.json", workspace)
+            path.write_text(text, encoding="utf-8")
+            confined(folder / f"{call_id}.stdout.txt", workspace).write_text(
+                self._scrub(stdout), encoding="utf-8"
+            )
+        except PathOutsideWorkspace as exc:
+            log.warning("the full output of call %s is not kept: %s", call_id, exc)
+            return None
+        return path
