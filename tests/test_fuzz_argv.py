@@ -39,7 +39,7 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "betty-mcp-hypothesis")
 
 FUZZ = settings(
     database=None,  # no .hypothesis folder in the checkout
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -48,7 +48,7 @@ PROTOCOL = "2025-11-25"
 ANSWER_SECONDS = 30  # a response to a well-formed request must come within this
 FUZZ = settings(
     database=None,  # no .hypothesis folder in the checkout
-    max_examples=250,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

@@ -37,7 +37,7 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "betty-mcp-hypothesis")
 
 FUZZ = settings(
     database=None,
-    max_examples=250,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
