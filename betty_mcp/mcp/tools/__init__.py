@@ -20,6 +20,24 @@ if TYPE_CHECKING:
     from betty_mcp.services import Services
 
 
+# A waiting call answers before hosts' ~60 s limits; what it waits for goes on in the background.
+DEFAULT_WAIT_SECONDS = 50.0
+WAIT_INPUTS: dict[str, Any] = {
+    "wait": {
+        "type": "boolean",
+        "default": True,
+        "description": "Wait for the result (up to wait_seconds), or return a run id at once.",
+    },
+    "wait_seconds": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 3600,
+        "default": DEFAULT_WAIT_SECONDS,
+        "description": "How long to wait before returning the partial result; the run goes on.",
+    },
+}
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str

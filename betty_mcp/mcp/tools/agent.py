@@ -6,10 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from betty_mcp.core.rules import MAX_RETRIES
-from betty_mcp.mcp.tools import CallContext, ServiceTool, ToolResult, ToolSpec
+from betty_mcp.mcp.tools import (
+    DEFAULT_WAIT_SECONDS,
+    WAIT_INPUTS,
+    CallContext,
+    ServiceTool,
+    ToolResult,
+    ToolSpec,
+)
 
-# A waiting agent_run answers before hosts' ~60 s limits; the run itself goes on in the background.
-DEFAULT_WAIT_SECONDS = 50.0
 RUN_ID = {"type": "string", "minLength": 1, "description": "The run id agent_run returned."}
 RUN_ID_INPUT = {
     "type": "object",
@@ -67,18 +72,7 @@ class AgentRunTool(ServiceTool):
                     },
                     "additionalProperties": False,
                 },
-                "wait": {
-                    "type": "boolean",
-                    "default": True,
-                    "description": "Wait for the result (up to wait_seconds), or return a run id at once.",
-                },
-                "wait_seconds": {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": 3600,
-                    "default": DEFAULT_WAIT_SECONDS,
-                    "description": "How long to wait before returning the partial result.",
-                },
+                **WAIT_INPUTS,
             },
             "required": ["agent", "task"],
             "additionalProperties": False,

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from betty_mcp.mcp.tools import CallContext, ServiceTool, ToolResult, ToolSpec
+from betty_mcp.mcp.tools import (
+    DEFAULT_WAIT_SECONDS,
+    WAIT_INPUTS,
+    CallContext,
+    ServiceTool,
+    ToolResult,
+    ToolSpec,
+)
 
 if TYPE_CHECKING:
     from betty_mcp.llm.types import StreamSink
@@ -187,18 +194,7 @@ CONSENSUS_INPUT = {
             "description": "Most tokens per answer (default 1024); also what the worst case is priced at.",
         },
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "wait": {
-            "type": "boolean",
-            "default": True,
-            "description": "Wait for the result (up to wait_seconds), or return a run id at once.",
-        },
-        "wait_seconds": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 3600,
-            "default": 50,
-            "description": "How long to wait before returning the partial result; the run goes on.",
-        },
+        **WAIT_INPUTS,
     },
     "required": ["prompt"],
     "additionalProperties": False,
@@ -245,7 +241,7 @@ class LlmConsensusTool(ServiceTool):
     )
 
     async def run(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
-        from betty_mcp.mcp.tools.agent import DEFAULT_WAIT_SECONDS, run_result
+        from betty_mcp.mcp.tools.agent import run_result
 
         asked = {k: v for k, v in arguments.items() if k not in ("wait", "wait_seconds")}
         handle = await self.services.start_consensus(asked)  # refused here, before anything is sent
