@@ -384,6 +384,14 @@ def _llm_settings(config: Path | None, workspace: Path | None) -> Settings:
         raise  # unreachable: _fail exits
 
 
+def _llm_services(config: Path | None, workspace: Path | None, verbose: bool) -> Services:
+    """The services for an LLM command (no catalog, runner or zygote is built for it)."""
+    services = Services(_llm_settings(config, workspace))
+    if verbose:
+        _setup_logging("debug", verbose=True)
+    return services
+
+
 @app.command()
 def query(
     prompt: str,
@@ -400,9 +408,7 @@ def query(
 
     from betty_mcp.core.rules import failure_envelope
 
-    services = Services(_llm_settings(config, workspace))
-    if verbose:
-        _setup_logging("debug", verbose=True)
+    services = _llm_services(config, workspace, verbose)
     arguments: dict[str, Any] = {"prompt": prompt}
     for key, value in (("model", model), ("system_prompt", system), ("max_tokens", max_tokens)):
         if value is not None:
@@ -468,9 +474,7 @@ def consensus(
 
     from betty_mcp.core.rules import failure_envelope
 
-    services = Services(_llm_settings(config, workspace))
-    if verbose:
-        _setup_logging("debug", verbose=True)
+    services = _llm_services(config, workspace, verbose)
     arguments: dict[str, Any] = {"prompt": prompt, "rounds": rounds, "blind": blind}
     if models:
         arguments["models"] = [m.strip() for m in models.split(",") if m.strip()]
