@@ -56,6 +56,13 @@ def known_secrets() -> list[str]:
     return _known
 
 
+def known_secrets_and(*extra: str) -> list[str]:
+    """``known_secrets()`` plus the values given (a key read from a file, say), longest first."""
+    known = known_secrets()
+    more = [v for v in extra if v and len(v) >= MIN_SECRET_LENGTH and v not in known]
+    return sorted([*known, *more], key=len, reverse=True) if more else known
+
+
 def refresh_known_secrets() -> list[str]:
     """Look the secret values up again (the environment changed)."""
     global _known

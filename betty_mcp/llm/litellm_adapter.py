@@ -30,7 +30,7 @@ from betty_mcp.core.errors import (
     ProviderUnreachable,
     RateLimited,
 )
-from betty_mcp.core.secrets import THIRD_PARTY_LOGGERS, scrub, secret_values
+from betty_mcp.core.secrets import THIRD_PARTY_LOGGERS, known_secrets_and, scrub
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.types import ChatRequest, Completion, StreamSink, ToolCall
 
@@ -149,15 +149,15 @@ class LiteLLMBackend:
     async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion:
         litellm = await load_litellm()
         kwargs = _kwargs(spec, request)
-        secrets = secret_values(extra=[kwargs.get("api_key", "")])
-        chunks: list[Any] = []
+        secrets = known_secrets_and(kwargs.get("api_key", ""))
+        reply = _Reply()
         try:
             response_stream = await litellm.acompletion(**kwargs)
             async for chunk in response_stream:
-                chunks.append(chunk)
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    stream.append(chunk.choices[0].delta.content)
-            response = litellm.stream_chunk_builder(chunks, messages=request.messages)
+                if text := reply.add(chunk):
+                    stream.append(text)
+            # A provider that sent no usage: LiteLLM's builder counts the tokens itself (slow, rare).
+            response = reply if reply.usage else litellm.stream_chunk_builder(reply.chunks, request.messages)
         except Exception as exc:  # every provider failure, whatever LiteLLM calls it
             error = _error_class(exc, litellm)
             raise error(f"{spec.id}: {error.kind}: {_short(exc, secrets)}", spec.id) from None
@@ -167,28 +167,90 @@ class LiteLLMBackend:
 
     @staticmethod
     def _completion(spec: ModelSpec, response: Any, litellm: Any) -> Completion:
-        choice = response.choices[0]
-        message = choice.message
-        usage = getattr(response, "usage", None)
+        if isinstance(response, _Reply):
+            text, tool_calls, finish_reason = response.text, response.tool_calls(), response.finish_reason
+        else:
+            choice = response.choices[0]
+            text, finish_reason = choice.message.content or "", choice.finish_reason
+            tool_calls = [
+                ToolCall(id=c.id or f"call_{i}", name=c.function.name, arguments=c.function.arguments or "{}")
+                for i, c in enumerate(choice.message.tool_calls or [])
+            ]
+        usage = response.usage
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = spec.cost(prompt, completion)
         if cost is None:
-            try:
-                cost = float(litellm.completion_cost(completion_response=response))
-            except Exception:  # a model LiteLLM has no price for: the cost is unknown, not zero
-                cost = None
-        calls = [
-            ToolCall(
-                id=call.id or f"call_{i}", name=call.function.name, arguments=call.function.arguments or "{}"
-            )
-            for i, call in enumerate(message.tool_calls or [])
-        ]
+            cost = _price_list_cost(litellm, spec.litellm_model, prompt, completion)
         return Completion(
-            text=message.content or "",
-            tool_calls=calls,
+            text=text,
+            tool_calls=tool_calls,
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=cost,
-            finish_reason=choice.finish_reason,
+            finish_reason=finish_reason,
         )
+
+
+# Models LiteLLM has no price for: asking again costs a search through its price list every call.
+_unpriced: set[str] = set()
+
+
+def _price_list_cost(litellm: Any, model: str, prompt: int, completion: int) -> float | None:
+    """The cost by LiteLLM's price list; None (unknown, not zero) for a model it has no price for."""
+    if model in _unpriced:
+        return None
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt, completion_tokens=completion
+        )
+    except Exception:
+        _unpriced.add(model)
+        return None
+    return float(prompt_cost + completion_cost)
+
+
+class _Reply:
+    """A streamed answer put together chunk by chunk: the text, tool calls (their pieces joined by
+    index), finish reason and usage. LiteLLM's ``stream_chunk_builder`` does the same at several times
+    the cost, so it is kept for the rare stream without usage, whose tokens it counts."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []
+        self.parts: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+
+    def add(self, chunk: Any) -> str:
+        """Take one chunk; return its text (empty if none)."""
+        self.chunks.append(chunk)
+        if usage := getattr(chunk, "usage", None):
+            self.usage = usage
+        if not chunk.choices:
+            return ""
+        choice = chunk.choices[0]
+        self.finish_reason = choice.finish_reason or self.finish_reason
+        delta = choice.delta
+        if delta is None:
+            return ""
+        for piece in getattr(delta, "tool_calls", None) or ():
+            call = self.calls.setdefault(piece.index or 0, {"id": None, "name": "", "arguments": []})
+            call["id"] = call["id"] or piece.id
+            if piece.function is not None:
+                call["name"] += piece.function.name or ""
+                call["arguments"].append(piece.function.arguments or "")
+        if text := delta.content:
+            self.parts.append(text)
+            return text
+        return ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments="".join(c["arguments"]) or "{}")
+            for i, (_, c) in enumerate(sorted(self.calls.items()))
+        ]

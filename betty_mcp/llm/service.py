@@ -30,7 +30,7 @@ from betty_mcp.core.errors import (
     RetryableProviderError,
 )
 from betty_mcp.core.llm_config import LlmRouterConfig
-from betty_mcp.core.secrets import register_secret_names, scrub, secret_values
+from betty_mcp.core.secrets import known_secrets_and, register_secret_names, scrub
 from betty_mcp.llm.ledger import Budgets, Ledger, UsageRecord
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import Candidate, RouteRequest, route
@@ -166,7 +166,7 @@ class LlmService:
                 math.ceil(min(spec.timeout_seconds or self.config.limits.request_timeout_seconds, remaining))
             )
             attempt = replace(request, timeout_seconds=timeout)
-            secrets = secret_values(extra=[spec.key() or ""])
+            secrets = known_secrets_and(spec.key() or "")
             sink.start(spec.id, secrets)
             started = time.monotonic()
             try:
