@@ -457,6 +457,9 @@ def initialize(server: StdioServer, request_id: Any = "init") -> None:
     )
     assert "result" in server.await_ids([request_id])[json.dumps(request_id)]
     server.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+    # initialize is answered before the SDK is loaded: a ping's answer says the server is fully up.
+    server.send(b'{"jsonrpc": "2.0", "id": "up", "method": "ping"}')
+    assert "result" in server.await_ids(["up"])['"up"']
 
 
 @pytest.fixture

@@ -127,6 +127,7 @@ async def test_hanging_skill_is_killed_at_its_timeout_while_others_are_served(
 ) -> None:
     pidfile = tmp_path / "pids"
     async with stdio_client(workspace, mode=mode, env={"BETTY_TEST_PIDFILE": str(pidfile)}) as client:
+        await client.list_tools()  # the server is up (initialize is answered before it is)
         results: dict[str, object] = {}
 
         async def hang() -> None:

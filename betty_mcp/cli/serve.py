@@ -112,9 +112,12 @@ def serve(argv: list[str]) -> None:
                 )
             )
         else:
+            from betty_mcp.mcp.stdio import answer_initialize_early
+
+            early = answer_initialize_early()  # before loading the SDK: hosts wait for this answer
             from betty_mcp.mcp.transports import serve_stdio
 
-            anyio.run(serve_stdio, services)
+            anyio.run(serve_stdio, services, early)
     except BettyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

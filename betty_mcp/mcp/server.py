@@ -30,17 +30,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from betty_mcp import __version__
 from betty_mcp.core.secrets import known_secrets, scrub, scrub_data
+from betty_mcp.mcp.handshake import INSTRUCTIONS, SERVER_NAME, SERVER_TITLE
 from betty_mcp.mcp.resources import Resources
 from betty_mcp.mcp.tools import CallContext, Tool, ToolResult
 from betty_mcp.mcp.tools.registry import ToolRegistry
 from betty_mcp.services import Services
 
 log = logging.getLogger(__name__)
-
-INSTRUCTIONS = (
-    "Betty skills as tools. Each skill's tool is named after it with '.' replaced by '_' "
-    "(api.validate -> api_validate). skills_list finds any skill; skill_run runs any skill by its Betty name."
-)
 
 
 class BettyServer(Server[Any]):
@@ -55,9 +51,9 @@ class BettyServer(Server[Any]):
         self.resources = Resources(services)
         self._legacy_sessions: dict[int, Any] = {}
         super().__init__(
-            "betty",
+            SERVER_NAME,
             version=__version__,
-            title="Betty MCP",
+            title=SERVER_TITLE,
             instructions=INSTRUCTIONS,
             get_tool_input_schema=self._input_schema,
             on_list_tools=self._list_tools,

@@ -7,7 +7,12 @@ and writes on the loop instead. Like the SDK, it moves fd 0 to the null device a
 stderr while serving, so stray output can never corrupt the protocol stream, and puts them back
 afterwards. Anything else (a terminal, a regular file) gets the SDK's own streams.
 
-    with claim_stdio() as streams:
+Before any of that, ``answer_initialize_early`` answers the host's ``initialize`` without waiting
+for the SDK to load (see ``handshake``); ``claim_stdio`` then replays that request to the SDK and
+drops the SDK's answer to it.
+
+    early = answer_initialize_early()
+    with claim_stdio(early) as streams:
         async with stdio_server(*streams) as (read, write): ...
 """
 
@@ -19,6 +24,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -36,10 +42,10 @@ class LineReader:
     rejects like any malformed message, so the server never holds more than ``max_line`` of it.
     """
 
-    def __init__(self, fd: int, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, fd: int, max_line: int = MAX_LINE_BYTES, already_read: bytes = b"") -> None:
         self.fd = fd
         self.max_line = max_line
-        self._buffer = bytearray()
+        self._buffer = bytearray(already_read)
         self._scanned = 0  # bytes of the buffer already searched for a newline
         self._dropping = False  # inside an oversized line: discard up to its newline
 
@@ -148,14 +154,28 @@ def _error(request_id: str | int | None, code: int, message: str) -> dict[str, A
 
 
 class Writer:
-    """``await write(text)`` then ``await flush()`` on a non-blocking file descriptor."""
+    """``await write(text)`` then ``await flush()`` on a non-blocking file descriptor.
 
-    def __init__(self, fd: int) -> None:
+    With ``answered`` set, the SDK's response to that request id is dropped: it was answered early.
+    """
+
+    def __init__(self, fd: int, answered: str | int | None = None) -> None:
         self.fd = fd
         self._pending = bytearray()
+        self._answered = answered
 
     async def write(self, text: str) -> None:
+        if self._answered is not None and self._is_answer_to_early(text):
+            self._answered = None
+            return
         self._pending += text.encode("utf-8")
+
+    def _is_answer_to_early(self, text: str) -> bool:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(message, dict) and message.get("id") == self._answered and "method" not in message
 
     async def flush(self) -> None:
         while self._pending:
@@ -175,12 +195,48 @@ def _pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+@dataclass(frozen=True)
+class EarlyStart:
+    """What ``answer_initialize_early`` read from stdin, and the id of the request it answered (if any)."""
+
+    read: bytes = b""
+    answered: str | int | None = None
+
+
+EARLY_READ_LIMIT = 1024 * 1024  # an initialize request is a few hundred bytes
+
+
+def answer_initialize_early() -> EarlyStart:
+    """Over pipes, read the first message and answer it now if it is ``initialize`` (blocking I/O,
+    before the event loop starts). Everything read is handed on, through ``claim_stdio``."""
+    if not (_pollable(0) and _pollable(1)):
+        return EarlyStart()
+    read = bytearray()
+    while b"\n" not in read and len(read) < EARLY_READ_LIMIT:
+        chunk = os.read(0, CHUNK)
+        if not chunk:
+            return EarlyStart(bytes(read))
+        read += chunk
+    line = read.split(b"\n", 1)[0]
+    from betty_mcp.mcp.handshake import early_answer
+
+    answer = early_answer(bytes(line)) if b"\n" in read else None
+    if answer is None:
+        return EarlyStart(bytes(read))
+    request_id, response = answer
+    view = memoryview(response)
+    while view:
+        view = view[os.write(1, view) :]
+    return EarlyStart(bytes(read), request_id)
+
+
 @contextmanager
-def claim_stdio() -> Iterator[tuple[Any, Any]]:
+def claim_stdio(early: EarlyStart | None = None) -> Iterator[tuple[Any, Any]]:
     """Yield (stdin, stdout) streams for ``stdio_server``: loop-native, or (None, None) for the SDK's."""
     if not (_pollable(0) and _pollable(1)):
         yield None, None
         return
+    early = early or EarlyStart()
     wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -189,9 +245,9 @@ def claim_stdio() -> Iterator[tuple[Any, Any]]:
     os.dup2(2, 1)
     for fd in (wire_in, wire_out):
         os.set_blocking(fd, False)
-    writer = Writer(wire_out)
+    writer = Writer(wire_out, answered=early.answered)
     try:
-        yield Gate(LineReader(wire_in), writer), writer
+        yield Gate(LineReader(wire_in, already_read=early.read), writer), writer
     finally:
         for fd, std in ((wire_in, 0), (wire_out, 1)):
             os.set_blocking(fd, True)

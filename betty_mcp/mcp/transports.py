@@ -18,7 +18,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from betty_mcp.core.http_policy import HttpPolicy, require_token_off_loopback, uvicorn_server
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
-from betty_mcp.mcp.stdio import claim_stdio
+from betty_mcp.mcp.stdio import EarlyStart, claim_stdio
 from betty_mcp.mcp.tools.registry import ToolRegistry
 from betty_mcp.services import Services
 
@@ -46,11 +46,11 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
         services.close()
 
 
-async def serve_stdio(services: Services) -> None:
+async def serve_stdio(services: Services, early: EarlyStart | None = None) -> None:
     server = build_server(services)
 
     async def serve() -> None:
-        with claim_stdio() as (stdin, stdout):
+        with claim_stdio(early) as (stdin, stdout):
             async with stdio_server(stdin, stdout) as (read, write):
                 await server.run(read, write, server.create_initialization_options())
 
