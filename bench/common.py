@@ -78,12 +78,29 @@ class StdioPeer:
 
 
 def time_to_initialize(command: list[str], cwd: Path) -> float:
+    return time_to_ready(command, cwd)[0]
+
+
+def time_to_ready(command: list[str], cwd: Path, linger: float = 0.0) -> tuple[float, float, float]:
+    """Seconds from spawn to ``initialize`` answered, and to the first ``tools/list`` answered; and the
+    server's CPU seconds by then. ``linger``: seconds the server is left running afterwards."""
     started = time.perf_counter()
     peer = StdioPeer(command, cwd)
     peer.request(INITIALIZE)
-    elapsed = time.perf_counter() - started
+    initialized = time.perf_counter() - started
+    peer.notify("notifications/initialized")
+    peer.call("tools/list", {})
+    listed = time.perf_counter() - started
+    cpu = cpu_seconds(peer.proc.pid)
+    time.sleep(linger)
     peer.close()
-    return elapsed
+    return initialized, listed, cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:

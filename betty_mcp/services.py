@@ -199,11 +199,12 @@ class Services:
     async def read_interfaces(self) -> list[str]:
         """Read every handler interface not known yet, one at a time; the names whose schema changed."""
         changed = []
-        for skill in list(self.catalog.skills.values()):
-            if skill.interface is None:
-                found = await self.ready(skill)
-                if found.input_schema != skill.input_schema:
-                    changed.append(found.name)
+        with self.invocations.interfaces.batch():
+            for skill in list(self.catalog.skills.values()):
+                if skill.interface is None:
+                    found = await self.ready(skill)
+                    if found.input_schema != skill.input_schema:
+                        changed.append(found.name)
         return changed
 
     async def run_skill(

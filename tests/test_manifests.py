@@ -285,3 +285,16 @@ def test_flag_like_entrypoint_parameter_names_are_read_as_inputs() -> None:
     )
     assert [p.name for p in broken.params] == ["queue"], "the unreadable part alone is left out"
     assert broken.load_warnings and "unknown type 'blob'" in broken.load_warnings[0]
+
+
+def test_a_handler_that_leads_out_of_its_skill_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text("print('{}')\n")
+    skills = tmp_path / "skills"
+    write_skill(skills, "t.escape", "name: t.escape\nentrypoints:\n  - handler: h.py\n", handler=None)
+    (skills / "t.escape" / "h.py").symlink_to(outside)
+    write_skill(skills, "t.inside", "name: t.inside\nentrypoints:\n  - handler: h.py\n")
+    (skills / "t.linked").symlink_to(skills / "t.inside", target_is_directory=True)  # a linked folder is fine
+    catalog = load_catalog(load_settings(workspace=tmp_path, skills_dirs=[skills], bundled=False))
+    assert "t.escape" not in catalog.skills and "t.inside" in catalog.skills
+    assert any("outside the skill's folder" in str(p) and "t.escape" in p.path for p in catalog.problems)

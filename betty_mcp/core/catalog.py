@@ -13,23 +13,26 @@ nothing about MCP beyond the tool-name rules hosts impose.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import ManifestError
 from betty_mcp.core.handler_interface import HandlerInterface
+from betty_mcp.core.manifest_cache import ManifestCache
 from betty_mcp.core.manifests import (
     TYPE_ALIASES,
     AgentManifest,
     Param,
     SkillManifest,
-    load_agent_manifest,
-    load_skill_manifest,
+    parse_manifest,
+    read_yaml,
 )
 from betty_mcp.core.rules import (
+    Resolver,
     folder_name_problem,
     handler_path,
     handler_problem,
@@ -76,11 +79,11 @@ class Skill:
     def tool_name(self) -> str:
         return tool_name_for(self.manifest.name)
 
-    @property
+    @cached_property
     def manifest_path(self) -> Path:
         return self.directory / "skill.yaml"
 
-    @property
+    @cached_property
     def handler(self) -> Path:
         path = handler_path(self.directory, self.manifest.handler, self.manifest.name)
         assert path is not None  # the catalog keeps only skills with a handler
@@ -90,9 +93,11 @@ class Skill:
     def params(self) -> list[Param]:
         return self.manifest.params
 
-    @property
+    @cached_property
     def docs(self) -> Path | None:
-        return next((self.directory / n for n in DOC_FILES if (self.directory / n).is_file()), None)
+        folder = str(self.directory)
+        found = next((n for n in DOC_FILES if os.path.isfile(os.path.join(folder, n))), None)
+        return self.directory / found if found else None
 
     @property
     def project_root(self) -> Path:
@@ -149,7 +154,7 @@ class Catalog:
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:
     try:
-        stat = path.stat() if path else None
+        stat = os.stat(path) if path else None
     except OSError:
         return None
     return (stat.st_mtime_ns, stat.st_size) if stat else None
@@ -221,32 +226,35 @@ def _selected(name: str, settings: Settings) -> bool:
 
 def load_catalog(settings: Settings, reserved_tool_names: frozenset[str] = frozenset()) -> Catalog:
     catalog = Catalog()
+    cache = ManifestCache(settings.cache_dir / "manifests.json")
+    resolve = Resolver()
     for source, root in sources(settings, "skills"):
         if source != "bundled" and not root.is_dir():
             catalog.problems.append(Problem("error", str(root), "skills folder does not exist"))
         for path in _scan(root, "skill.yaml"):
-            _add_skill(catalog, path, source)
+            _add_skill(catalog, path, source, cache, resolve)
     for source, root in sources(settings, "agents"):
         if source == "user" and not root.is_dir():
             catalog.problems.append(Problem("error", str(root), "agents folder does not exist"))
         for path in _scan(root, "agent.yaml"):
-            _add_agent(catalog, path, source)
+            _add_agent(catalog, path, source, cache)
+    cache.save()
     _assign_tools(catalog, settings, reserved_tool_names)
     _check_agent_skills(catalog)
     return catalog
 
 
-def _loaded(catalog: Catalog, load: Callable[[Path], M], path: Path) -> M | None:
+def _loaded(catalog: Catalog, model: type[M], path: Path, cache: ManifestCache) -> M | None:
     """The manifest at ``path``, or None with the problem recorded (a broken file never stops loading)."""
     try:
-        return load(path)
+        return parse_manifest(model, cache.data(path, read_yaml), str(path))
     except ManifestError as exc:
         catalog.problems.append(Problem("error", str(path), str(exc)))
         return None
 
 
-def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
-    manifest = _loaded(catalog, load_skill_manifest, path)
+def _add_skill(catalog: Catalog, path: Path, source: Source, cache: ManifestCache, resolve: Resolver) -> None:
+    manifest = _loaded(catalog, SkillManifest, path, cache)
     if manifest is None:
         return
     directory = path.parent
@@ -254,7 +262,7 @@ def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
         catalog.problems.append(Problem("warning", str(path), problem))
     for warning in manifest.load_warnings:
         catalog.problems.append(Problem("warning", str(path), warning))
-    if (problem := handler_problem(directory, manifest.handler, manifest.name)) is not None:
+    if (problem := handler_problem(directory, manifest.handler, manifest.name, resolve)) is not None:
         catalog.problems.append(Problem("error", str(path), problem))
         return
     existing = catalog.skills.get(manifest.name)
@@ -270,8 +278,8 @@ def _add_skill(catalog: Catalog, path: Path, source: Source) -> None:
     )
 
 
-def _add_agent(catalog: Catalog, path: Path, source: Source) -> None:
-    manifest = _loaded(catalog, load_agent_manifest, path)
+def _add_agent(catalog: Catalog, path: Path, source: Source, cache: ManifestCache) -> None:
+    manifest = _loaded(catalog, AgentManifest, path, cache)
     if manifest is None:
         return
     existing = catalog.agents.get(manifest.name)

@@ -10,7 +10,10 @@ Safe YAML only (no Python objects), with bounds a hostile file cannot get past: 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,24 @@ def _check_expansion(data: Any, source: str, max_nodes: int) -> None:
             stack.extend(node.keys())
         elif isinstance(node, list):
             stack.extend(node)
+
+
+def write_atomically(path: Path, text: str) -> bool:
+    """Replace ``path`` with ``text`` all at once (a temporary file renamed over it); False if it failed.
+
+    Readers see the old content or the new, never a part: for caches several processes share.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True

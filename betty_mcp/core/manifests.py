@@ -244,8 +244,8 @@ class McpOptions(BaseModel):
     flag_style: Literal["snake", "kebab"] = "snake"
     positional: list[str] | None = None
     timeout_seconds: float | None = Field(default=None, gt=0)
-    env: list[str] = []
-    path_inputs: list[str] = []
+    env: list[str] = Field(default_factory=list)
+    path_inputs: list[str] = Field(default_factory=list)
     llm_keys: bool = False
 
 
@@ -265,16 +265,16 @@ class Output(_Model):
 
 
 class SkillManifest(_Manifest):
-    inputs: list[Param] = []
-    outputs: list[Output] = []
+    inputs: list[Param] = Field(default_factory=list)
+    outputs: list[Output] = Field(default_factory=list)
     parameters: list[Param] | None = None
     returns: list[Output] | None = None
-    entrypoints: list[Entrypoint] = []
+    entrypoints: list[Entrypoint] = Field(default_factory=list)
     execution: Execution | None = None
-    tags: list[str] = []
-    dependencies: list[Any] = []
-    permissions: list[Any] = []
-    mcp: McpOptions = McpOptions()
+    tags: list[str] = Field(default_factory=list)
+    dependencies: list[Any] = Field(default_factory=list)
+    permissions: list[Any] = Field(default_factory=list)
+    mcp: McpOptions = Field(default_factory=McpOptions)
 
     @field_validator("inputs", "outputs", "tags", "dependencies", "permissions", mode="before")
     @classmethod
@@ -340,20 +340,20 @@ class ErrorHandling(_Model):
 
 
 class AgentManifest(_Manifest):
-    capabilities: list[str] = []
-    skills_available: list[str] = []
+    capabilities: list[str] = Field(default_factory=list)
+    skills_available: list[str] = Field(default_factory=list)
     reasoning_mode: Literal["iterative", "oneshot"] = "iterative"
     system_prompt: str | None = None
     workflow_pattern: str | None = None
     example_task: str | None = None
     context_requirements: dict[str, Any] | list[Any] | None = None
-    error_handling: ErrorHandling = ErrorHandling()
+    error_handling: ErrorHandling = Field(default_factory=ErrorHandling)
     output: dict[str, Any] | None = None
     llm_config: LlmConfig | None = None
     llm_preference: str | None = None
-    permissions: list[Any] = []
-    tags: list[str] = []
-    dependencies: list[Any] = []
+    permissions: list[Any] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    dependencies: list[Any] = Field(default_factory=list)
 
     @field_validator("capabilities", "skills_available", "permissions", "tags", "dependencies", mode="before")
     @classmethod

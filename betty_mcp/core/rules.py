@@ -9,10 +9,11 @@ wrong, or None, so callers choose the severity and the wording around it.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,7 +106,34 @@ def handler_path(directory: Path, declared: str | None, name: str) -> Path | Non
     return directory / declared if declared else conventional_handler(directory, name)
 
 
-def handler_problem(directory: Path, declared: str | None, name: str) -> str | None:
+class Resolver:
+    """``Path.resolve()`` for many paths in the same folders, each folder resolved once.
+
+    ``resolve(p)`` is ``resolve(p.parent) / p.name`` unless ``p`` is a symlink (or ``.``/``..``), so a
+    catalogue of skills costs two ``lstat`` calls a skill instead of one per path component. Make one
+    per pass over the files: folders are remembered as they were.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, Path] = {}  # by the path's text: hashing a Path costs more than resolving
+
+    def __call__(self, path: Path) -> Path:
+        key = str(path)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        parent = path.parent
+        if parent == path or not path.is_absolute() or path.name in ("", ".", "..") or os.path.islink(key):
+            resolved = path.resolve()
+        else:
+            resolved = self(parent) / path.name
+        self._known[key] = resolved
+        return resolved
+
+
+def handler_problem(
+    directory: Path, declared: str | None, name: str, resolve: Callable[[Path], Path] = Path.resolve
+) -> str | None:
     """Why the skill has no usable handler: none found, missing, or outside the skill's folder."""
     path = handler_path(directory, declared, name)
     if path is None:
@@ -115,8 +143,8 @@ def handler_problem(directory: Path, declared: str | None, name: str) -> str | N
         )
     shown = declared or path.name
     try:
-        folder = directory.resolve()
-        resolved = path.resolve()
+        folder = resolve(directory)
+        resolved = resolve(path)
     except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop, a name too long, a NUL
         return f"handler '{shown}' cannot be resolved: {exc}"
     if not resolved.is_relative_to(folder):

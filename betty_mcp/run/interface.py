@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from betty_mcp.core.documents import write_atomically
 from betty_mcp.core.handler_interface import HandlerInterface
 from betty_mcp.run.interface_capture import capture, ms_since
 from betty_mcp.run.interface_static import scan_file
 
 CACHE_FORMAT = 1
+SAVE_EVERY_SECONDS = 1.0
 # A failed capture (timeout, import error...) may succeed once the environment is fixed: retry then.
 FAILURE_TTL_SECONDS = 600.0
 
@@ -39,15 +41,20 @@ class InterfaceCache:
         self.failure_ttl = failure_ttl
         self._entries: dict[str, dict[str, Any]] = {}
         self._stamp: tuple[int, int] | None = None
+        self._pending: dict[str, dict[str, Any]] = {}  # stored, not written yet
+        self._batching = False
+        self._saved_at = 0.0
 
     @staticmethod
     def _key(handler: Path, python: str) -> tuple[str, dict[str, int]] | None:
+        # The absolute path, not the resolved one: one stat instead of one per path component (a
+        # catalogue's worth at every start); stat follows a symlink, so a re-pointed one is noticed.
+        path = os.path.abspath(handler)
         try:
-            resolved = handler.resolve()
-            stat = resolved.stat()
+            stat = os.stat(path)
         except OSError:
             return None
-        return f"{resolved}\0{python}", {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return f"{path}\0{python}", {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -74,7 +81,7 @@ class InterfaceCache:
         if key is None:
             return None
         name, stamp = key
-        entry = self._load().get(name)
+        entry = self._pending.get(name) or self._load().get(name)
         if not entry or entry.get("size") != stamp["size"] or entry.get("mtime_ns") != stamp["mtime_ns"]:
             return None
         if entry.get("retry") and time.time() - float(entry.get("stored_at", 0)) > self.failure_ttl:
@@ -85,28 +92,36 @@ class InterfaceCache:
             return None
 
     def put(self, handler: Path, python: str, interface: HandlerInterface, *, retry: bool = False) -> None:
-        """Store ``interface``; ``retry``: a failed capture, to try again after ``failure_ttl``."""
+        """Store ``interface``; ``retry``: a failed capture, to try again after ``failure_ttl``. Within
+        ``batch()``, the file is written at most every SAVE_EVERY_SECONDS and when the batch ends."""
         key = self._key(handler, python)
         if key is None:
             return
         name, stamp = key
-        entries = dict(self._load())
-        entries[name] = {**stamp, "stored_at": time.time(), "retry": retry, "interface": interface.as_dict()}
+        entry = {"stored_at": time.time(), "retry": retry, "interface": interface.as_dict()}
+        self._pending[name] = {**stamp, **entry}
+        if not self._batching or time.monotonic() - self._saved_at > SAVE_EVERY_SECONDS:
+            self.save()
+
+    def save(self) -> None:
+        """Write the entries stored since the last save (merged into the file's current ones)."""
+        if not self._pending:
+            return
+        entries = {**self._load(), **self._pending}
         text = json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True)
+        self._saved_at = time.monotonic()
+        if write_atomically(self.path, text):  # else: a cache that cannot be written is only slower
+            self._entries, self._stamp, self._pending = entries, None, {}
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many ``put`` calls, one write (reading a whole catalogue's interfaces rewrote it per handler)."""
+        self._batching, self._saved_at = True, time.monotonic()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError:
-            return  # a cache that cannot be written is only slower
-        self._entries, self._stamp = entries, None
+            yield
+        finally:
+            self._batching = False
+            self.save()
 
 
 def interface_for(
