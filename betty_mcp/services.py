@@ -124,6 +124,19 @@ class Services:
             )
         return self._llm
 
+    async def warm_up(self) -> None:
+        """Pay the one-time costs now, so that first calls cost what the next ones do: start the
+        zygote when there are skills, and load the LLM path (LiteLLM's import: seconds) when a model
+        that goes through it is configured. Serving calls this once the client is being served,
+        never before ``initialize`` is answered."""
+        if self.catalog.skills:
+            self.runner.warm_up()
+        router = self.settings.router
+        if router.enabled and router.providers:
+            started = time.monotonic()
+            await (await self.llm()).warm_up()
+            log.info("LLM path warmed up in %.1fs", time.monotonic() - started)
+
     def serve_runs(self, task_group: TaskGroup) -> None:
         """Background runs will live in ``task_group`` (the serving process's), beyond any request."""
         self._task_group = task_group

@@ -509,3 +509,32 @@ async def test_each_http_status_is_classified_and_walked_as_documented(
         assert failed.value.kind == kind and [h.error_kind for h in failed.value.hops] == [kind]
         assert llm.requests_for("backup") == [], "the walk stopped"
     assert len(llm.requests_for("main")) == 1, "no retry of the same model"
+
+
+async def test_the_llm_path_is_warmed_up_once_the_client_is_served(
+    workspace: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """LiteLLM's import (seconds) is paid after the first request, not by the first llm_query, and
+    not at all without a configured provider; the warm-up sends nothing and records nothing."""
+    log = tmp_path / "stderr.log"
+    for configured in (True, False):
+        if configured:
+            write_config(workspace, llm)
+        else:
+            (workspace / "betty.yaml").unlink()
+        with log.open("w") as errlog:
+            async with stdio_client(workspace, "--log-level", "info", env=ENV, errlog=errlog) as client:
+                await client.list_tools()
+                with anyio.move_on_after(60 if configured else 5):
+                    while "LLM path warmed up" not in log.read_text():
+                        await anyio.sleep(0.1)
+        assert ("LLM path warmed up" in log.read_text()) is configured
+    assert llm.requests == [], "the warm-up asked the provider nothing"
+    assert not (workspace / ".betty-mcp" / "usage.sqlite").exists() or _ledger_rows(workspace) == 0
+
+
+def _ledger_rows(workspace: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(workspace / ".betty-mcp" / "usage.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]

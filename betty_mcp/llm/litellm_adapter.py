@@ -12,9 +12,11 @@ Retries are ours (``max_retries=0``): the fallback walk moves to the next model 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from contextvars import ContextVar
 from typing import Any
 
 import anyio.to_thread
@@ -36,6 +38,8 @@ from betty_mcp.llm.types import ChatRequest, Completion, StreamSink, ToolCall
 
 _lock = threading.Lock()
 _litellm: Any = None
+# Set while the warm-up's mock call runs: LiteLLM's lines about it are dropped (it is not a call).
+_warming_up: ContextVar[bool] = ContextVar("betty_mcp_litellm_warming_up", default=False)
 # Local servers need no key, but the OpenAI client refuses to send a request without one.
 PLACEHOLDER_KEY = "no-key-needed"
 
@@ -69,6 +73,7 @@ def _tame_logging() -> None:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
             logger.propagate = True
+            logger.addFilter(lambda record: not _warming_up.get())
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
 
@@ -145,6 +150,20 @@ def _kwargs(spec: ModelSpec, request: ChatRequest) -> dict[str, Any]:
 
 class LiteLLMBackend:
     """Streams a chat completion through LiteLLM; errors become ``ProviderError`` with secrets scrubbed."""
+
+    async def warm_up(self, spec: ModelSpec) -> None:
+        """LiteLLM imported, and its first call's own work done (lazy imports, the tokenizer its cost
+        code loads) on a mock answer: nothing is sent anywhere, nothing is recorded."""
+        litellm = await load_litellm()
+        request = ChatRequest(messages=[{"role": "user", "content": "warm-up"}])
+        token = _warming_up.set(True)
+        try:
+            with contextlib.suppress(Exception):  # a warm-up that fails leaves only the first call slower
+                stream = await litellm.acompletion(**_kwargs(spec, request), mock_response="ok")
+                async for _chunk in stream:
+                    pass
+        finally:
+            _warming_up.reset(token)
 
     async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion:
         litellm = await load_litellm()

@@ -89,6 +89,14 @@ class LlmService:
                 self._backends[kind] = LiteLLMBackend()
         return self._backends[kind]
 
+    async def warm_up(self) -> None:
+        """Open the ledger, and load the backend that models other than the embedded one go through
+        (LiteLLM's import: seconds), so that the first call costs what the next ones do."""
+        await anyio.to_thread.run_sync(self.ledger.spend_today)
+        spec = next((s for s in self.models.all() if s.type != "embedded"), None)
+        if spec is not None and (warm_up := getattr(self.backend(spec), "warm_up", None)) is not None:
+            await warm_up(spec)
+
     def _check_budgets(self, spec: ModelSpec, request: ChatRequest, run_id: str | None) -> None:
         prompt = estimate_tokens(request.messages)
         output = request.max_tokens or 0

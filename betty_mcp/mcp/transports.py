@@ -25,6 +25,7 @@ from betty_mcp.services import Services
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
+WARM_UP_IDLE_SECONDS = 2.0
 
 
 def build_server(services: Services) -> BettyServer:
@@ -38,12 +39,24 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
         async with anyio.create_task_group() as tg:
             services.serve_runs(tg)  # agent runs live here, beyond the request that started them
             tg.start_soon(keep_current, server.tools, server.notify_changed, stop, server.first_request)
+            tg.start_soon(_warm_up_when_served, services, server.first_request)
             await serve()
             stop.set()  # the watcher's thread ends within a step
             services.close()  # captures and the zygote end now, not after the task group's wait
             tg.cancel_scope.cancel()
     finally:
         services.close()
+
+
+async def _warm_up_when_served(services: Services, started: anyio.Event) -> None:
+    """The one-time costs of first calls (the zygote, LiteLLM), paid once the client is being served:
+    after its first request, or WARM_UP_IDLE_SECONDS without one."""
+    with anyio.move_on_after(WARM_UP_IDLE_SECONDS):
+        await started.wait()
+    try:
+        await services.warm_up()
+    except Exception:  # only first calls are slower for it
+        log.exception("warming up failed; the first calls will pay the start-up costs")
 
 
 async def serve_stdio(services: Services, early: EarlyStart | None = None) -> None:

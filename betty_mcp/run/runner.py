@@ -265,6 +265,11 @@ class SkillRunner:
             self._zygote = Zygote(self._base_env, str(settings.workspace))  # nothing created yet
             self._base_env[ZYGOTE_ENV] = self._zygote.path
 
+    def warm_up(self) -> None:
+        """Start the zygote now, so the first calls are forked from it too."""
+        if self._zygote is not None:
+            self._zygote.start()
+
     def close(self) -> None:
         """Stop this runner's zygote (if it started one), remove its socket folder and call cgroups."""
         if self._zygote is not None:

@@ -296,6 +296,10 @@ class Zygote:
                 self._start()
             return False
 
+    def start(self) -> None:
+        """Start the zygote now (if it is not running), rather than at the first call that could use it."""
+        self._available()
+
     def starting(self) -> bool:
         """Whether the zygote is on its way to being ready (starting, or waiting to restart)."""
         if self._attached or self._closed or self._next_start == float("inf"):
