@@ -29,6 +29,7 @@ from betty_mcp.core.llm_config import LlmRouterConfig  # noqa: E402
 from betty_mcp.llm.service import LlmService  # noqa: E402
 from betty_mcp.llm.types import Completion, ToolCall  # noqa: E402
 from betty_mcp.services import Services  # noqa: E402
+from betty_mcp.store import open_store  # noqa: E402
 from tests.fakes.fake_backend import FakeBackend  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "skills"
@@ -68,7 +69,7 @@ def build(ws: Path, skills: list[str], turns: list[Completion]) -> tuple[AgentRu
     backend = FakeBackend({"fake/model": turns})
     llm = LlmService(
         LlmRouterConfig.model_validate(ROUTER),
-        settings.ledger_path,
+        open_store(settings),
         backends={"litellm": backend, "embedded": backend},
     )
     return Services(settings, llm=llm).agent_runtime(), backend

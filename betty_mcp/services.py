@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from betty_mcp.llm.types import StreamSink
     from betty_mcp.run.invocation import Invocations
     from betty_mcp.run.runner import SkillResult, SkillRunner
+    from betty_mcp.store import Store
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], Awaitable[None]]
@@ -65,6 +66,7 @@ class Services:
         self._runs: RunManager | None = None
         self._task_group: TaskGroup | None = None
         self._messages: MessagesService | None = None
+        self._store: Store | None = None
 
     # -- parts, built on first use --------------------------------------------------------------
 
@@ -118,10 +120,8 @@ class Services:
 
             from betty_mcp.llm.service import LlmService
 
-            settings = self.settings
-            self._llm = await anyio.to_thread.run_sync(
-                lambda: LlmService(settings.router, settings.ledger_path)
-            )
+            settings, store = self.settings, self.store
+            self._llm = await anyio.to_thread.run_sync(lambda: LlmService(settings.router, store))
         return self._llm
 
     async def warm_up(self) -> None:
@@ -137,6 +137,21 @@ class Services:
             await (await self.llm()).warm_up()
             log.info("LLM path warmed up in %.1fs", time.monotonic() - started)
 
+    @property
+    def store(self) -> Store:
+        """The ledger, budgets, runs and traces: SQLite in the workspace, or PostgreSQL (``database_url``)
+        when set; the driver is imported, and the database reached, only on first use."""
+        if self._store is None:
+            from betty_mcp.store import open_store
+
+            self._store = open_store(self.settings)
+        return self._store
+
+    async def aclose(self) -> None:
+        """Write what is still queued for the store and let go of its connections."""
+        if self._store is not None:
+            await self._store.aclose()
+
     def serve_runs(self, task_group: TaskGroup) -> None:
         """Background runs will live in ``task_group`` (the serving process's), beyond any request."""
         self._task_group = task_group
@@ -149,7 +164,13 @@ class Services:
                 raise AgentError("background runs need a serving betty-mcp (start it with betty-mcp serve)")
             from betty_mcp.agent.runs import RunManager
 
-            self._runs = RunManager(self._task_group)
+            limits = self.settings.limits
+            self._runs = RunManager(
+                self._task_group,
+                self.store,
+                heartbeat=limits.run_heartbeat_seconds,
+                lost_after=limits.run_lost_after_seconds,
+            )
         return self._runs
 
     def close(self) -> None:
@@ -337,7 +358,7 @@ class Services:
             token_limit=token_limit,
         )
         consensus_id = new_run_id()
-        return Consensus.plan(
+        return await Consensus.plan(
             service,
             request,
             consensus_id=consensus_id,
@@ -347,7 +368,7 @@ class Services:
         )
 
     async def run_consensus(self, consensus: Consensus, observe: Observer | None = None) -> dict[str, Any]:
-        """Run a planned consensus to its end, traced as ``<runs_dir>/<id>.jsonl`` (``betty://runs/<id>``).
+        """Run a planned consensus to its end, traced in the store (``betty://runs/<id>``).
 
         ``observe(line, event)`` hears each call end. The result is returned when some model answered
         and when none did (``status`` failed, ``error`` says why); cancellation propagates."""
@@ -356,7 +377,7 @@ class Services:
         from betty_mcp.llm.consensus import KIND
 
         request = consensus.request
-        trace = TraceWriter.open(self.settings.runs_dir, consensus.id)
+        trace = TraceWriter(self.store, consensus.id)
         trace.event(
             "run_started",
             run_id=consensus.id,
@@ -389,7 +410,6 @@ class Services:
                 error=shown["error"],
                 totals=shown["totals"],
             )
-            trace.close()
         return scrub_data(result, secret_values())
 
     async def consensus(
@@ -479,7 +499,7 @@ class Services:
             runner=runner or self.runner,
             llm=self.llm,
             validator=self.validator,
-            runs_dir=self.settings.runs_dir,
+            store=self.store,
         )
 
     async def run_agent(
@@ -531,7 +551,7 @@ class _AgentSkills:
 
         started = time.perf_counter()
         limits = self.request.limits
-        spent = (await self.services.llm()).ledger.spend(run_id=self.run_id)  # the run's calls so far
+        spent = await self.services.store.spend(run_id=self.run_id)  # the run's calls so far
         cost_left = None if limits.max_cost_usd is None else max(0.0, limits.max_cost_usd - spent.cost_usd)
         tokens_left = None if limits.max_tokens is None else max(0, limits.max_tokens - spent.tokens)
         try:

@@ -124,3 +124,12 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
         return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database of this test's own (tests/postgres.py)."""
+    from tests.postgres import scratch_database
+
+    with scratch_database() as url:
+        yield url

@@ -23,13 +23,13 @@ from betty_mcp.agent import (
     Step,
     list_runs,
     parse_plan,
-    read_trace,
 )
 from betty_mcp.core.config import load_settings
 from betty_mcp.core.errors import AgentError, AuthenticationFailed, ProviderUnavailable
 from betty_mcp.llm.service import LlmService
 from betty_mcp.llm.types import ChatRequest, Completion, ToolCall
 from betty_mcp.services import Services
+from betty_mcp.store import open_store
 from tests.conftest import FIXTURE_SKILLS, alive
 from tests.fakes.fake_backend import FakeBackend
 
@@ -118,10 +118,15 @@ def make(
     )
     backend = FakeBackend(script)
     service = LlmService(
-        settings.router, settings.ledger_path, backends={"litellm": backend, "embedded": backend}
+        settings.router, open_store(settings), backends={"litellm": backend, "embedded": backend}
     )
     services = Services(settings, llm=service)
     return Harness(services, backend, services.agent_runtime(), settings.runs_dir)
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """A run's trace file (the SQLite store keeps traces as JSON Lines), one event a line."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def calls(*requested: tuple[str, Any], cost: float | None = None) -> Completion:
@@ -211,7 +216,7 @@ async def test_the_model_calls_an_allowed_skill_gets_its_result_and_answers(tmp_
         "llm_request", "llm_response", "run_finished",
     ]  # fmt: skip
     assert events[-1]["status"] == "completed" and events[-1]["totals"]["steps"] == 3
-    [run] = list_runs(h.runs_dir)
+    [run] = await list_runs(h.app.store)
     assert (run["run_id"], run["agent"], run["status"], run["steps"]) == ("run-1", "echoer", "completed", 3)
 
 
@@ -593,7 +598,7 @@ async def test_cancelling_a_run_kills_its_skills_and_records_cancelled(
     assert not alive(pid), "the skill's process was killed"
     events = read_trace(h.runs_dir / "cancel-me.jsonl")
     assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "cancelled"
-    assert list_runs(h.runs_dir)[0]["status"] == "cancelled"
+    assert (await list_runs(h.app.store))[0]["status"] == "cancelled"
 
 
 # -- catalog problems and secrets -------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The package's layers import in one direction only: core → run → llm → agent → services → (mcp | gateway)
-→ cli (cli may use both front ends; mcp and gateway never import each other).
+"""The package's layers import in one direction only: core → run → llm → store → agent → services →
+(mcp | gateway) → cli (cli may use both front ends; mcp and gateway never import each other).
 
 Every import counts: module level, inside functions, and under ``TYPE_CHECKING``. ``kit/`` (what
 handler processes import) may use core and run, and nothing in the server imports it. The MCP SDK
@@ -16,7 +16,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "betty_mcp"
 
 # Higher may import lower, never the reverse. Same rank: only within the same layer.
-RANKS = {"core": 0, "run": 1, "llm": 2, "agent": 3, "services": 4, "mcp": 5, "gateway": 5, "cli": 6, "kit": 7}
+RANKS = {
+    "core": 0,
+    "run": 1,
+    "llm": 2,
+    "store": 3,
+    "agent": 4,
+    "services": 5,
+    "mcp": 6,
+    "gateway": 6,
+    "cli": 7,
+    "kit": 8,
+}
 # Who may import kit/ (nobody in the server: handlers import it by path, the zygote preloads it by name).
 KIT_USERS = {"kit"}
 ENTRY_POINTS = {"__init__", "__main__"}  # betty_mcp/__init__.py and __main__.py

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from betty_mcp.core.errors import BettyError, BudgetExceeded
 from betty_mcp.llm.ledger import (
     MIGRATIONS,
-    Budgets,
     Ledger,
     Spend,
     UsageRecord,
@@ -164,7 +162,7 @@ def test_by_model_totals_each_model_with_its_errors_costliest_first(ledger: Ledg
 def test_format_usage_is_an_aligned_table_per_day_then_per_model(ledger: Ledger) -> None:
     ledger.record(call(cost_usd=1.25, prompt_tokens=1000, created_at=NOW))
     ledger.record(call(model="local/gemma", provider="ollama", prompt_tokens=50, created_at=YESTERDAY))
-    text = format_usage(ledger, 7)
+    text = format_usage(usage_report(ledger, 7), str(ledger.path))
     lines = text.splitlines()
     assert lines[0].startswith("LLM usage in the last 7 days")
     day_header = lines.index(next(line for line in lines if line.startswith("day")))
@@ -178,7 +176,8 @@ def test_format_usage_is_an_aligned_table_per_day_then_per_model(ledger: Ledger)
 
 
 def test_format_usage_says_so_when_nothing_was_recorded(ledger: Ledger) -> None:
-    assert format_usage(ledger, 30).startswith("No LLM calls recorded in the last 30 days")
+    text = format_usage(usage_report(ledger, 30), str(ledger.path))
+    assert text == f"No LLM calls recorded in the last 30 days (UTC), in {ledger.path}.\n"
 
 
 def test_usage_report_is_json_ready_with_totals_days_and_models(ledger: Ledger) -> None:
@@ -189,101 +188,7 @@ def test_usage_report_is_json_ready_with_totals_days_and_models(ledger: Ledger) 
     assert len(report["by_day"]) == 1 and report["by_model"][0]["model"] == "gpt-4"
 
 
-# --- budgets ---------------------------------------------------------------------------------------------
-
-
-def test_no_budgets_never_raise(ledger: Ledger) -> None:
-    ledger.record(call(cost_usd=1000.0, prompt_tokens=10**9, run_id="r1"))
-    Budgets().check(ledger, estimated_cost_usd=1000.0, estimated_tokens=10**9, run_id="r1")
-
-
-def test_calls_within_every_budget_pass(ledger: Ledger) -> None:
-    ledger.record(call(cost_usd=1.0, prompt_tokens=100, run_id="r1"))
-    budgets = Budgets(
-        per_call_usd=1.0, per_run_usd=2.0, per_day_usd=2.0, per_run_tokens=200, per_day_tokens=200
-    )
-    budgets.check(ledger, estimated_cost_usd=1.0, estimated_tokens=100, run_id="r1")
-
-
-def test_budgets_allow_spending_exactly_up_to_the_limit_despite_float_rounding(ledger: Ledger) -> None:
-    for _ in range(3):
-        ledger.record(call(cost_usd=0.1))
-    Budgets(per_day_usd=0.4).check(ledger, estimated_cost_usd=0.1)  # 0.1 * 4 is 0.4000000000000001
-
-
-def test_per_call_budget_refuses_a_call_estimated_above_it(ledger: Ledger) -> None:
-    with pytest.raises(BudgetExceeded) as caught:
-        Budgets(per_call_usd=0.10).check(ledger, estimated_cost_usd=0.25)
-    assert caught.value.budget == "per_call"
-    assert str(caught.value) == (
-        "per-call budget of $0.10 exceeded: this call is estimated at $0.25; "
-        "raise llm_router.limits.budgets.per_call_usd in betty.yaml"
-    )
-
-
-def test_per_run_budget_counts_only_that_run(ledger: Ledger) -> None:
-    ledger.record(call(cost_usd=0.90, run_id="r1"))
-    ledger.record(call(cost_usd=5.00, run_id="other"))
-    budgets = Budgets(per_run_usd=1.0)
-    budgets.check(ledger, estimated_cost_usd=0.05, run_id="r1")
-    budgets.check(ledger, estimated_cost_usd=5.0)  # a call outside any run has no run budget
-    with pytest.raises(BudgetExceeded) as caught:
-        budgets.check(ledger, estimated_cost_usd=0.20, run_id="r1")
-    assert caught.value.budget == "per_run"
-    message = str(caught.value)
-    assert "run budget of $1.00" in message and "$0.90 spent by run r1" in message
-    assert "~$0.20 for this call" in message and "limits.budgets.per_run_usd" in message
-
-
-def test_per_day_budget_counts_today_only_and_names_amounts(ledger: Ledger) -> None:
-    ledger.record(call(cost_usd=100.0, created_at=YESTERDAY))
-    ledger.record(call(cost_usd=4.98, created_at=NOW))
-    with pytest.raises(BudgetExceeded) as caught:
-        Budgets(per_day_usd=5.0).check(ledger, estimated_cost_usd=0.05)
-    assert caught.value.budget == "per_day"
-    assert str(caught.value) == (
-        "daily budget of $5.00 reached: $4.98 spent today (UTC) + ~$0.05 for this call; "
-        "raise llm_router.limits.budgets.per_day_usd in betty.yaml"
-    )
-
-
-def test_a_budget_already_used_up_refuses_even_a_free_call(ledger: Ledger) -> None:
-    ledger.record(call(cost_usd=5.0))
-    with pytest.raises(BudgetExceeded, match=r"daily budget of \$5\.00 reached: \$5\.00 spent"):
-        Budgets(per_day_usd=5.0).check(ledger, estimated_cost_usd=0.0)
-
-
-def test_per_run_token_budget(ledger: Ledger) -> None:
-    ledger.record(call(prompt_tokens=9000, completion_tokens=500, run_id="r1"))
-    with pytest.raises(BudgetExceeded) as caught:
-        Budgets(per_run_tokens=10_000).check(ledger, estimated_tokens=1000, run_id="r1")
-    assert caught.value.budget == "per_run_tokens"
-    message = str(caught.value)
-    assert "run token budget of 10,000 reached: 9,500 tokens used by run r1 + ~1,000" in message
-    assert "limits.budgets.per_run_tokens" in message
-
-
-def test_per_day_token_budget(ledger: Ledger) -> None:
-    ledger.record(call(prompt_tokens=50_000, created_at=YESTERDAY))
-    ledger.record(call(prompt_tokens=900, created_at=NOW))
-    Budgets(per_day_tokens=1000).check(ledger, estimated_tokens=100)
-    with pytest.raises(BudgetExceeded) as caught:
-        Budgets(per_day_tokens=1000).check(ledger, estimated_tokens=101)
-    assert caught.value.budget == "per_day_tokens"
-    message = str(caught.value)
-    assert "daily token budget of 1,000 reached: 900 tokens used today (UTC) + ~101" in message
-    assert "limits.budgets.per_day_tokens" in message
-
-
-def test_budget_exceeded_is_a_betty_error() -> None:
-    assert issubclass(BudgetExceeded, BettyError)
-
-
-def test_tiny_costs_are_shown_with_enough_digits(ledger: Ledger) -> None:
-    with pytest.raises(
-        BudgetExceeded, match=r"budget of \$0\.0010 exceeded: this call is estimated at \$0\.0042"
-    ):
-        Budgets(per_call_usd=0.001).check(ledger, estimated_cost_usd=0.0042)
+# Budgets: tests/test_store_contract.py, on SQLite and PostgreSQL alike.
 
 
 # --- schema and migrations -------------------------------------------------------------------------------
@@ -334,6 +239,26 @@ def test_a_database_from_the_first_migration_upgrades_to_the_latest(tmp_path: Pa
         assert old.fallbacks == () and old.model == "gpt-4"
         ledger.record(call(fallbacks=({"model": "x", "error_kind": "auth"},)))
         assert ledger.spend() == Spend(calls=2, tokens=42, cost_usd=0.5, unpriced=1)
+    assert applied(path) == [m.__name__ for m in MIGRATIONS]
+
+
+def test_a_ledger_of_the_previous_version_keeps_todays_spend_for_its_budgets(tmp_path: Path) -> None:
+    """m007 fills the budget counters from the calls already recorded: an upgrade forgets no spend."""
+    path = tmp_path / "usage.db"
+    db = connect(path)
+    migrate(db, MIGRATIONS[:5])  # the version before the budget counters
+    today = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for created, run in (("2025-01-01T00:00:00.000000Z", None), (today, "r1"), (today, "r1")):
+        db.execute(
+            "INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd, run_id) "
+            "VALUES (?, 'cli', 'gpt-4', 'openai', 10, 0.5, ?)",
+            (created, run),
+        )
+    db.close()
+    with Ledger(path) as ledger:
+        counted = ledger.counted([f"day:{NOW.date().isoformat()}", "run:r1", "day:2025-01-01"])
+    found = [(s.calls, s.tokens, s.cost_usd) for s in counted.values()]
+    assert found == [(2, 20, 1.0), (2, 20, 1.0), (1, 10, 0.5)]
     assert applied(path) == [m.__name__ for m in MIGRATIONS]
 
 

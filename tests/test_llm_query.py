@@ -482,6 +482,7 @@ async def test_each_http_status_is_classified_and_walked_as_documented(
     from betty_mcp.llm.routing import RouteRequest
     from betty_mcp.llm.service import LlmService
     from betty_mcp.llm.types import ChatRequest
+    from betty_mcp.store import SqliteStore
 
     config = LlmRouterConfig.model_validate(
         {
@@ -495,7 +496,7 @@ async def test_each_http_status_is_classified_and_walked_as_documented(
             },
         }
     )
-    service = LlmService(config, tmp_path / "usage.sqlite")
+    service = LlmService(config, SqliteStore(tmp_path / "usage.sqlite", tmp_path / "runs"))
     llm.script("main", Error(status))
     llm.script("backup", Reply("from backup"))
     request, route = ChatRequest([{"role": "user", "content": "hi"}]), RouteRequest(prompt="hi")

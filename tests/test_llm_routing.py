@@ -15,6 +15,7 @@ from betty_mcp.llm.models import ModelCatalog
 from betty_mcp.llm.routing import AgentPreference, RouteRequest, estimate_complexity, route
 from betty_mcp.llm.service import LlmService
 from betty_mcp.llm.types import ChatRequest, Completion
+from betty_mcp.store import SqliteStore
 from tests.fakes.fake_backend import FakeBackend
 
 DESIGN_BLOCK = """
@@ -153,7 +154,8 @@ def test_bad_llm_config_names_the_field(tmp_path: Path, block: dict, message: st
 
 def service(tmp_path: Path, block: dict, backend: FakeBackend) -> LlmService:
     config = LlmRouterConfig.model_validate(block)
-    return LlmService(config, tmp_path / "usage.sqlite", backends={"litellm": backend, "embedded": backend})
+    store = SqliteStore(tmp_path / "usage.sqlite", tmp_path / "runs")
+    return LlmService(config, store, backends={"litellm": backend, "embedded": backend})
 
 
 LOCAL_PAIR = {
@@ -187,7 +189,7 @@ async def test_retryable_errors_fall_back_at_once_and_every_hop_is_recorded(
     assert result.spec.id == "b/two" and result.completion.text == "from two"
     assert [(h.model, h.error_kind) for h in result.fallbacks] == [("a/one", kind)]
     assert backend.calls[1].started - backend.calls[0].started < 1.0
-    assert [r.outcome for r in svc.ledger.records()] == ["ok", kind]
+    assert [r.outcome for r in await svc.accounts.records()] == ["ok", kind]  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio

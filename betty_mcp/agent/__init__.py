@@ -1,6 +1,6 @@
 """Running Betty agents: a model calls the agent's allowed skills until it can answer.
 
-runtime = services.agent_runtime()          # catalog, runner, LLM service, validator, runs folder
+runtime = services.agent_runtime()          # catalog, runner, LLM service, validator, store
 result = await runtime.run("api.analyzer", "Review openapi.yaml")
 result.status, result.answer, [s.summary for s in result.steps]
 """
@@ -8,7 +8,7 @@ result.status, result.answer, [s.summary for s in result.steps]
 from betty_mcp.agent.prompt import Plan, PlannedCall, parse_plan, system_prompt
 from betty_mcp.agent.runtime import AgentRuntime, OnStep, Toolbox
 from betty_mcp.agent.state import RunLimits, RunRequest, RunResult, RunState, Step
-from betty_mcp.agent.trace import TraceWriter, list_runs, read_trace, run_summary
+from betty_mcp.agent.trace import TraceWriter, list_runs, summarise_trace
 
 __all__ = [
     "AgentRuntime",
@@ -24,7 +24,6 @@ __all__ = [
     "TraceWriter",
     "list_runs",
     "parse_plan",
-    "read_trace",
-    "run_summary",
+    "summarise_trace",
     "system_prompt",
 ]

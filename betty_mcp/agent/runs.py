@@ -1,4 +1,4 @@
-"""Runs in the background: start, watch, wait for, cancel, for the life of the server.
+"""Runs in the background: start, watch, wait for, cancel, for the life of the server; kept in the store.
 
 Every run is a task in the manager's own task group, not in the request that started it, so it
 survives the client disconnecting and a ``wait`` that gives up: a caller waiting past its deadline
@@ -7,10 +7,14 @@ gets the partial result (status ``running``) and polls with the run id. A run is
 reports its own lines and shows its own result so far); ``run_status``, ``run_result`` and
 ``run_cancel`` treat both alike.
 
-    manager = RunManager(task_group)   # the serving process's task group
+    manager = RunManager(task_group, store)   # the serving process's task group
     handle = manager.start("api.analyzer", "Review openapi.yaml", run)   # run(run_id, on_step)
     handle = manager.start_job("llm.consensus", "Tabs or spaces?", consensus, work)  # work(run_id, note)
     result = await manager.wait(handle, seconds=50, on_progress=report)
+
+Each run's row in the store (``RunRecord``) is written when it starts, at each step and when it ends,
+so ``status``/``result`` answer for runs this process no longer holds: finished before a restart, or
+(with PostgreSQL) run by another instance.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import anyio
 from betty_mcp.agent.runtime import OnStep
 from betty_mcp.agent.state import RunResult, RunState, Step
 from betty_mcp.core.errors import BettyError, UnknownRun
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.rules import new_run_id
+from betty_mcp.store import RunRecord, Store
+from betty_mcp.store.base import CANCEL_CHANNEL, SharedRuns
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -36,6 +43,7 @@ StartRun = Callable[[str, OnStep], Awaitable[RunResult]]
 Note = Callable[[str], Awaitable[None]]  # a job's progress line, reported to whoever waits
 StartJob = Callable[[str, Note], Awaitable[Any]]
 HEARTBEAT_SECONDS = 10.0
+POLL_SECONDS = 0.25  # how often a run held elsewhere is looked up while someone waits for it
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +70,23 @@ class RunHandle:
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
     job: Job | None = None  # a run other than an agent's
+    owner: str | None = None
+    cancelled: bool = False  # before its first step (after it, the result says so)
+
+    def record(self) -> RunRecord:
+        """The run's row as the store keeps it."""
+        shown = self.status()
+        return RunRecord(
+            run_id=self.run_id,
+            kind="agent" if self.job is None else "consensus",
+            agent=self.agent,
+            task=self.task,
+            status=shown["status"],
+            owner=self.owner,
+            error=shown.get("error"),
+            status_doc=shown,
+            result_doc=self.snapshot(),
+        )
 
     def note(self, line: str) -> None:
         """A progress line: kept, and whoever waits is woken."""
@@ -88,7 +113,7 @@ class RunHandle:
                 "error": shown.get("error"),
             }
         state = self.state
-        status = self.result.status if self.result else ("failed" if self.error else "running")
+        status = self.result.status if self.result else self._ended()
         return {
             "run_id": self.run_id,
             "agent": self.agent,
@@ -117,37 +142,83 @@ class RunHandle:
             **partial,
             "run_id": self.run_id,
             "agent": self.agent,
-            "status": "failed" if self.error else "running",
+            "status": self._ended(),
             "error": self.error,
         }
 
+    def _ended(self) -> str:
+        """The status of a run without a result: running, or how it ended without one."""
+        return "cancelled" if self.cancelled else "failed" if self.error else "running"
+
 
 class RunManager:
-    def __init__(self, task_group: TaskGroup) -> None:
+    """The runs this process holds. With a shared database (``store.shared_runs()``), it also says every
+    ``heartbeat`` seconds that it still holds them, marks runs whose holder fell silent for ``lost_after``
+    seconds as failed (``worker_lost``), and cancels its runs when any instance asks."""
+
+    def __init__(
+        self, task_group: TaskGroup, store: Store, *, heartbeat: float = 2.0, lost_after: float = 15.0
+    ) -> None:
         self.task_group = task_group
+        self.store = store
         self.runs: dict[str, RunHandle] = {}
+        self.shared = store.shared_runs()
+        self.heartbeat = heartbeat
+        self.lost_after = lost_after
+        if self.shared is not None:
+            task_group.start_soon(self._coordinate, self.shared)
+
+    async def _coordinate(self, shared: SharedRuns) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shared.listen, CANCEL_CHANNEL, self._cancel_asked)
+            while True:
+                await anyio.sleep(self.heartbeat)
+                try:
+                    held = [run_id for run_id, h in self.runs.items() if not h.done.is_set()]
+                    if held:
+                        await shared.heartbeat(held)
+                    for run_id in await shared.reap(self.lost_after):
+                        log.warning(
+                            "run %s: its instance stopped answering; marked failed (worker_lost)", run_id
+                        )
+                except BettyError as exc:
+                    log.warning("runs: the shared database did not answer: %s", exc)
+
+    def _cancel_asked(self, run_id: str) -> None:
+        handle = self.runs.get(run_id)
+        if handle is not None:
+            handle.scope.cancel()
 
     def start(self, agent: str, task: str, run: StartRun) -> RunHandle:
         """Start ``run(run_id, on_step)`` in the background; it ends with its RunResult."""
-        handle = RunHandle(new_run_id(), agent, task)
-        self.runs[handle.run_id] = handle
-        self.task_group.start_soon(self._run, handle, run)
-        return handle
+        return self._launch(RunHandle(new_run_id(), agent, task), self._run, run)
 
     def start_job(self, name: str, task: str, job: Job, work: StartJob) -> RunHandle:
         """Start ``work(run_id, note)`` in the background; ``job`` shows its progress and result.
 
         ``job.snapshot()["run_id"]`` is the run's id, so the job may name it before it starts."""
-        handle = RunHandle(job.snapshot()["run_id"], name, task, job=job)
+        return self._launch(RunHandle(job.snapshot()["run_id"], name, task, job=job), self._run_job, work)
+
+    def _launch(self, handle: RunHandle, runner: Callable[..., Awaitable[None]], work: Any) -> RunHandle:
+        handle.owner = current_caller().user
         self.runs[handle.run_id] = handle
-        self.task_group.start_soon(self._run_job, handle, work)
+        self.task_group.start_soon(runner, handle, work)
         return handle
+
+    async def _save(self, handle: RunHandle) -> None:
+        """Write the run's row; a database that cannot be reached is logged, never ends the run."""
+        try:
+            await self.store.save_run(handle.record())
+        except BettyError as exc:
+            log.warning("run %s: its row could not be saved: %s", handle.run_id, exc)
 
     async def _run_job(self, handle: RunHandle, work: StartJob) -> None:
         async def note(line: str) -> None:
             handle.note(line)
+            await self._save(handle)
 
         try:
+            await self._save(handle)
             with handle.scope:
                 await work(handle.run_id, note)
         except BettyError as exc:
@@ -156,15 +227,16 @@ class RunManager:
             log.exception("background run %s failed", handle.run_id)
             handle.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
-            handle.done.set()
-            handle.changed.set()
+            await self._finish(handle)
 
     async def _run(self, handle: RunHandle, run: StartRun) -> None:
         async def on_step(step: Step, state: RunState) -> None:
             handle.state = state
             handle.note(step_line(step))
+            await self._save(handle)
 
         try:
+            await self._save(handle)
             with handle.scope:
                 handle.result = await run(handle.run_id, on_step)
             if handle.result is None:  # cancelled: the runtime marked the state before re-raising
@@ -172,17 +244,54 @@ class RunManager:
                     handle.result = handle.state.result()
                 else:
                     handle.error = "the run was cancelled before its first step"
+                    handle.cancelled = True
         except BettyError as exc:
             handle.error = str(exc)
         finally:
-            handle.done.set()
-            handle.changed.set()
+            await self._finish(handle)
+
+    async def _finish(self, handle: RunHandle) -> None:
+        handle.done.set()
+        handle.changed.set()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await self._save(handle)
 
     def get(self, run_id: str) -> RunHandle:
+        """A run this process holds."""
         handle = self.runs.get(run_id)
         if handle is None:
             raise UnknownRun(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
         return handle
+
+    async def _stored(self, run_id: str) -> RunRecord:
+        found = await self.store.get_run(run_id)
+        if found is None:
+            raise UnknownRun(f"unknown run '{run_id}'; no run of that id in {self.store.where}")
+        return found
+
+    async def status(self, run_id: str) -> dict[str, Any]:
+        """``run_status``: from this process if it holds the run, else from the store."""
+        if run_id in self.runs:
+            return self.runs[run_id].status()
+        return (await self._stored(run_id)).status_doc
+
+    async def result(
+        self, run_id: str, seconds: float, on_progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """``run_result``: waits up to ``seconds`` for the run to end, wherever it runs."""
+        if run_id in self.runs:
+            return await self.wait(self.runs[run_id], seconds, on_progress)
+        stored = await self._stored(run_id)
+        deadline = time.monotonic() + seconds
+        reported = stored.status_doc.get("last_step")
+        while not stored.finished and time.monotonic() < deadline:
+            await anyio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            stored = await self._stored(run_id)
+            line = stored.status_doc.get("last_step")
+            if on_progress is not None and line and line != reported:
+                reported = line
+                await on_progress(line)
+        return stored.result_doc
 
     async def wait(
         self, handle: RunHandle, seconds: float, on_progress: Progress | None = None
@@ -205,7 +314,23 @@ class RunManager:
         return handle.snapshot()
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
-        handle = self.get(run_id)
+        """Cancel a run here, or ask the instance holding it (shared database) and wait up to 10 s."""
+        if run_id not in self.runs:
+            stored = await self._stored(run_id)
+            if stored.finished:
+                return stored.status_doc
+            if self.shared is None:
+                raise UnknownRun(
+                    f"run '{run_id}' is held by another betty-mcp process; cancel it there (runs are "
+                    "cancelled from any instance only with a shared database_url)"
+                )
+            await self.shared.notify(CANCEL_CHANNEL, run_id)
+            with anyio.move_on_after(10):
+                while not stored.finished:
+                    await anyio.sleep(POLL_SECONDS)
+                    stored = await self._stored(run_id)
+            return stored.status_doc
+        handle = self.runs[run_id]
         handle.scope.cancel()
         with anyio.move_on_after(10):
             await handle.done.wait()

@@ -16,7 +16,7 @@ fixes), budget_exceeded (max_steps, max_tokens, max_cost_usd, or a ledger budget
 says which), timed_out, cancelled. Every run is traced (``trace.py``).
 
     runtime = AgentRuntime(catalog=catalog, runner=runner, llm=provide_llm, validator=validator,
-                           runs_dir=settings.runs_dir)
+                           store=store)
     result = await runtime.run("api.analyzer", "Review openapi.yaml", {"spec_path": "openapi.yaml"})
 """
 
@@ -26,7 +26,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,6 +54,7 @@ from betty_mcp.run.runner import SkillResult, SkillRunner
 
 if TYPE_CHECKING:
     from betty_mcp.llm.service import ChatResult, LlmService
+    from betty_mcp.store import Store
 
 OnStep = Callable[[Step, RunState], Awaitable[None]]
 ProvideLlm = Callable[[], Awaitable["LlmService"]]
@@ -125,13 +125,13 @@ class AgentRuntime:
         runner: SkillRunner,
         llm: ProvideLlm,
         validator: ArgumentValidator,
-        runs_dir: Path,
+        store: Store,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
         self.llm = llm
         self.validator = validator
-        self.runs_dir = runs_dir
+        self.store = store  # where traces go
 
     async def run(
         self,
@@ -151,7 +151,7 @@ class AgentRuntime:
             raise UnknownAgent(f"unknown agent '{agent_name}'; known agents: {known}")
         if run_id is not None and (problem := run_id_problem(run_id)) is not None:
             raise AgentError(problem)
-        if run_id is not None and (self.runs_dir / f"{run_id}.jsonl").exists():
+        if run_id is not None and await self.store.events(run_id) is not None:
             raise AgentError(f"run id '{run_id}' is already used; each run needs its own")
         manifest = agent.manifest
         resolved = (limits or RunLimits()).resolved(manifest)
@@ -165,7 +165,7 @@ class AgentRuntime:
             model_override=model,
             missing_skills=list(toolbox.missing),
         )
-        trace = TraceWriter.open(self.runs_dir, state.run_id)
+        trace = TraceWriter(self.store, state.run_id)
         trace.event(
             "run_started",
             run_id=state.run_id,
@@ -488,7 +488,7 @@ class AgentRuntime:
             step.arguments = scrub_value(step.arguments, secrets)
             step.summary = scrub_value(step.summary, secrets)
             step.error = scrub_value(step.error, secrets)
-        result = state.result(str(trace.path))
+        result = state.result(trace.path)
         trace.event(
             "run_finished",
             status=result.status,
@@ -499,7 +499,6 @@ class AgentRuntime:
             missing_skills=result.missing_skills,
             totals=result.totals,
         )
-        trace.close()
         return result
 
 

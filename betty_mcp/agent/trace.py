@@ -1,4 +1,5 @@
-"""Run traces: one JSON Lines file per agent run, ``<runs_dir>/<run_id>.jsonl``.
+"""Run traces: the events of each run, kept by the store (``<runs_dir>/<run_id>.jsonl`` with SQLite,
+``run_events`` with PostgreSQL), readable as ``betty://runs/<id>``.
 
 Events, in order: ``run_started`` (agent, task, model override, limits, skills offered and
 missing), then per model call ``llm_request`` (message count, tool names) and
@@ -6,21 +7,22 @@ missing), then per model call ``llm_request`` (message count, tool names) and
 ``llm_error``, per skill call ``skill_call`` and ``skill_result`` (ok, summary, ms) or
 ``refusal``, and last ``run_finished`` (status, answer summary, totals). Texts are cut to
 about 500 characters and every string is scrubbed of secret environment values. Each line
-is written and flushed at once (a plain write: a cancelled run can still record its end).
+is handed to the store at once, without awaiting (a cancelled run can still record its end).
 
-    trace = TraceWriter.open(settings.runs_dir, run_id)
+    trace = TraceWriter(store, run_id)
     trace.event("run_started", agent="api.analyzer")
-    list_runs(settings.runs_dir)  # [{"run_id", "agent", "status", "started", "steps", ...}]
+    await list_runs(store)  # [{"run_id", "agent", "status", "started", "steps", ...}]
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from betty_mcp.agent.state import now_iso
 from betty_mcp.core.secrets import scrub_data, secret_values
+
+if TYPE_CHECKING:
+    from betty_mcp.store import Store
 
 SUMMARY_CHARS = 500
 
@@ -37,42 +39,21 @@ def scrub_value(value: Any, secrets: list[str]) -> Any:
 
 
 class TraceWriter:
-    def __init__(self, path: Path, stream: TextIO) -> None:
-        self.path = path
-        self._stream = stream
+    """The events of one run, written to the store (a JSON Lines file with SQLite, ``run_events`` rows
+    with PostgreSQL). ``path`` is where a person finds them."""
 
-    @classmethod
-    def open(cls, runs_dir: Path, run_id: str) -> TraceWriter:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        path = runs_dir / f"{run_id}.jsonl"
-        return cls(path, path.open("a", encoding="utf-8"))
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.path = store.trace_location(run_id)
 
     def event(self, name: str, /, **fields: Any) -> None:
         record = scrub_value({"ts": now_iso(), "event": name, **fields}, secret_values())
-        self._stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._stream.flush()
-
-    def close(self) -> None:
-        self._stream.close()
+        self.store.append_event(self.run_id, record)
 
 
-def read_trace(path: Path) -> list[dict[str, Any]]:
-    """The events of one trace; a line cut short by a crash is skipped."""
-    events: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-    return events
-
-
-def run_summary(path: Path) -> dict[str, Any]:
+def summarise_trace(run_id: str, events: list[dict[str, Any]], location: str) -> dict[str, Any]:
     """run id, agent, status ("running" until run_finished is written), start time, steps, answer."""
-    events = read_trace(path)
     started = next((e for e in events if e.get("event") == "run_started"), {})
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
     steps = (
@@ -81,7 +62,7 @@ def run_summary(path: Path) -> dict[str, Any]:
         else sum(e.get("event") in ("llm_response", "llm_error", "skill_result", "refusal") for e in events)
     )
     return {
-        "run_id": started.get("run_id", path.stem),
+        "run_id": started.get("run_id", run_id),
         "agent": started.get("agent"),
         "task": started.get("task"),
         "status": finished.get("status") if finished else "running",
@@ -89,13 +70,15 @@ def run_summary(path: Path) -> dict[str, Any]:
         "finished": finished.get("ts") if finished else None,
         "steps": steps,
         "answer": finished.get("answer") if finished else None,
-        "path": str(path),
+        "path": location,
     }
 
 
-def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """A summary of every run traced under ``runs_dir``, newest first."""
-    if not runs_dir.is_dir():
-        return []
-    runs = [run_summary(p) for p in runs_dir.glob("*.jsonl") if p.is_file()]
+async def list_runs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
+    """A summary of every traced run (the most recent ``limit``), newest first."""
+    runs = []
+    for run_id in await store.traced_runs(limit):
+        events = await store.events(run_id)
+        if events is not None:
+            runs.append(summarise_trace(run_id, events, store.trace_location(run_id)))
     return sorted(runs, key=lambda r: r["started"] or "", reverse=True)

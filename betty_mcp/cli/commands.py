@@ -10,7 +10,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -392,6 +392,28 @@ def _llm_services(config: Path | None, workspace: Path | None, verbose: bool) ->
     return services
 
 
+def _with_store(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` in an event loop, then write what the store still has queued and close it."""
+    import anyio
+
+    async def main() -> T:
+        try:
+            return await work()
+        finally:
+            await services.aclose()
+
+    return anyio.run(main)
+
+
+def _read_store(services: Services, read: Callable[[], Awaitable[T]]) -> T:
+    """``_with_store``, a BettyError (the database cannot be reached) ending the command with its message."""
+    try:
+        return _with_store(services, read)
+    except BettyError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
 @app.command()
 def query(
     prompt: str,
@@ -404,7 +426,6 @@ def query(
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask an LLM through the router; prints the answer (exit 1 if every model failed)."""
-    import anyio
 
     from betty_mcp.core.rules import failure_envelope
 
@@ -414,7 +435,7 @@ def query(
         if value is not None:
             arguments[key] = value
     try:
-        out = anyio.run(services.query_llm, arguments)
+        out = _with_store(services, lambda: services.query_llm(arguments))
         failed = None
     except BettyError as exc:
         out, failed = failure_envelope(str(exc), exc.code, **exc.details()), str(exc)
@@ -470,7 +491,6 @@ def consensus(
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask several LLMs at once, with live progress; answers side by side, then the judge's verdict."""
-    import anyio
 
     from betty_mcp.core.rules import failure_envelope
 
@@ -493,7 +513,7 @@ def consensus(
             arguments[key] = value
     progress = _ConsensusProgress(live=not as_json)
     try:
-        out = anyio.run(progress.run, services, arguments)
+        out = _with_store(services, lambda: progress.run(services, arguments))
         failed = out["error"] if out["status"] != "completed" else None
     except BettyError as exc:
         out, failed = failure_envelope(str(exc), exc.code, **exc.details()), str(exc)
@@ -638,15 +658,15 @@ def usage(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show LLM spend by day and by model, from the usage ledger."""
-    from betty_mcp.llm.ledger import Ledger, format_usage, usage_report
+    """Show LLM spend by day, by model and by caller, from the usage ledger."""
+    from betty_mcp.llm.ledger import format_usage
 
-    settings = _llm_settings(config, workspace)
-    with Ledger(settings.ledger_path) as ledger:
-        if as_json:
-            _print_json(usage_report(ledger, days))
-        else:
-            typer.echo(format_usage(ledger, days))
+    services = _llm_services(config, workspace, False)
+    report = _read_store(services, lambda: services.store.usage(days))
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(format_usage(report, services.store.where))
 
 
 @app.command()
@@ -702,6 +722,46 @@ def local_serve(
 
 # -- agent runs ---------------------------------------------------------------------------------
 
+db_app = typer.Typer(help="The database: its migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("status")
+def db_status(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Which migrations the database has, and which are pending (exit 1 while any is)."""
+    services = _llm_services(config, workspace, False)
+    status = _read_store(services, services.store.status)
+    _show_migrations(status, as_json)
+    raise typer.Exit(0 if status.current else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Apply the pending migrations, once per database (safe while other instances start)."""
+    services = _llm_services(config, workspace, False)
+
+    async def upgrade() -> tuple[list[str], Any]:
+        return await services.store.upgrade(), await services.store.status()
+
+    applied, status = _read_store(services, upgrade)
+    if not as_json:
+        typer.echo(f"applied: {', '.join(applied)}" if applied else "already up to date")
+    _show_migrations(status, as_json, applied)
+
+
+def _show_migrations(status: Any, as_json: bool, applied: list[str] | None = None) -> None:
+    if as_json:
+        shown = {"backend": status.backend, "where": status.where, "applied": list(status.applied)}
+        shown["pending"] = list(status.pending)
+        if applied is not None:
+            shown["applied_now"] = applied
+        _print_json(shown)
+        return
+    typer.echo(f"{status.backend} database {status.where}")
+    typer.echo(f"  applied: {', '.join(status.applied) or 'none'}")
+    typer.echo(f"  pending: {', '.join(status.pending) or 'none'}")
+
+
 runs_app = typer.Typer(help="Agent run traces.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
@@ -719,7 +779,6 @@ def run(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run an agent on a task with live progress; exits non-zero unless the run completed."""
-    import anyio
     from rich.console import Console
 
     from betty_mcp.agent import RunLimits, RunRequest
@@ -749,7 +808,7 @@ def run(
             return await betty.run_agent(request, on_step=on_step)
 
     try:
-        result = anyio.run(go)
+        result = _with_store(betty, go)
     except BettyError as exc:
         _fail(str(exc))
     finally:
@@ -777,10 +836,11 @@ def _nothing() -> Any:
 
 @runs_app.command("list")
 def runs_list(workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Runs traced in the workspace, newest first."""
+    """Runs traced in the workspace (or the shared database), newest first."""
     from betty_mcp.agent import list_runs
 
-    runs = list_runs(_llm_settings(config, workspace).runs_dir)
+    services = _llm_services(config, workspace, False)
+    runs = _read_store(services, lambda: list_runs(services.store))
     if as_json:
         _print_json(runs)
         return
@@ -798,12 +858,13 @@ def runs_show(
     run_id: str, workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
 ) -> None:
     """One run's trace: every model request and response and every skill call."""
-    from betty_mcp.agent import read_trace
+    from betty_mcp.core.rules import run_id_problem
 
-    path = _llm_settings(config, workspace).runs_dir / f"{run_id}.jsonl"
-    if not path.is_file() or "/" in run_id:
+    services = _llm_services(config, workspace, False)
+    found = None if run_id_problem(run_id) else _read_store(services, lambda: services.store.events(run_id))
+    if found is None:
         _fail(f"no run '{run_id}'; see 'betty-mcp runs list'")
-    events = read_trace(path)
+    events = found or []
     if as_json:
         _print_json(events)
         return

@@ -1,5 +1,6 @@
 """``betty-mcp doctor``: is the config valid, are keys present, are endpoints up, is the embedded model
 ready, can every handler's interpreter import what the handler imports, do manifests and parsers agree?
+Does the database answer, is it migrated, does this machine's clock agree with the database server's?
 
 Each finding says what was checked, what was found, and (when it is a problem) how to fix it.
 Endpoints are probed with one short GET to the address the config names, nothing else. Handlers are
@@ -14,6 +15,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from betty_mcp.cli.serve import Sources
@@ -23,8 +25,12 @@ from betty_mcp.core.secrets import without_secrets
 from betty_mcp.run.interface_static import imported_modules
 from betty_mcp.run.invocation import PYTHON_RUNTIMES
 from betty_mcp.services import Services
+from betty_mcp.store import Store
 
 PROBE_TIMEOUT = 2.0
+# Daily budgets start at midnight UTC by each instance's clock; run heartbeats are compared with the
+# database server's: clocks further apart than this are reported.
+MAX_CLOCK_SKEW_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,59 @@ def diagnose(sources: Sources) -> list[Finding]:
             )
     ready, detail = readiness()
     findings.append(Finding("embedded model", ready, detail, "pip install 'betty-mcp[local]'"))
-    return findings + handler_findings(Services(settings))
+    services = Services(settings)
+    try:
+        findings += _checked_database(services)
+    except BettyError as exc:  # database_url is not a PostgreSQL URL, or its driver is missing
+        findings.append(Finding("database", False, str(exc), "correct database_url in betty.yaml"))
+    return findings + handler_findings(services)
+
+
+def _checked_database(services: Services) -> list[Finding]:
+    import anyio
+
+    async def check() -> list[Finding]:
+        try:
+            return await database_findings(services.store)
+        finally:
+            await services.aclose()
+
+    return anyio.run(check)
+
+
+async def database_findings(store: Store) -> list[Finding]:
+    """Reachable, migrated, and (PostgreSQL) clocks in step; each with its fix."""
+    try:
+        status = await store.status()
+    except BettyError as exc:
+        return [Finding("database", False, str(exc), "start the database, or correct database_url")]
+    findings = [
+        Finding("database", True, f"{store.backend} at {store.where} answers"),
+        Finding(
+            "database schema",
+            status.current,
+            f"{len(status.applied)} migration(s) applied"
+            + (f"; pending: {', '.join(status.pending)}" if status.pending else ", none pending"),
+            "run betty-mcp db upgrade (serve also applies them on first use)",
+        ),
+    ]
+    server_clock = getattr(store, "server_clock", None)  # a database server with a clock of its own
+    if server_clock is None:
+        return findings
+    try:
+        skew = (datetime.now(UTC) - await server_clock()).total_seconds()
+    except BettyError as exc:
+        return [*findings, Finding("database clock", False, str(exc), "check the database")]
+    side = "ahead of" if skew > 0 else "behind"
+    findings.append(
+        Finding(
+            "database clock",
+            abs(skew) <= MAX_CLOCK_SKEW_SECONDS,
+            f"this machine's clock is {abs(skew):.2f}s {side} the database server's",
+            "synchronise the clocks (NTP): budgets' days and run heartbeats depend on them",
+        )
+    )
+    return findings
 
 
 def handler_findings(services: Services) -> list[Finding]:

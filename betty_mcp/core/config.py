@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 CONFIG_ENV = "BETTY_CONFIG"
 TOKEN_ENV = "BETTY_MCP_TOKEN"
+# Shared state on PostgreSQL instead of the workspace's SQLite file (overrides ``database_url``).
+DATABASE_URL_ENV = "BETTY_MCP_DATABASE_URL"
+# The key sealing 2026-07-28 request state, the same on every instance behind one load balancer
+# (a secret: kept from handlers, scrubbed everywhere). Unset: a key of this process's own.
+REQUEST_STATE_KEY_ENV = "BETTY_MCP_REQUEST_STATE_KEY"
 # The server's settings, as JSON, in every handler's environment: skills that run other skills
 # (workflow.run) or write where the server watches (skill.create) see what the server sees.
 SETTINGS_ENV = "BETTY_MCP_SETTINGS"
@@ -53,6 +58,10 @@ class Limits(BaseModel):
     call_cgroups: bool = False
     # HTTP: a client that has not sent a whole request head by then is disconnected (slow clients).
     http_head_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    # With a shared database: how often an instance says it still holds its runs, and after how long
+    # without a word any instance marks them failed (worker_lost). Never run again.
+    run_heartbeat_seconds: float = Field(default=2, gt=0, le=60)
+    run_lost_after_seconds: float = Field(default=15, gt=0, le=3600)
 
 
 class Settings(BaseModel):
@@ -72,6 +81,9 @@ class Settings(BaseModel):
     limits: Limits = Limits()
     hot_reload: bool = True
     usage_db: Path | None = None
+    # postgresql://user:pass@host/db: the ledger, budgets, runs and traces shared by every instance.
+    # Unset: the workspace's SQLite file (usage_db) and in-process runs. $BETTY_MCP_DATABASE_URL wins.
+    database_url: str | None = None
     # Kept as written and validated on first use (``router``), so start-up does no LLM work;
     # load_settings validates it at once when a file has the block, to report errors early.
     llm_router: dict[str, Any] | None = None
@@ -88,6 +100,11 @@ class Settings(BaseModel):
     @property
     def runs_dir(self) -> Path:
         return self.workspace / ".betty-mcp" / "runs"
+
+    @property
+    def database(self) -> str | None:
+        """The PostgreSQL URL in force ($BETTY_MCP_DATABASE_URL, else ``database_url``), or None."""
+        return os.environ.get(DATABASE_URL_ENV) or self.database_url
 
     @property
     def ledger_path(self) -> Path:

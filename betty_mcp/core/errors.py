@@ -8,6 +8,7 @@
     │   ├── PathOutsideWorkspace    a path argument leads outside the workspace and the allowed roots
     │   └── ArgvError               arguments the handler's command line cannot take
     ├── CaptureStopped              reading a handler's interface was stopped (the server is exiting)
+    ├── StorageError                the database (database_url) cannot be reached, or is not migrated
     ├── BudgetExceeded              a call would exceed a ledger budget (``budget`` names it)
     ├── RunLimitReached             an agent run reached one of its own limits (``limit`` names it)
     ├── AgentError                  an agent run cannot start
@@ -78,6 +79,12 @@ class ArgvError(ArgumentsError):
 
 class CaptureStopped(BettyError):
     """Reading a handler's interface was stopped because the server is exiting: nothing to keep of it."""
+
+
+class StorageError(BettyError):
+    """The database cannot be reached or used; the message names it (password redacted) and the fix."""
+
+    code = "storage"
 
 
 class BudgetExceeded(BettyError):

@@ -28,6 +28,7 @@ REDACTED = "[REDACTED]"
 THIRD_PARTY_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore")
 
 _registered: set[str] = set()  # names whose values are secrets whatever they look like
+_values: set[str] = set()  # secrets that live in no variable (a database URL's password)
 _known: list[str] | None = None  # known_secrets(), computed on first use
 
 
@@ -37,6 +38,14 @@ def register_secret_names(names: Iterable[str]) -> None:
     new = {n for n in names if n} - _registered
     if new:
         _registered.update(new)
+        _known = None
+
+
+def register_secret_value(value: str | None) -> None:
+    """Scrub ``value`` from everything that leaves this process, from now on (a password in a URL)."""
+    global _known
+    if value and len(value) >= MIN_SECRET_LENGTH and value not in _values:
+        _values.add(value)
         _known = None
 
 
@@ -75,6 +84,7 @@ def secret_values(environ: Mapping[str, str] | None = None, extra: Iterable[str]
     env = os.environ if environ is None else environ
     values = {v for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LENGTH}
     values.update(v for v in extra if v and len(v) >= MIN_SECRET_LENGTH)
+    values.update(_values)
     return sorted(values, key=len, reverse=True)
 
 

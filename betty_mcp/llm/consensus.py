@@ -12,8 +12,8 @@ A model that fails leaves an answer with its error and the others still count; t
 only when every model does. ``blind`` (the default) keeps model names out of what other models and the
 judge are shown: answers are "Answer 1", "Answer 2"... with their stances.
 
-    consensus = Consensus.plan(service, ConsensusRequest("Tabs or spaces?", models=("gpt-4o", "sonnet")),
-                               consensus_id=new_run_id(), caller="llm_consensus")
+    request = ConsensusRequest("Tabs or spaces?", models=("gpt-4o", "sonnet"))
+    consensus = await Consensus.plan(service, request, consensus_id=new_run_id(), caller="llm_consensus")
     result = await consensus.run()   # {"answers": [...], "judge": ..., "totals": ..., "status": ...}
 """
 
@@ -30,7 +30,7 @@ import anyio
 
 from betty_mcp.core.errors import AllModelsFailed, ArgumentsError, BettyError, BudgetExceeded, ConfigError
 from betty_mcp.core.secrets import scrub
-from betty_mcp.llm.ledger import tagged
+from betty_mcp.llm.ledger import check_batch, tagged
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import RouteRequest, route
 from betty_mcp.llm.service import LlmService, estimate_tokens
@@ -279,7 +279,7 @@ class Consensus:
     # -- planning ---------------------------------------------------------------------------------
 
     @classmethod
-    def plan(
+    async def plan(
         cls,
         service: LlmService,
         request: ConsensusRequest,
@@ -326,8 +326,9 @@ class Consensus:
                 f"{estimate.tokens - request.token_limit:,} (the worst case is {estimate.tokens:,} tokens)",
                 budget="max_tokens",
             )
-        service.budgets.check_batch(
-            service.ledger,
+        await check_batch(
+            service.accounts,
+            service.budgets,
             call_costs=estimate.call_costs,
             estimated_tokens=estimate.tokens,
             run_id=run_id,

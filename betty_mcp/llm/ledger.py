@@ -1,8 +1,14 @@
 """The usage ledger: every LLM call written to a local SQLite file, and the budgets enforced from it.
 
     ledger = Ledger(Path("~/.local/share/betty-mcp/usage.db").expanduser())
-    Budgets(per_day_usd=5.0).check(ledger, estimated_cost_usd=0.02)   # raises BudgetExceeded
-    ledger.record(UsageRecord(caller="llm_query", model="gpt-4", provider="openai", cost_usd=0.02))
+    held = await reserve(accounts, Budgets(per_day_usd=5.0), cost_usd=0.02, tokens=900)  # BudgetExceeded
+    accounts.settle(UsageRecord(caller="llm_query", model="gpt-4", provider="openai", cost_usd=0.02), held)
+
+Budgets are enforced by reservation: before a call is sent, its estimate is added to the ``reserved``
+counter of every scope it draws on (the UTC day, its run) in one atomic step that refuses when
+``spent + reserved + estimate`` would pass a limit; when the call ends, its row is written and the
+estimate released in favour of what it really cost. ``Accounts`` is what a storage backend provides for
+this (``betty_mcp.store``: this SQLite file, or PostgreSQL shared by several instances).
 
 Rows written inside ``tagged(consensus_id=...)`` carry that id (every call of one ``llm_consensus`` fan-out,
 whoever makes them: the context is inherited by the tasks started within it):
@@ -29,19 +35,26 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from betty_mcp.core.errors import BudgetExceeded
 
 __all__ = [
     "MIGRATIONS",
+    "Accounts",
     "Budgets",
+    "Claim",
     "Ledger",
+    "Reservation",
+    "Shortfall",
     "Spend",
     "UsageRecord",
     "connect",
+    "current_consensus_id",
+    "day_scope",
     "format_usage",
     "migrate",
+    "reserve",
     "tagged",
     "usage_report",
 ]
@@ -72,6 +85,7 @@ class UsageRecord:
     session_id: str | None = None  # the client's session (the gateway: X-Claude-Code-Session-Id)
     request_class: str | None = None  # the gateway's class: default, background, think, long_context
     consensus_id: str | None = None  # the llm_consensus fan-out this call belongs to (see ``tagged``)
+    user: str | None = None  # who asked (core.identity's current caller); stored where the schema has it
 
     @property
     def total_tokens(self) -> int:
@@ -135,13 +149,61 @@ def m005_consensus_id(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_consensus_id ON calls (consensus_id)")
 
 
+def m007_budget_counters(db: sqlite3.Connection) -> None:
+    """Per-scope counters the budgets reserve against (``day:YYYY-MM-DD``, ``run:<id>``), filled from
+    the calls already recorded so an upgraded ledger keeps today's spend."""
+    db.execute(
+        """
+        CREATE TABLE budget_counters (
+            scope TEXT PRIMARY KEY,
+            calls INTEGER NOT NULL DEFAULT 0,
+            spent_usd REAL NOT NULL DEFAULT 0,
+            spent_tokens INTEGER NOT NULL DEFAULT 0,
+            reserved_usd REAL NOT NULL DEFAULT 0,
+            reserved_tokens INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    for key in ("'day:' || substr(created_at, 1, 10)", "'run:' || run_id"):
+        db.execute(
+            "INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens) "
+            f"SELECT {key}, COUNT(*), TOTAL(cost_usd), COALESCE(SUM(total_tokens), 0) FROM calls "
+            f"WHERE {key} IS NOT NULL GROUP BY 1"
+        )
+
+
+def m008_runs(db: sqlite3.Connection) -> None:
+    """Runs as the run tools show them, kept after they end (their traces stay JSON Lines files)."""
+    db.execute(
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            task TEXT NOT NULL,
+            owner TEXT,
+            status TEXT NOT NULL,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            status_doc TEXT NOT NULL DEFAULT '{}',
+            result_doc TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_created_at ON runs (created_at)")
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
+# (m006 is the identity branch's: users and a user per call.)
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_calls,
     m002_call_fallbacks,
     m003_run_and_agent_indexes,
     m004_gateway_session_and_class,
     m005_consensus_id,
+    m007_budget_counters,
+    m008_runs,
 )
 
 
@@ -243,6 +305,11 @@ _COLUMNS = (
 _CONSENSUS_ID: ContextVar[str | None] = ContextVar("betty_mcp_consensus_id", default=None)
 
 
+def current_consensus_id() -> str | None:
+    """The consensus id rows recorded in this context carry (``tagged``), if any."""
+    return _CONSENSUS_ID.get()
+
+
 @contextmanager
 def tagged(*, consensus_id: str) -> Iterator[None]:
     """Rows recorded within the block (in this task and the tasks it starts) carry ``consensus_id``."""
@@ -275,12 +342,19 @@ class Ledger:
                 self._db = db
             yield self._db
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of one query (other tables of this file: the store's runs)."""
         with self._connection() as db:
             return db.execute(sql, params).fetchall()
 
-    def record(self, rec: UsageRecord) -> int:
-        """Write one call; return its row id."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One write statement (other tables of this file: the store's runs)."""
+        with self._connection() as db:
+            db.execute(sql, params)
+
+    def record(self, rec: UsageRecord, reservation: Reservation | None = None) -> int:
+        """Write one call and count it in its scopes' budget counters, releasing what ``reservation``
+        held, in one transaction; return the call's row id."""
         values = (
             _iso(rec.created_at or _now()),
             rec.caller,
@@ -306,8 +380,74 @@ class Ledger:
             "request_class, consensus_id) "
             f"VALUES ({', '.join('?' * len(values))})"
         )
+        counts = settlement(rec, reservation)
+        with self._transaction() as db:
+            row = db.execute(sql, values).lastrowid
+            db.executemany(
+                "INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens) VALUES (?, 1, ?, ?) "
+                "ON CONFLICT (scope) DO UPDATE SET calls = calls + 1, "
+                "spent_usd = spent_usd + excluded.spent_usd, "
+                "spent_tokens = spent_tokens + excluded.spent_tokens, "
+                "reserved_usd = MAX(0, reserved_usd - ?), reserved_tokens = MAX(0, reserved_tokens - ?)",
+                [(c.scope, c.cost_usd, c.tokens, c.release_usd, c.release_tokens) for c in counts],
+            )
+        return row
+
+    def reserve(self, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
+        """Add ``reservation`` to every claim's scope unless one would pass its limit (then nothing
+        changes and that claim's shortfall is returned). Atomic across processes: the file's write
+        lock is held from the first read to the last write."""
+        with self._transaction() as db:
+            for claim in claims:
+                row = db.execute(
+                    "SELECT calls, spent_tokens + reserved_tokens, spent_usd + reserved_usd "
+                    "FROM budget_counters WHERE scope = ?",
+                    (claim.scope,),
+                ).fetchone()
+                counted = Spend(*row) if row else Spend(0, 0, 0.0)
+                if claim.refuses(counted, reservation):
+                    return Shortfall(claim, counted)
+            for claim in claims:
+                db.execute(
+                    "INSERT INTO budget_counters (scope, reserved_usd, reserved_tokens) VALUES (?, ?, ?) "
+                    "ON CONFLICT (scope) DO UPDATE SET reserved_usd = reserved_usd + excluded.reserved_usd, "
+                    "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
+                    (claim.scope, reservation.cost_usd, reservation.tokens),
+                )
+        return None
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back what ``reservation`` held, for a call that was never sent."""
+        if not reservation.held:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE budget_counters SET reserved_usd = MAX(0, reserved_usd - ?), "
+                "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?",
+                [(reservation.cost_usd, reservation.tokens, scope) for scope in reservation.claimed],
+            )
+
+    def counted(self, scopes: Sequence[str]) -> dict[str, Spend]:
+        """Each scope's calls, and its tokens and cost spent or reserved by calls in flight."""
+        marks = ", ".join("?" * len(scopes))
+        rows = self.rows(
+            "SELECT scope, calls, spent_tokens + reserved_tokens, spent_usd + reserved_usd "
+            f"FROM budget_counters WHERE scope IN ({marks})",
+            list(scopes),
+        )
+        found = {scope: Spend(calls, tokens, cost) for scope, calls, tokens, cost in rows}
+        return {scope: found.get(scope, Spend(0, 0, 0.0)) for scope in scopes}
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._connection() as db:
-            return db.execute(sql, values).lastrowid
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def spend(
         self,
@@ -319,7 +459,7 @@ class Ledger:
     ) -> Spend:
         """Totals over the calls matching every filter given (all calls if none)."""
         where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
-        calls, tokens, cost, unpriced = self._rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
+        calls, tokens, cost, unpriced = self.rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
         return Spend(calls=calls, tokens=tokens, cost_usd=cost, unpriced=unpriced)
 
     def spend_today(self) -> Spend:
@@ -328,7 +468,7 @@ class Ledger:
 
     def by_day(self, days: int = 30) -> list[dict]:
         """One row per UTC day with calls, newest first: {day, calls, tokens, cost_usd, unpriced, errors}."""
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT substr(created_at, 1, 10) AS day, {_SPEND}, SUM(outcome != 'ok') FROM calls "
             "WHERE created_at >= ? GROUP BY day ORDER BY day DESC",
             (_iso(_first_day(days)),),
@@ -339,7 +479,7 @@ class Ledger:
     def by_model(self, days: int = 30) -> list[dict]:
         """One row per (model, provider), costliest first: {model, provider, calls, tokens, cost_usd,
         unpriced, errors}."""
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT model, provider, {_SPEND}, SUM(outcome != 'ok') FROM calls WHERE created_at >= ? "
             "GROUP BY model, provider ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, model, provider",
             (_iso(_first_day(days)),),
@@ -350,7 +490,7 @@ class Ledger:
     def by_caller(self, days: int = 30) -> list[dict]:
         """One row per caller (llm_query, agent_run, gateway, ...), costliest first: {caller, calls, tokens,
         cost_usd, unpriced, errors, share} where share is the caller's fraction of the calls."""
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT caller, {_SPEND}, SUM(outcome != 'ok') FROM calls WHERE created_at >= ? "
             "GROUP BY caller ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, caller",
             (_iso(_first_day(days)),),
@@ -372,7 +512,7 @@ class Ledger:
     ) -> list[UsageRecord]:
         """The most recent calls (of one run, session or consensus, if given), newest first."""
         where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
         return [_to_record(row) for row in rows]
@@ -428,6 +568,116 @@ def _to_record(row: tuple) -> UsageRecord:
 # --- budgets ---------------------------------------------------------------------------------------------
 
 
+def day_scope(moment: datetime) -> str:
+    """The budget scope of a UTC day: ``day:2026-11-30``."""
+    return "day:" + moment.astimezone(UTC).date().isoformat()
+
+
+def run_scope(run_id: str) -> str:
+    return "run:" + run_id
+
+
+def scopes_of(rec: UsageRecord) -> tuple[str, ...]:
+    """The scopes a call counts in: its UTC day, and its run if it has one."""
+    day = day_scope(rec.created_at or _now())
+    return (day, run_scope(rec.run_id)) if rec.run_id else (day,)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One scope's limits a call must fit in (None: no limit of that kind)."""
+
+    scope: str
+    limit_usd: float | None
+    limit_tokens: int | None
+
+    def refuses(self, counted: Spend, reservation: Reservation) -> bool:
+        """True when ``counted`` (spent plus reserved) and this call's estimate pass a limit."""
+        return _over(self.limit_usd, counted.cost_usd, reservation.cost_usd) or _over(
+            self.limit_tokens, counted.tokens, reservation.tokens
+        )
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A call's estimate, set aside in the ``claimed`` scopes before it is sent; ``scopes`` are all the
+    scopes its row will count in (its day, its run), chosen when it started."""
+
+    scopes: tuple[str, ...]
+    cost_usd: float
+    tokens: int
+    claimed: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> bool:
+        return bool(self.claimed)
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """The claim a reservation did not fit in, with what was counted there (spent plus reserved)."""
+
+    claim: Claim
+    counted: Spend
+
+
+@dataclass(frozen=True)
+class Count:
+    """What one call adds to one scope's counters, and what it releases there."""
+
+    scope: str
+    cost_usd: float
+    tokens: int
+    release_usd: float
+    release_tokens: int
+
+
+def settlement(rec: UsageRecord, reservation: Reservation | None) -> list[Count]:
+    """The counter changes a finished call makes: its cost in every scope, its estimate released where
+    it was reserved."""
+    scopes = reservation.scopes if reservation else scopes_of(rec)
+    claimed = set(reservation.claimed) if reservation else set()
+    return [
+        Count(
+            scope,
+            rec.cost_usd or 0.0,
+            rec.total_tokens,
+            reservation.cost_usd if reservation and scope in claimed else 0.0,
+            reservation.tokens if reservation and scope in claimed else 0,
+        )
+        for scope in scopes
+    ]
+
+
+class Accounts(Protocol):
+    """What a storage backend does for the ledger and the budgets (see ``betty_mcp.store``)."""
+
+    async def reserve(self, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
+        """Hold ``reservation`` in every claim's scope atomically, or hold nothing and say which failed."""
+        ...
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call was never sent (may complete later, in the background)."""
+        ...
+
+    def settle(self, record: UsageRecord, reservation: Reservation | None) -> None:
+        """Record a call and release its reservation (may complete later, in the background)."""
+        ...
+
+    async def counted(self, scopes: Sequence[str]) -> dict[str, Spend]:
+        """Each scope's spent plus reserved totals."""
+        ...
+
+    async def spend(
+        self,
+        *,
+        since: datetime | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        consensus_id: str | None = None,
+    ) -> Spend: ...
+
+
 @dataclass(frozen=True)
 class Budgets:
     """Spending limits; None means no limit. A limit already reached refuses every further call, even a
@@ -439,90 +689,102 @@ class Budgets:
     per_run_tokens: int | None = None
     per_day_tokens: int | None = None
 
-    def check(
-        self,
-        ledger: Ledger,
-        *,
-        estimated_cost_usd: float = 0.0,
-        estimated_tokens: int = 0,
-        run_id: str | None = None,
-    ) -> None:
-        """Raise BudgetExceeded if a call of the estimated size would pass any limit; else return."""
+    def claims(self, run_id: str | None, day: str) -> list[Claim]:
+        """The scopes with a limit that a call of ``run_id`` on ``day`` draws on (day first)."""
+        found = []
+        if self.per_day_usd is not None or self.per_day_tokens is not None:
+            found.append(Claim(day, self.per_day_usd, self.per_day_tokens))
+        if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
+            found.append(Claim(run_scope(run_id), self.per_run_usd, self.per_run_tokens))
+        return found
+
+    def check_call(self, estimated_cost_usd: float) -> None:
+        """The per-call budget, which needs no counter."""
         if self.per_call_usd is not None and estimated_cost_usd > self.per_call_usd + _EPSILON:
             raise BudgetExceeded(
                 f"per-call budget of {_usd(self.per_call_usd)} exceeded: this call is estimated at "
                 f"{_usd(estimated_cost_usd)}; raise {CONFIG_HINT.format(field='per_call_usd')}",
                 budget="per_call",
             )
-        if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
-            run = ledger.spend(run_id=run_id)
-            where = f"by run {run_id}"
-            _refuse_past(self.per_run_usd, run.cost_usd, estimated_cost_usd, "per_run", "run budget", where)
-            _refuse_past(
-                self.per_run_tokens, run.tokens, estimated_tokens, "per_run_tokens", "run token budget", where
-            )
-        if self.per_day_usd is not None or self.per_day_tokens is not None:
-            today = ledger.spend_today()
-            where = "today (UTC)"
-            _refuse_past(
-                self.per_day_usd, today.cost_usd, estimated_cost_usd, "per_day", "daily budget", where
-            )
-            _refuse_past(
-                self.per_day_tokens,
-                today.tokens,
-                estimated_tokens,
-                "per_day_tokens",
-                "daily token budget",
-                where,
-            )
 
-    def check_batch(
-        self,
-        ledger: Ledger,
-        *,
-        call_costs: Sequence[float],
-        estimated_tokens: int = 0,
-        run_id: str | None = None,
-        what: str = "these calls",
-    ) -> None:
-        """Raise BudgetExceeded if calls made together (a fan-out), each at its worst case, could pass a
-        limit: the per-call budget against the costliest call, the run and day budgets against their sum.
-        The message names the budget and by how much it would be passed."""
-        total = sum(call_costs)
-        worst = max(call_costs, default=0.0)
-        if self.per_call_usd is not None and worst > self.per_call_usd + _EPSILON:
-            raise BudgetExceeded(
-                f"{what} refused: the per-call budget of {_usd(self.per_call_usd)} would be passed by "
-                f"{_usd(worst - self.per_call_usd)} (its costliest call may cost up to {_usd(worst)}); "
-                f"raise {CONFIG_HINT.format(field='per_call_usd')}",
-                budget="per_call",
-            )
-        checks: list[tuple[float | None, Spend, str, str]] = []
-        if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
-            run = ledger.spend(run_id=run_id)
-            checks += [(self.per_run_usd, run, "per_run", f"by run {run_id}")]
-            checks += [(self.per_run_tokens, run, "per_run_tokens", f"by run {run_id}")]
-        if self.per_day_usd is not None or self.per_day_tokens is not None:
-            today = ledger.spend_today()
-            checks += [(self.per_day_usd, today, "per_day", "today (UTC)")]
-            checks += [(self.per_day_tokens, today, "per_day_tokens", "today (UTC)")]
-        for limit, spend, budget, where in checks:
-            tokens = budget.endswith("_tokens")
-            spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
-            if limit is None or not _over(limit, spent, estimate):
-                continue
-            name = ("run" if budget.startswith("per_run") else "daily") + (" token" if tokens else "")
 
-            def amount(value: float, tokens: bool = tokens) -> str:
-                return f"{int(value):,} tokens" if tokens else _usd(value)
+async def reserve(
+    accounts: Accounts,
+    budgets: Budgets,
+    *,
+    cost_usd: float = 0.0,
+    tokens: int = 0,
+    run_id: str | None = None,
+) -> Reservation:
+    """Set a call's estimate aside in every budget it draws on, or raise BudgetExceeded naming the budget,
+    the amounts and the setting to raise. No limits configured: no storage round trip at all."""
+    budgets.check_call(cost_usd)
+    day = day_scope(_now())
+    scopes = (day, run_scope(run_id)) if run_id else (day,)
+    claims = budgets.claims(run_id, day)
+    reservation = Reservation(scopes, cost_usd, tokens, tuple(c.scope for c in claims))
+    if claims and (short := await accounts.reserve(claims, reservation)) is not None:
+        claim, counted = short.claim, short.counted
+        if claim.scope.startswith("run:"):
+            where, names = f"by run {run_id}", ("per_run", "run budget", "per_run_tokens", "run token budget")
+        else:
+            where, names = "today (UTC)", ("per_day", "daily budget", "per_day_tokens", "daily token budget")
+        _refuse_past(claim.limit_usd, counted.cost_usd, cost_usd, names[0], names[1], where)
+        _refuse_past(claim.limit_tokens, counted.tokens, tokens, names[2], names[3], where)
+    return reservation
 
-            field = budget if tokens else f"{budget}_usd"
-            raise BudgetExceeded(
-                f"{what} refused: the {name} budget of {amount(limit)} would be passed by "
-                f"{amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
-                f"{amount(estimate)} for {what}); raise {CONFIG_HINT.format(field=field)}",
-                budget=budget,
-            )
+
+async def check_batch(
+    accounts: Accounts,
+    budgets: Budgets,
+    *,
+    call_costs: Sequence[float],
+    estimated_tokens: int = 0,
+    run_id: str | None = None,
+    what: str = "these calls",
+) -> None:
+    """Raise BudgetExceeded if calls made together (a fan-out), each at its worst case, could pass a
+    limit: the per-call budget against the costliest call, the run and day budgets against their sum
+    (spent plus reserved by calls in flight). The message names the budget and by how much it would be
+    passed. Each call still reserves its own estimate when it is sent."""
+    total = sum(call_costs)
+    worst = max(call_costs, default=0.0)
+    if budgets.per_call_usd is not None and worst > budgets.per_call_usd + _EPSILON:
+        raise BudgetExceeded(
+            f"{what} refused: the per-call budget of {_usd(budgets.per_call_usd)} would be passed by "
+            f"{_usd(worst - budgets.per_call_usd)} (its costliest call may cost up to {_usd(worst)}); "
+            f"raise {CONFIG_HINT.format(field='per_call_usd')}",
+            budget="per_call",
+        )
+    claims = budgets.claims(run_id, day_scope(_now()))
+    counted = await accounts.counted([c.scope for c in claims]) if claims else {}
+    checks: list[tuple[float | None, Spend, str, str]] = []
+    for claim in claims:
+        spend = counted[claim.scope]
+        run = claim.scope.startswith("run:")
+        where = f"by run {run_id}" if run else "today (UTC)"
+        budget = "per_run" if run else "per_day"
+        checks += [
+            (claim.limit_usd, spend, budget, where),
+            (claim.limit_tokens, spend, f"{budget}_tokens", where),
+        ]
+    for limit, spend, budget, where in checks:
+        tokens = budget.endswith("_tokens")
+        spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
+        if limit is None or not _over(limit, spent, estimate):
+            continue
+        name = ("run" if budget.startswith("per_run") else "daily") + (" token" if tokens else "")
+
+        def amount(value: float, tokens: bool = tokens) -> str:
+            return f"{int(value):,} tokens" if tokens else _usd(value)
+
+        field = budget if tokens else f"{budget}_usd"
+        raise BudgetExceeded(
+            f"{what} refused: the {name} budget of {amount(limit)} would be passed by "
+            f"{amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
+            f"{amount(estimate)} for {what}); raise {CONFIG_HINT.format(field=field)}",
+            budget=budget,
+        )
 
 
 def _refuse_past(
@@ -577,12 +839,13 @@ def usage_report(ledger: Ledger, days: int = 30) -> dict:
     }
 
 
-def format_usage(ledger: Ledger, days: int = 30) -> str:
-    """The `betty-mcp usage` text: a table per day, then a table per model, columns aligned."""
-    report = usage_report(ledger, days)
+def format_usage(report: dict, where: str) -> str:
+    """The `betty-mcp usage` text of a ``usage_report``: a table per day, then per model, then per caller,
+    columns aligned; ``where`` names the database."""
+    days = report["days"]
     span = "today" if days == 1 else f"the last {days} days"
     if not report["total"]["calls"]:
-        return f"No LLM calls recorded in {span} (UTC), in {ledger.path}.\n"
+        return f"No LLM calls recorded in {span} (UTC), in {where}.\n"
     total = report["total"]
     day_rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
     day_rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])

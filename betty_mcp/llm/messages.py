@@ -33,10 +33,11 @@ from betty_mcp.core.errors import (
     ProviderError,
     ProviderTimeout,
 )
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.llm_config import Complexity, RequestClass
 from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.llm import anthropic_adapter
-from betty_mcp.llm.ledger import UsageRecord
+from betty_mcp.llm.ledger import Reservation, UsageRecord, reserve
 from betty_mcp.llm.models import ModelSpec
 from betty_mcp.llm.routing import AgentPreference, Candidate, RouteRequest, estimate_complexity, route
 from betty_mcp.llm.service import Hop, LlmService, _larger_context
@@ -297,10 +298,11 @@ class MessagesService:
         outcome: str = "ok",
         error: str | None = None,
         hops: list[Hop] | None = None,
+        held: Reservation | None = None,
     ) -> None:
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
-        self.llm.ledger.record(
+        self.llm.accounts.settle(
             UsageRecord(
                 caller=CALLER,
                 model=spec.id if spec else (found.requested_model or "?"),
@@ -315,14 +317,16 @@ class MessagesService:
                 error=error,
                 session_id=call.session_id,
                 request_class=found.request_class,
-            )
+                user=current_caller().user,
+            ),
+            held,
         )
 
-    def _check_budget(self, spec: ModelSpec, call: MessagesCall, found: Classification) -> None:
+    async def _reserve(self, spec: ModelSpec, call: MessagesCall, found: Classification) -> Reservation:
         output = int(call.body.get("max_tokens") or 0)
         estimate = spec.cost(found.prompt_tokens, output) or 0.0
-        self.llm.budgets.check(
-            self.llm.ledger, estimated_cost_usd=estimate, estimated_tokens=found.prompt_tokens + output
+        return await reserve(
+            self.llm.accounts, self.llm.budgets, cost_usd=estimate, tokens=found.prompt_tokens + output
         )
 
     async def open(self, call: MessagesCall) -> Answer:
@@ -359,7 +363,7 @@ class MessagesService:
                 raise _refusal(failure, hops)
             started = time.monotonic()
             try:
-                self._check_budget(spec, call, found)
+                held = await self._reserve(spec, call, found)
             except BudgetExceeded as exc:
                 self._record(call, found, spec, started, outcome="budget", error=str(exc), hops=hops)
                 raise _refusal(exc, hops) from None
@@ -383,7 +387,7 @@ class MessagesService:
             except ProviderError as exc:
                 error = exc
             except anyio.get_cancelled_exc_class():
-                self._record(call, found, spec, started, outcome="cancelled", hops=hops)
+                self._record(call, found, spec, started, outcome="cancelled", hops=hops, held=held)
                 raise
             else:
                 committed = list(hops)
@@ -396,6 +400,7 @@ class MessagesService:
                     spec: ModelSpec = spec,
                     started: float = started,
                     committed: list[Hop] = committed,
+                    held: Reservation = held,
                 ) -> None:
                     self._record(
                         call,
@@ -406,6 +411,7 @@ class MessagesService:
                         outcome=outcome,
                         error=error,
                         hops=committed,
+                        held=held,
                     )
 
                 if upstream.dropped:
@@ -414,7 +420,9 @@ class MessagesService:
                     )
                 return Answer(upstream, spec, committed, found, done, started)
             hops.append(Hop(spec.id, error.kind, str(error)))
-            self._record(call, found, spec, started, outcome=error.kind, error=str(error), hops=hops)
+            self._record(
+                call, found, spec, started, outcome=error.kind, error=str(error), hops=hops, held=held
+            )
             if not isinstance(error, self.llm.fallback_on):
                 raise _refusal(AllModelsFailed(str(error), error.kind, hops), hops)
             if isinstance(error, ContextWindowExceeded):

@@ -5,7 +5,7 @@ Fallback moves to the next candidate at once (no back-off waits) on retryable er
 with a larger window; authentication and 400 errors stop the walk with a clear error. Every
 hop is recorded in the result and in the ledger. The whole walk has one deadline.
 
-    service = LlmService(config, ledger_path)
+    service = LlmService(config, store)      # store: the ledger and budget counters (betty_mcp.store)
     result = await service.chat(ChatRequest(messages), RouteRequest(prompt=...), caller="llm_query")
 """
 
@@ -15,7 +15,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,9 +28,10 @@ from betty_mcp.core.errors import (
     ProviderTimeout,
     RetryableProviderError,
 )
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.llm_config import LlmRouterConfig
 from betty_mcp.core.secrets import known_secrets_and, register_secret_names, scrub
-from betty_mcp.llm.ledger import Budgets, Ledger, UsageRecord
+from betty_mcp.llm.ledger import Accounts, Budgets, Reservation, UsageRecord, reserve
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import Candidate, RouteRequest, route
 from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink, ToolCall
@@ -66,12 +66,12 @@ class LlmService:
     fallback_on: tuple[type[ProviderError], ...] = (RetryableProviderError,)
 
     def __init__(
-        self, config: LlmRouterConfig, ledger_path: Path, backends: dict[str, Backend] | None = None
+        self, config: LlmRouterConfig, accounts: Accounts, backends: dict[str, Backend] | None = None
     ) -> None:
         self.config = config
         register_secret_names(config.key_env_names())  # a key is a secret whatever its variable's name
         self.models = ModelCatalog(config)
-        self.ledger = Ledger(ledger_path)
+        self.accounts = accounts
         budgets = config.limits.budgets
         self.budgets = Budgets(**budgets.model_dump())
         self._backends = backends or {}
@@ -92,17 +92,17 @@ class LlmService:
     async def warm_up(self) -> None:
         """Open the ledger, and load the backend that models other than the embedded one go through
         (LiteLLM's import: seconds), so that the first call costs what the next ones do."""
-        await anyio.to_thread.run_sync(self.ledger.spend_today)
+        await self.accounts.spend(run_id="warm-up")
         spec = next((s for s in self.models.all() if s.type != "embedded"), None)
         if spec is not None and (warm_up := getattr(self.backend(spec), "warm_up", None)) is not None:
             await warm_up(spec)
 
-    def _check_budgets(self, spec: ModelSpec, request: ChatRequest, run_id: str | None) -> None:
+    async def _reserve(self, spec: ModelSpec, request: ChatRequest, run_id: str | None) -> Reservation:
         prompt = estimate_tokens(request.messages)
         output = request.max_tokens or 0
         estimate = spec.cost(prompt, output) or 0.0
-        self.budgets.check(
-            self.ledger, estimated_cost_usd=estimate, estimated_tokens=prompt + output, run_id=run_id
+        return await reserve(
+            self.accounts, self.budgets, cost_usd=estimate, tokens=prompt + output, run_id=run_id
         )
 
     def _record(
@@ -112,6 +112,7 @@ class LlmService:
         caller: str,
         agent: str | None,
         run_id: str | None,
+        reservation: Reservation,
         *,
         completion: Completion | None = None,
         outcome: str = "ok",
@@ -131,9 +132,10 @@ class LlmService:
             run_id=run_id,
             fallbacks=tuple(h.as_dict() for h in hops or []),
             error=error,
+            user=current_caller().user,
         )
-        # Inline: a WAL insert takes well under a millisecond, a worker-thread hop costs more.
-        self.ledger.record(record)
+        # Not awaited: SQLite writes inline (well under a millisecond), PostgreSQL in the background.
+        self.accounts.settle(record, reservation)
 
     async def chat(
         self,
@@ -167,7 +169,7 @@ class LlmService:
                 raise AllModelsFailed(
                     f"deadline of {deadline:g}s reached after {len(hops)} attempt(s)", "timeout", hops
                 )
-            self._check_budgets(spec, request, run_id)
+            held = await self._reserve(spec, request, run_id)
             # Whole seconds (a float: LiteLLM is slower with an int): LiteLLM keys its HTTP clients on the
             # timeout, so "the time left" to the microsecond would build (and keep) a client per call.
             timeout = float(
@@ -185,17 +187,17 @@ class LlmService:
             except ProviderError as exc:
                 error = exc
             except anyio.get_cancelled_exc_class():
-                self._record(spec, started, caller, agent, run_id, outcome="cancelled", hops=hops)
+                self._record(spec, started, caller, agent, run_id, held, outcome="cancelled", hops=hops)
                 raise
             else:
                 completion = _scrubbed(completion, secrets)  # a provider may echo a key in its answer
-                self._record(spec, started, caller, agent, run_id, completion=completion, hops=hops)
+                self._record(spec, started, caller, agent, run_id, held, completion=completion, hops=hops)
                 return ChatResult(
                     completion, spec, (time.monotonic() - started) * 1000, planned.complexity, hops
                 )
             hops.append(Hop(spec.id, error.kind, str(error)))
             self._record(
-                spec, started, caller, agent, run_id, outcome=error.kind, error=str(error), hops=hops
+                spec, started, caller, agent, run_id, held, outcome=error.kind, error=str(error), hops=hops
             )
             if not isinstance(error, self.fallback_on):
                 raise AllModelsFailed(str(error), error.kind, hops)

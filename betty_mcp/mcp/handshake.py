@@ -15,7 +15,7 @@ from typing import Any
 
 from betty_mcp import __version__
 
-SERVER_NAME = "betty"
+SERVER_NAME = "betty"  # the same on every instance: request state is sealed for this audience
 SERVER_TITLE = "Betty MCP"
 INSTRUCTIONS = (
     "Betty skills as tools. Each skill's tool is named after it with '.' replaced by '_' "

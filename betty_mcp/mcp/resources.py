@@ -8,6 +8,7 @@ betty://outputs/<id>                  the full result of a call whose result was
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class Resources:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def list(self) -> list[types.Resource]:
+    async def list(self) -> list[types.Resource]:
         catalog = self.services.catalog
         found: list[types.Resource] = []
         for skill in catalog.skills.values():
@@ -40,15 +41,14 @@ class Resources:
                     )
                 )
         found += [_manifest("agent", a.name, a.manifest.description) for a in catalog.agents.values()]
-        runs = sorted(self.services.settings.runs_dir.glob("*.jsonl"), key=_mtime, reverse=True)
         found += [
             types.Resource(
-                uri=f"betty://runs/{run.stem}",
-                name=f"run {run.stem}",
-                title=f"agent run {run.stem}",
+                uri=f"betty://runs/{run_id}",
+                name=f"run {run_id}",
+                title=f"agent run {run_id}",
                 mime_type="application/jsonl",
             )
-            for run in runs[:LISTED_RUNS]
+            for run_id in await self.services.store.traced_runs(LISTED_RUNS)
         ]
         return found
 
@@ -61,6 +61,17 @@ class Resources:
             log.warning("resource %s refused: %s", uri, exc)
             return None
         return _text(uri, path.read_text(encoding="utf-8"), mime) if path.is_file() else None
+
+    async def _trace(self, uri: str, run_id: str) -> types.TextResourceContents | None:
+        """A run's trace as JSON Lines, from whichever instance ran it (the store keeps it)."""
+        store = self.services.store
+        if store.backend == "sqlite":  # a file of the runs folder: never through a symlink out of it
+            return self._state_file(uri, Path(f"{run_id}.jsonl"), "application/jsonl")
+        events = await store.events(run_id)
+        if events is None:
+            return None
+        lines = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in events)
+        return _text(uri, lines, "application/jsonl")
 
     def templates(self) -> list[types.ResourceTemplate]:
         return [
@@ -78,7 +89,7 @@ class Resources:
             ),
         ]
 
-    def read(self, uri: str) -> types.TextResourceContents | None:
+    async def read(self, uri: str) -> types.TextResourceContents | None:
         kind, _, rest = uri.removeprefix("betty://").partition("/")
         if kind == "skills":
             name, _, doc = rest.partition("/")
@@ -98,7 +109,7 @@ class Resources:
                 else None
             )
         if kind == "runs" and run_id_problem(rest) is None:
-            return self._state_file(uri, Path(f"{rest}.jsonl"), "application/jsonl")
+            return await self._trace(uri, rest)
         if kind == "outputs" and OUTPUT_ID.match(rest):
             return self._state_file(uri, Path("outputs") / f"{rest}.json", "application/json")
         return None
@@ -112,10 +123,6 @@ def _manifest(kind: str, name: str, description: str) -> types.Resource:
         description=description.strip()[:300] or None,
         mime_type="application/yaml",
     )
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime
 
 
 def _text(uri: str, text: str, mime: str) -> types.TextResourceContents:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -29,7 +31,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from betty_mcp import __version__
+from betty_mcp.core.config import REQUEST_STATE_KEY_ENV
 from betty_mcp.core.secrets import known_secrets, scrub, scrub_data
+from betty_mcp.mcp.bus import SharedSubscriptionBus
 from betty_mcp.mcp.handshake import INSTRUCTIONS, SERVER_NAME, SERVER_TITLE
 from betty_mcp.mcp.resources import Resources
 from betty_mcp.mcp.tools import CallContext, Tool, ToolResult
@@ -40,12 +44,20 @@ log = logging.getLogger(__name__)
 
 
 class BettyServer(Server[Any]):
-    """A low-level server that advertises list-changed notifications in the handshake era too."""
+    """A low-level server that advertises list-changed notifications in the handshake era too.
+
+    With a shared database (``database_url``), change notifications cross instances
+    (``SharedSubscriptionBus``); with ``$BETTY_MCP_REQUEST_STATE_KEY``, request state sealed by one
+    instance is accepted by every other: a 2026-07-28 client may reach any instance."""
 
     def __init__(self, services: Services, tools: ToolRegistry) -> None:
         self.services = services
         self.tools = tools
-        self.bus = InMemorySubscriptionBus()
+        self.bus: InMemorySubscriptionBus | SharedSubscriptionBus = InMemorySubscriptionBus()
+        if services.settings.database:  # checked without importing the store when unset
+            shared = services.store.shared_runs()
+            if shared is not None:
+                self.bus = SharedSubscriptionBus(shared)
         # Set at the first request a client makes after the handshake: background work waits for it.
         self.first_request = anyio.Event()
         self.resources = Resources(services)
@@ -63,6 +75,7 @@ class BettyServer(Server[Any]):
             on_read_resource=self._read_resource,
             on_subscriptions_listen=ListenHandler(self.bus),
         )
+        self.middleware.append(RequestStateBoundary(request_state_security(), default_audience=SERVER_NAME))
 
     def create_initialization_options(
         self,
@@ -139,7 +152,7 @@ class BettyServer(Server[Any]):
 
     async def _list_resources(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         self._remember(ctx)
-        return types.ListResourcesResult(resources=self.resources.list())
+        return types.ListResourcesResult(resources=await self.resources.list())
 
     async def _list_resource_templates(
         self, ctx: ServerRequestContext[Any], params: Any
@@ -149,13 +162,20 @@ class BettyServer(Server[Any]):
     async def _read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
-        contents = self.resources.read(str(params.uri))
+        contents = await self.resources.read(str(params.uri))
         if contents is None:
             raise MCPError(
                 types.INVALID_PARAMS,
                 f"Unknown resource '{params.uri}'. List resources with resources/list.",
             )
         return types.ReadResourceResult(contents=[contents])
+
+
+def request_state_security() -> RequestStateSecurity:
+    """Sealing for 2026-07-28 request state: under the shared key when one is set, so that instances
+    behind a load balancer accept each other's; else under a key of this process's own."""
+    key = os.environ.get(REQUEST_STATE_KEY_ENV)
+    return RequestStateSecurity(keys=[key]) if key else RequestStateSecurity.ephemeral()
 
 
 def _mcp_tool(tool: Tool) -> types.Tool:

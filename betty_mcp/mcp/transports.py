@@ -16,6 +16,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from betty_mcp.core.http_policy import HttpPolicy, require_token_off_loopback, uvicorn_server
+from betty_mcp.mcp.bus import SharedSubscriptionBus
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import EarlyStart, claim_stdio
@@ -38,6 +39,8 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
     try:
         async with anyio.create_task_group() as tg:
             services.serve_runs(tg)  # agent runs live here, beyond the request that started them
+            if isinstance(server.bus, SharedSubscriptionBus):
+                tg.start_soon(server.bus.run)  # change notifications from every instance
             tg.start_soon(keep_current, server.tools, server.notify_changed, stop, server.first_request)
             tg.start_soon(_warm_up_when_served, services, server.first_request)
             await serve()
@@ -46,6 +49,8 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
             tg.cancel_scope.cancel()
     finally:
         services.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await services.aclose()  # what the store still has queued (ledger rows, traces)
 
 
 async def _warm_up_when_served(services: Services, started: anyio.Event) -> None:

@@ -31,8 +31,16 @@ def handle(args: argparse.Namespace) -> dict[str, Any]:
     from betty_mcp.services import Services
 
     arguments = {k: v for k, v in vars(args).items() if v is not None}
+    services = Services(settings_from_env())
+
+    async def ask() -> dict[str, Any]:
+        try:
+            return await services.consensus(arguments)
+        finally:
+            await services.aclose()  # ledger rows and the trace written before the process ends
+
     try:
-        out = anyio.run(Services(settings_from_env()).consensus, arguments)
+        out = anyio.run(ask)
     except BettyError as exc:
         raise SkillError(str(exc), code=exc.code, **exc.details()) from None
     if out["status"] != "completed":

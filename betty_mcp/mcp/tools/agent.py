@@ -115,7 +115,7 @@ class RunStatusTool(ServiceTool):
     )
 
     async def run(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
-        return ToolResult.of(self.services.runs.get(arguments["run_id"]).status())
+        return ToolResult.of(await self.services.runs.status(arguments["run_id"]))
 
 
 class RunResultTool(ServiceTool):
@@ -140,8 +140,8 @@ class RunResultTool(ServiceTool):
     )
 
     async def run(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
-        handle = self.services.runs.get(arguments["run_id"])
-        result = await self.services.runs.wait(handle, arguments.get("wait_seconds", 0), ctx.progress)
+        runs = self.services.runs
+        result = await runs.result(arguments["run_id"], arguments.get("wait_seconds", 0), ctx.progress)
         return run_result(result)
 
 

@@ -1,0 +1,521 @@
+"""The shared store: PostgreSQL through psycopg 3 and a connection pool, for several instances at once.
+
+Only imported when ``database_url`` names PostgreSQL, so a server without one loads no driver.
+
+The hot path of an LLM call costs at most one round trip: the reservation (``betty_reserve``, one
+statement, rows locked in scope order), and only when a day or run budget is configured. Everything
+nothing waits for (ledger rows, budget settlements, trace events) is queued and written in the
+background, a batch per transaction; ``flush`` waits for it, and every read flushes first, so this
+process always reads its own writes. The schema is migrated on first connection (``pg_schema``),
+under an advisory lock.
+
+    store = PostgresStore("postgresql://betty@db/betty")
+    held = await reserve(store, budgets, cost_usd=0.01, tokens=500)
+    store.settle(record, held)
+    await store.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from betty_mcp.core.errors import StorageError
+from betty_mcp.core.secrets import register_secret_value, scrub
+from betty_mcp.llm.ledger import (
+    Claim,
+    Count,
+    Reservation,
+    Shortfall,
+    Spend,
+    UsageRecord,
+    current_consensus_id,
+    settlement,
+)
+from betty_mcp.store import pg_schema
+from betty_mcp.store.base import MigrationStatus, RunRecord
+from betty_mcp.store.urls import password, redact
+
+log = logging.getLogger(__name__)
+
+POOL_MAX = 8  # connections per instance: reservations, reads and the background writer share them
+CONNECT_TIMEOUT_S = 5
+WRITE_ATTEMPTS = 3
+
+_CALL_COLUMNS = (
+    "created_at, caller, agent, run_id, model, provider, prompt_tokens, completion_tokens, total_tokens, "
+    'cost_usd, latency_ms, outcome, error, fallbacks, session_id, request_class, consensus_id, "user"'
+)
+_INSERT_CALL = f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 18)})"
+_COUNT = (
+    "INSERT INTO budget_counters AS c (scope, calls, spent_usd, spent_tokens) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (scope) DO UPDATE SET calls = c.calls + excluded.calls, "
+    "spent_usd = c.spent_usd + excluded.spent_usd, spent_tokens = c.spent_tokens + excluded.spent_tokens, "
+    "reserved_usd = greatest(0, c.reserved_usd - %s), reserved_tokens = greatest(0, c.reserved_tokens - %s)"
+)
+_RESERVE = "SELECT * FROM betty_reserve(%s::text[], %s::float8[], %s::bigint[], %s, %s)"
+_SPEND = "count(*), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd)"
+_RECORD_COLUMNS = (
+    "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
+    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id"
+)
+_RUN_COLUMNS = (
+    "run_id, kind, agent, task, owner, status, error, created_at, updated_at, status_doc, result_doc"
+)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One queued write: a call's row and its counter changes, counter changes alone (a release), or a
+    trace event."""
+
+    call: tuple | None = None
+    counts: tuple[Count, ...] = ()
+    event: tuple[str, Jsonb] | None = None
+
+
+class PostgresStore:
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, pool_max: int = POOL_MAX, migrate: bool = True) -> None:
+        register_secret_value(password(url))  # scrubbed from every log line, error and result
+        self.url = url
+        self.where = redact(url)
+        self.pool_max = pool_max
+        self.migrate = migrate
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"  # this instance, in the runs it holds
+        self._pool: AsyncConnectionPool | None = None
+        self._opening: asyncio.Lock | None = None
+        self._pending: list[_Write] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- connections
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        """One connection outside the pool, or StorageError saying why not (password redacted)."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot connect to the database {self.where}: {self._clean(exc)}; check that PostgreSQL "
+                "runs there and accepts this user (database_url in betty.yaml or $BETTY_MCP_DATABASE_URL)"
+            ) from None
+
+    async def _ready(self) -> AsyncConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                conn = await self._connect()  # a clear error now, rather than a pool timeout later
+                try:
+                    if self.migrate:
+                        await self._upgrade(conn)
+                finally:
+                    await conn.close()
+                pool = AsyncConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_max,
+                    # A reservation commits without waiting for its WAL flush (~3 ms a call here): on a
+                    # database crash the last moment's reservations are lost, never double counted.
+                    # Ledger rows are written with synchronous_commit on (``_write``).
+                    kwargs={"autocommit": True, "options": "-c synchronous_commit=off"},
+                    open=False,
+                    name="betty",
+                )
+                await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+                self._pool = pool
+        return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        pool = await self._ready()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StorageError(f"database {self.where}: {self._clean(exc)}") from None
+
+    def _clean(self, exc: BaseException) -> str:
+        return scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+    # -- lifecycle and schema
+
+    async def _upgrade(self, conn: psycopg.AsyncConnection) -> list[str]:
+        try:
+            names = await pg_schema.upgrade(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"migrating the database {self.where} failed: {self._clean(exc)}") from None
+        if names:
+            log.info("database %s migrated: %s", self.where, ", ".join(names))
+        return names
+
+    async def upgrade(self) -> list[str]:
+        conn = await self._connect()
+        try:
+            return await self._upgrade(conn)
+        finally:
+            await conn.close()
+
+    async def status(self) -> MigrationStatus:
+        conn = await self._connect()
+        try:
+            done, pending = await pg_schema.migration_status(conn)
+        finally:
+            await conn.close()
+        return MigrationStatus(self.backend, self.where, tuple(done), tuple(pending))
+
+    async def server_clock(self) -> datetime:
+        """The database server's time (for the doctor's clock-skew check; nothing is migrated)."""
+        conn = await self._connect()
+        try:
+            row = await (await conn.execute("SELECT now()")).fetchone()
+        finally:
+            await conn.close()
+        assert row is not None
+        return row[0]
+
+    async def flush(self) -> None:
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        if self._pending:  # queued where no event loop ran (nothing could start the writer)
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            await asyncio.shield(self._writer)
+
+    async def aclose(self) -> None:
+        try:
+            if self._pool is not None or self._pending:
+                await self.flush()
+        finally:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+
+    # -- the background writer
+
+    def _queue(self, write: _Write) -> None:
+        self._pending.append(write)
+        if self._writer is None or self._writer.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # written by the next flush
+            self._writer = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                try:
+                    await self._write(batch)
+                    break
+                except (StorageError, psycopg.Error) as exc:
+                    if attempt == WRITE_ATTEMPTS:
+                        log.error(
+                            "%d ledger/trace write(s) to %s lost after %d attempts: %s",
+                            len(batch),
+                            self.where,
+                            attempt,
+                            self._clean(exc),
+                        )
+                    else:
+                        await asyncio.sleep(0.2 * attempt)
+
+    async def _write(self, batch: list[_Write]) -> None:
+        calls = [w.call for w in batch if w.call is not None]
+        events = [w.event for w in batch if w.event is not None]
+        totals: dict[str, list[float]] = {}
+        for write in batch:
+            for c in write.counts:
+                row = totals.setdefault(c.scope, [0, 0.0, 0, 0.0, 0])
+                row[0] += 1 if write.call is not None else 0
+                row[1] += c.cost_usd
+                row[2] += c.tokens
+                row[3] += c.release_usd
+                row[4] += c.release_tokens
+        counts = [(scope, *row) for scope, row in sorted(totals.items())]  # scope order: no deadlocks
+        async with self._connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            await cur.execute("SET LOCAL synchronous_commit = on")  # the ledger is durable
+            if calls:
+                await cur.executemany(_INSERT_CALL, calls)
+            if events:
+                await cur.executemany("INSERT INTO run_events (run_id, event) VALUES (%s, %s)", events)
+            if counts:  # last: the counters' row locks (which reservations wait for) held until COMMIT
+                await cur.executemany(_COUNT, counts)
+
+    # -- accounts
+
+    async def reserve(self, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
+        args = (
+            [c.scope for c in claims],
+            [c.limit_usd for c in claims],
+            [c.limit_tokens for c in claims],
+            reservation.cost_usd,
+            reservation.tokens,
+        )
+        async with self._connection() as conn:
+            row = await (await conn.execute(_RESERVE, args)).fetchone()
+        if row is None:
+            return None
+        claim = next(c for c in claims if c.scope == row[0])
+        return Shortfall(claim, Spend(calls=row[1], tokens=row[2], cost_usd=row[3]))
+
+    def release(self, reservation: Reservation) -> None:
+        if reservation.held:
+            counts = tuple(
+                Count(scope, 0.0, 0, reservation.cost_usd, reservation.tokens)
+                for scope in reservation.claimed
+            )
+            self._queue(_Write(counts=counts))
+
+    def settle(self, record: UsageRecord, reservation: Reservation | None) -> None:
+        call = (
+            record.created_at or datetime.now(UTC),
+            record.caller,
+            record.agent,
+            record.run_id,
+            record.model,
+            record.provider,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.total_tokens,
+            record.cost_usd,
+            record.latency_ms,
+            record.outcome,
+            record.error,
+            Jsonb(list(record.fallbacks)),
+            record.session_id,
+            record.request_class,
+            record.consensus_id or current_consensus_id(),
+            record.user,
+        )
+        self._queue(_Write(call=call, counts=tuple(settlement(record, reservation))))
+
+    async def counted(self, scopes: Sequence[str]) -> dict[str, Spend]:
+        await self.flush()
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT scope, calls, spent_tokens + reserved_tokens, spent_usd + reserved_usd "
+                "FROM budget_counters WHERE scope = ANY (%s)",
+                (list(scopes),),
+            )
+            found = {r[0]: Spend(r[1], r[2], r[3]) for r in await cur.fetchall()}
+        return {scope: found.get(scope, Spend(0, 0, 0.0)) for scope in scopes}
+
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        await self.flush()
+        async with self._connection() as conn:
+            return await (await conn.execute(sql, params)).fetchall()
+
+    async def spend(
+        self,
+        *,
+        since: datetime | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        consensus_id: str | None = None,
+    ) -> Spend:
+        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
+        calls, tokens, cost, unpriced = (await self._query(f"SELECT {_SPEND} FROM calls{where}", params))[0]
+        return Spend(calls=calls, tokens=int(tokens), cost_usd=float(cost), unpriced=unpriced)
+
+    async def records(
+        self,
+        *,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        consensus_id: str | None = None,
+        limit: int = 100,
+    ) -> list[UsageRecord]:
+        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
+        rows = await self._query(
+            f"SELECT {_RECORD_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*params, limit],
+        )
+        found = []
+        for row in rows:
+            fields = dict(zip(_RECORD_COLUMNS.split(", "), row, strict=True))
+            fields["fallbacks"] = tuple(fields["fallbacks"])
+            found.append(UsageRecord(**fields))
+        return found
+
+    async def usage(self, days: int = 30) -> dict[str, Any]:
+        if days < 1:
+            raise ValueError(f"days must be at least 1, got {days}")
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - timedelta(days=days - 1)
+        total = await self.spend(since=since)
+        errors = "count(*) FILTER (WHERE outcome <> 'ok')"
+        day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        by_day = await self._query(
+            f"SELECT {day} AS day, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
+            "GROUP BY day ORDER BY day DESC",
+            (since,),
+        )
+        by_model = await self._query(
+            f"SELECT model, provider, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
+            "GROUP BY model, provider "
+            "ORDER BY coalesce(sum(cost_usd), 0) DESC, count(*) DESC, model, provider",
+            (since,),
+        )
+        by_caller = await self._query(
+            f"SELECT caller, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
+            "GROUP BY caller ORDER BY coalesce(sum(cost_usd), 0) DESC, count(*) DESC, caller",
+            (since,),
+        )
+        callers = [_totals(("caller",), row) for row in by_caller]
+        share = sum(c["calls"] for c in callers) or 1
+        return {
+            "days": days,
+            "since": since.date().isoformat(),
+            "total": {
+                "calls": total.calls,
+                "tokens": total.tokens,
+                "cost_usd": total.cost_usd,
+                "unpriced": total.unpriced,
+            },
+            "by_day": [_totals(("day",), row) for row in by_day],
+            "by_model": [_totals(("model", "provider"), row) for row in by_model],
+            "by_caller": [{**c, "share": c["calls"] / share} for c in callers],
+        }
+
+    # -- runs and traces
+
+    async def save_run(self, run: RunRecord) -> None:
+        values = (
+            run.run_id,
+            run.kind,
+            run.agent,
+            run.task,
+            run.owner,
+            run.status,
+            run.error,
+            run.created_at,
+            run.updated_at,
+            Jsonb(run.status_doc, dumps=_dumps),
+            Jsonb(run.result_doc, dumps=_dumps),
+        )
+        updates = ", ".join(f"{c} = excluded.{c}" for c in [*_RUN_COLUMNS.split(", ")[4:], "holder"])
+        async with self._connection() as conn:
+            await conn.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}, holder, heartbeat_at) "
+                f"VALUES ({', '.join(['%s'] * 12)}, now()) "
+                f"ON CONFLICT (run_id) DO UPDATE SET {updates}, heartbeat_at = now() "
+                "WHERE runs.status = 'running'",  # a run marked lost stays lost
+                (*values, self.holder),
+            )
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        rows = await self._query(
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT %s", (limit,)
+        )
+        return [_run(row) for row in rows]
+
+    def append_event(self, run_id: str, event: dict[str, Any]) -> None:
+        self._queue(_Write(event=(run_id, Jsonb(event, dumps=_dumps))))
+
+    async def events(self, run_id: str) -> list[dict[str, Any]] | None:
+        rows = await self._query("SELECT event FROM run_events WHERE run_id = %s ORDER BY id", (run_id,))
+        return [row[0] for row in rows] if rows else None
+
+    async def traced_runs(self, limit: int = 50) -> list[str]:
+        rows = await self._query(
+            "SELECT run_id FROM run_events GROUP BY run_id ORDER BY max(id) DESC LIMIT %s", (limit,)
+        )
+        return [row[0] for row in rows]
+
+    def trace_location(self, run_id: str) -> str:
+        return f"betty://runs/{run_id}"
+
+    # -- runs shared by instances
+
+    def shared_runs(self) -> PostgresStore:
+        return self
+
+    async def heartbeat(self, run_ids: Sequence[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE runs SET heartbeat_at = now() WHERE run_id = ANY (%s) AND status = 'running'",
+                (list(run_ids),),
+            )
+
+    async def reap(self, lost_after: float) -> list[str]:
+        why = (
+            f"worker_lost: the betty-mcp instance running it stopped answering (no heartbeat for "
+            f"{lost_after:g}s); it was not run again"
+        )
+        lost = Jsonb({"status": "failed", "error": why, "reason": "worker_lost"})
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET status = 'failed', error = %s, updated_at = now(), "
+                "status_doc = status_doc || %s, result_doc = result_doc || %s "
+                "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %s) "
+                "RETURNING run_id",
+                (why, lost, lost, lost_after),
+            )
+            return [row[0] for row in await cur.fetchall()]
+
+    async def notify(self, channel: str, payload: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    async def listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        """A connection of its own, LISTENing; reconnects (after a pause) when the database goes away."""
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    await conn.execute(f'LISTEN "{channel}"')
+                    async for note in conn.notifies():
+                        heard(note.payload)
+                finally:
+                    await conn.close()
+            except (StorageError, psycopg.Error) as exc:
+                log.warning("listening on %s at %s: %s; again in 1s", channel, self.where, self._clean(exc))
+                await asyncio.sleep(1.0)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _where(**filters: Any) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, value in filters.items():
+        if value is None:
+            continue
+        clauses.append("created_at >= %s" if column == "since" else f"{column} = %s")
+        params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _totals(keys: tuple[str, ...], row: tuple) -> dict[str, Any]:
+    names = (*keys, "calls", "tokens", "cost_usd", "unpriced", "errors")
+    found = dict(zip(names, row, strict=True))
+    found["tokens"], found["cost_usd"] = int(found["tokens"]), float(found["cost_usd"])
+    return found
+
+
+def _run(row: tuple) -> RunRecord:
+    return RunRecord(**dict(zip(_RUN_COLUMNS.split(", "), row, strict=True)))

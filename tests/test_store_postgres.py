@@ -1,0 +1,108 @@
+"""The PostgreSQL store's own concerns: migrations (from empty, twice, at once, from the previous version),
+passwords never shown, and no driver loaded by a server that has no database_url."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+
+from betty_mcp.core.errors import StorageError
+from betty_mcp.store import pg_schema
+from betty_mcp.store.postgres import PostgresStore
+from betty_mcp.store.urls import is_postgres, password, redact
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_migrations_apply_from_empty_once_and_then_nothing(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    before = await store.status()
+    assert (before.applied, before.pending) == ((), pg_schema.NAMES)
+    assert await store.upgrade() == list(pg_schema.NAMES)
+    assert await store.upgrade() == []
+    after = await store.status()
+    assert after.current and after.applied == pg_schema.NAMES
+
+
+async def test_instances_starting_together_migrate_the_database_once(pg_url: str) -> None:
+    applied: list[list[str]] = []
+
+    async def upgrade() -> None:
+        applied.append(await PostgresStore(pg_url).upgrade())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(upgrade)
+    assert sorted(applied, key=len) == [[], [], [], list(pg_schema.NAMES)]
+
+
+async def test_a_database_of_the_previous_version_upgrades_and_keeps_its_rows(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        assert await pg_schema.upgrade(conn, upto=len(pg_schema.NAMES) - 1) == list(pg_schema.NAMES[:-1])
+        await conn.execute(
+            "INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd, run_id) "
+            "VALUES (now(), 'cli', 'gpt-4', 'openai', 42, 0.5, 'r1')"
+        )
+    store = PostgresStore(pg_url)
+    try:
+        assert await store.upgrade() == [pg_schema.NAMES[-1]]
+        assert (await store.spend()).tokens == 42
+        assert await store.get_run("r1") is None  # the runs table is there, empty
+    finally:
+        await store.aclose()
+
+
+async def test_counters_are_filled_from_the_calls_already_recorded(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await pg_schema.upgrade(conn, upto=1)
+        await conn.execute(
+            "INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd, run_id) "
+            "VALUES (now(), 'cli', 'gpt-4', 'openai', 42, 0.5, 'r1')"
+        )
+    store = PostgresStore(pg_url)
+    try:
+        counted = await store.counted(["run:r1"])
+        assert (counted["run:r1"].tokens, counted["run:r1"].cost_usd) == (42, 0.5)
+    finally:
+        await store.aclose()
+
+
+async def test_a_password_never_appears_in_an_error() -> None:
+    url = "postgresql://betty:hunter2-secret@127.0.0.1:9/betty"  # nothing listens on port 9
+    with pytest.raises(StorageError) as caught:
+        await PostgresStore(url).status()
+    message = str(caught.value)
+    assert "hunter2-secret" not in message and "postgresql://betty:***@127.0.0.1:9/betty" in message
+    assert "check that PostgreSQL runs there" in message
+
+
+def test_urls_are_redacted_whatever_form_the_password_takes() -> None:
+    assert redact("postgresql://ann:s3cr3t@db:5432/betty") == "postgresql://ann:***@db:5432/betty"
+    assert redact("postgres://db/betty?password=s3cr3t&sslmode=require") == (
+        "postgres://db/betty?password=***&sslmode=require"
+    )
+    assert redact("postgresql://ann@db/betty") == "postgresql://ann@db/betty"
+    assert password("postgresql://ann:s3cr3t@db/betty") == "s3cr3t"
+    assert is_postgres("postgresql://db/x") and not is_postgres("sqlite:///x.db") and not is_postgres(None)
+
+
+def test_no_database_driver_is_imported_without_a_database_url(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from betty_mcp.core.config import load_settings\n"
+        "from betty_mcp.services import Services\n"
+        f"services = Services(load_settings(workspace={str(tmp_path)!r}))\n"
+        "print(services.store.backend)\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(loaded & {'psycopg', 'psycopg_pool', 'procrastinate'}))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[:2] == ["sqlite", "[]"]
