@@ -105,6 +105,7 @@ def test_fallbacks_and_every_field_round_trip(ledger: Ledger) -> None:
         fallbacks=tried,
         error=None,
         created_at=datetime(2025, 3, 1, 8, 0, 0, 123456, tzinfo=UTC),
+        user="ada",
     )
     ledger.record(sent)
     assert ledger.records(run_id="r9") == [sent]

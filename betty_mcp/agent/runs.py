@@ -7,6 +7,9 @@ gets the partial result (status ``running``) and polls with the run id. A run is
 reports its own lines and shows its own result so far); ``run_status``, ``run_result`` and
 ``run_cancel`` treat both alike.
 
+A run belongs to the caller who started it (``core.identity``) and runs as them to its end, whoever
+waits for it. Another user's run is, to anyone but an admin, exactly like a run that does not exist.
+
     manager = RunManager(task_group)   # the serving process's task group
     handle = manager.start("api.analyzer", "Review openapi.yaml", run)   # run(run_id, on_step)
     handle = manager.start_job("llm.consensus", "Tabs or spaces?", consensus, work)  # work(run_id, note)
@@ -26,6 +29,7 @@ import anyio
 from betty_mcp.agent.runtime import OnStep
 from betty_mcp.agent.state import RunResult, RunState, Step
 from betty_mcp.core.errors import BettyError, UnknownRun
+from betty_mcp.core.identity import Caller, acting_as, current_caller
 from betty_mcp.core.rules import new_run_id
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class RunHandle:
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
     job: Job | None = None  # a run other than an agent's
+    owner: Caller = field(default_factory=current_caller)  # who started it
 
     def note(self, line: str) -> None:
         """A progress line: kept, and whoever waits is woken."""
@@ -148,7 +153,7 @@ class RunManager:
             handle.note(line)
 
         try:
-            with handle.scope:
+            with handle.scope, acting_as(handle.owner):
                 await work(handle.run_id, note)
         except BettyError as exc:
             handle.error = str(exc)
@@ -165,7 +170,7 @@ class RunManager:
             handle.note(step_line(step))
 
         try:
-            with handle.scope:
+            with handle.scope, acting_as(handle.owner):
                 handle.result = await run(handle.run_id, on_step)
             if handle.result is None:  # cancelled: the runtime marked the state before re-raising
                 if handle.state is not None:
@@ -179,9 +184,14 @@ class RunManager:
             handle.changed.set()
 
     def get(self, run_id: str) -> RunHandle:
+        """The run ``run_id`` if the current caller may see it; UnknownRun otherwise, the same either way."""
+        caller = current_caller()
         handle = self.runs.get(run_id)
-        if handle is None:
-            raise UnknownRun(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
+        if handle is None or not caller.may_see(handle.owner.user):
+            theirs = [r for r, h in self.runs.items() if caller.may_see(h.owner.user)]
+            raise UnknownRun(
+                f"unknown run '{run_id}'; your runs on this server: {', '.join(theirs) or 'none'}"
+            )
         return handle
 
     async def wait(

@@ -1,6 +1,6 @@
 """Run traces: one JSON Lines file per agent run, ``<runs_dir>/<run_id>.jsonl``.
 
-Events, in order: ``run_started`` (agent, task, model override, limits, skills offered and
+Events, in order: ``run_started`` (user, agent, task, model override, limits, skills offered and
 missing), then per model call ``llm_request`` (message count, tool names) and
 ``llm_response`` (model, text summary, tool calls, tokens, cost, ms, fallbacks) or
 ``llm_error``, per skill call ``skill_call`` and ``skill_result`` (ok, summary, ms) or
@@ -10,7 +10,8 @@ is written and flushed at once (a plain write: a cancelled run can still record 
 
     trace = TraceWriter.open(settings.runs_dir, run_id)
     trace.event("run_started", agent="api.analyzer")
-    list_runs(settings.runs_dir)  # [{"run_id", "agent", "status", "started", "steps", ...}]
+    list_runs(settings.runs_dir)  # [{"run_id", "user", "agent", "status", "started", "steps", ...}]
+    trace_user(path)              # who started the run ("local" for traces older than users)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from betty_mcp.agent.state import now_iso
 from betty_mcp.core.secrets import scrub_data, secret_values
 
 SUMMARY_CHARS = 500
+LEGACY_USER = "local"  # traces written before runs had users were the local user's
 
 
 def summarise(text: str | None, limit: int = SUMMARY_CHARS) -> str:
@@ -70,8 +72,19 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+def trace_user(path: Path) -> str:
+    """The user who started the traced run: its first line's ``user`` (``run_started`` comes first)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return LEGACY_USER
+    user = first.get("user") if isinstance(first, dict) else None
+    return user if isinstance(user, str) else LEGACY_USER
+
+
 def run_summary(path: Path) -> dict[str, Any]:
-    """run id, agent, status ("running" until run_finished is written), start time, steps, answer."""
+    """run id, user, agent, status ("running" until run_finished is written), start time, steps, answer."""
     events = read_trace(path)
     started = next((e for e in events if e.get("event") == "run_started"), {})
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
@@ -82,6 +95,7 @@ def run_summary(path: Path) -> dict[str, Any]:
     )
     return {
         "run_id": started.get("run_id", path.stem),
+        "user": started.get("user", LEGACY_USER),
         "agent": started.get("agent"),
         "task": started.get("task"),
         "status": finished.get("status") if finished else "running",

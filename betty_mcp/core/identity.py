@@ -32,6 +32,10 @@ class Caller:
     def is_admin(self) -> bool:
         return self.role == ADMIN_ROLE
 
+    def may_see(self, owner: str) -> bool:
+        """Whether this caller may see what ``owner`` started (their runs, traces): their own, or as admin."""
+        return self.is_admin or owner == self.user
+
 
 # stdio and the CLI: the person at the keyboard, who may see everything (the spec's advice for stdio).
 LOCAL = Caller(user="local", role=ADMIN_ROLE)

@@ -23,15 +23,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from betty_mcp.core.errors import BudgetExceeded
+from betty_mcp.core.identity import current_caller
 
 __all__ = [
     "MIGRATIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "Ledger",
     "Spend",
     "UsageRecord",
+    "UserBudget",
     "connect",
     "format_usage",
     "migrate",
@@ -72,6 +74,7 @@ class UsageRecord:
     session_id: str | None = None  # the client's session (the gateway: X-Claude-Code-Session-Id)
     request_class: str | None = None  # the gateway's class: default, background, think, long_context
     consensus_id: str | None = None  # the llm_consensus fan-out this call belongs to (see ``tagged``)
+    user: str | None = None  # who asked; None means the current caller (``core.identity``)
 
     @property
     def total_tokens(self) -> int:
@@ -135,6 +138,23 @@ def m005_consensus_id(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_consensus_id ON calls (consensus_id)")
 
 
+def m006_users(db: sqlite3.Connection) -> None:
+    """Who made each call, and the per-user tokens (only their SHA-256; ``llm/users.py``)."""
+    db.execute("ALTER TABLE calls ADD COLUMN user TEXT")
+    db.execute("CREATE INDEX calls_user ON calls (user, created_at)")
+    db.execute(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """
+    )
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_calls,
@@ -142,6 +162,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m003_run_and_agent_indexes,
     m004_gateway_session_and_class,
     m005_consensus_id,
+    m006_users,
 )
 
 
@@ -237,7 +258,7 @@ def _first_day(days: int) -> datetime:
 _SPEND = "COUNT(*), COALESCE(SUM(total_tokens), 0), TOTAL(cost_usd), COUNT(*) - COUNT(cost_usd)"
 _COLUMNS = (
     "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
-    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id"
+    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id, user"
 )
 # The consensus id rows written in the current context carry unless their record names one (``tagged``).
 _CONSENSUS_ID: ContextVar[str | None] = ContextVar("betty_mcp_consensus_id", default=None)
@@ -299,11 +320,12 @@ class Ledger:
             rec.session_id,
             rec.request_class,
             rec.consensus_id or _CONSENSUS_ID.get(),
+            rec.user or current_caller().user,
         )
         sql = (
             "INSERT INTO calls (created_at, caller, agent, run_id, model, provider, prompt_tokens, "
             "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks, session_id, "
-            "request_class, consensus_id) "
+            "request_class, consensus_id, user) "
             f"VALUES ({', '.join('?' * len(values))})"
         )
         with self._connection() as db:
@@ -316,15 +338,16 @@ class Ledger:
         run_id: str | None = None,
         agent: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
     ) -> Spend:
         """Totals over the calls matching every filter given (all calls if none)."""
-        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
+        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id, user=user)
         calls, tokens, cost, unpriced = self._rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
         return Spend(calls=calls, tokens=tokens, cost_usd=cost, unpriced=unpriced)
 
-    def spend_today(self) -> Spend:
-        """Totals since midnight UTC."""
-        return self.spend(since=_start_of_day(_now()))
+    def spend_today(self, user: str | None = None) -> Spend:
+        """Totals since midnight UTC (of one user's calls, if given)."""
+        return self.spend(since=_start_of_day(_now()), user=user)
 
     def by_day(self, days: int = 30) -> list[dict]:
         """One row per UTC day with calls, newest first: {day, calls, tokens, cost_usd, unpriced, errors}."""
@@ -362,16 +385,28 @@ class Ledger:
             r["share"] = r["calls"] / total
         return found
 
+    def by_user(self, days: int = 30) -> list[dict]:
+        """One row per user, costliest first: {user, calls, tokens, cost_usd, unpriced, errors}. Calls
+        recorded before users were (schema m006) count as user ``local``."""
+        rows = self._rows(
+            f"SELECT COALESCE(user, 'local') AS who, {_SPEND}, SUM(outcome != 'ok') FROM calls "
+            "WHERE created_at >= ? GROUP BY who ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, who",
+            (_iso(_first_day(days)),),
+        )
+        keys = ("user", "calls", "tokens", "cost_usd", "unpriced", "errors")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     def records(
         self,
         *,
         run_id: str | None = None,
         session_id: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        """The most recent calls (of one run, session or consensus, if given), newest first."""
-        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
+        """The most recent calls (of one run, session, consensus or user, if given), newest first."""
+        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id, user=user)
         rows = self._rows(
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
@@ -398,8 +433,12 @@ def _where(
     agent: str | None = None,
     session_id: str | None = None,
     consensus_id: str | None = None,
+    user: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
+    if user is not None:
+        clauses.append("user = ?")
+        params.append(user)
     if consensus_id is not None:
         clauses.append("consensus_id = ?")
         params.append(consensus_id)
@@ -429,15 +468,35 @@ def _to_record(row: tuple) -> UsageRecord:
 
 
 @dataclass(frozen=True)
+class UserBudget:
+    """What one user may spend in a UTC day; ``setting`` is where betty.yaml sets it (for messages)."""
+
+    day_usd: float | None = None
+    day_tokens: int | None = None
+    setting: str = "llm_router.limits.budgets.per_user"
+
+
+@dataclass(frozen=True)
 class Budgets:
     """Spending limits; None means no limit. A limit already reached refuses every further call, even a
-    free one, so a limit of 0 refuses all calls. Run budgets apply only to calls that carry a run id."""
+    free one, so a limit of 0 refuses all calls. Run budgets apply only to calls that carry a run id.
+    The user budget is the current caller's (``core.identity``): their role's if it has one, else
+    ``per_user``; it counts only that user's calls."""
 
     per_call_usd: float | None = None
     per_run_usd: float | None = None
     per_day_usd: float | None = None
     per_run_tokens: int | None = None
     per_day_tokens: int | None = None
+    per_user: UserBudget | None = None
+    per_role: Mapping[str, UserBudget] = field(default_factory=dict)
+
+    def _user_budget(self) -> tuple[str, UserBudget] | None:
+        caller = current_caller()
+        budget = (self.per_role.get(caller.role) if caller.role else None) or self.per_user
+        if budget is None or (budget.day_usd is None and budget.day_tokens is None):
+            return None
+        return caller.user, budget
 
     def check(
         self,
@@ -475,6 +534,29 @@ class Budgets:
                 "daily token budget",
                 where,
             )
+        mine = self._user_budget()
+        if mine is not None:
+            user, budget = mine
+            spent = ledger.spend_today(user)
+            where = f"by user {user} today (UTC)"
+            _refuse_past(
+                budget.day_usd,
+                spent.cost_usd,
+                estimated_cost_usd,
+                "per_user_day",
+                "user's daily budget",
+                where,
+                setting=f"{budget.setting}.day_usd",
+            )
+            _refuse_past(
+                budget.day_tokens,
+                spent.tokens,
+                estimated_tokens,
+                "per_user_day_tokens",
+                "user's daily token budget",
+                where,
+                setting=f"{budget.setting}.day_tokens",
+            )
 
     def check_batch(
         self,
@@ -497,50 +579,90 @@ class Budgets:
                 f"raise {CONFIG_HINT.format(field='per_call_usd')}",
                 budget="per_call",
             )
-        checks: list[tuple[float | None, Spend, str, str]] = []
+        # (limit, spent so far, budget, whose spending, where betty.yaml sets it)
+        checks: list[tuple[float | None, Spend, str, str, str]] = []
         if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
-            run = ledger.spend(run_id=run_id)
-            checks += [(self.per_run_usd, run, "per_run", f"by run {run_id}")]
-            checks += [(self.per_run_tokens, run, "per_run_tokens", f"by run {run_id}")]
+            run, where = ledger.spend(run_id=run_id), f"by run {run_id}"
+            checks += [
+                (self.per_run_usd, run, "per_run", where, _hint("per_run_usd")),
+                (self.per_run_tokens, run, "per_run_tokens", where, _hint("per_run_tokens")),
+            ]
         if self.per_day_usd is not None or self.per_day_tokens is not None:
-            today = ledger.spend_today()
-            checks += [(self.per_day_usd, today, "per_day", "today (UTC)")]
-            checks += [(self.per_day_tokens, today, "per_day_tokens", "today (UTC)")]
-        for limit, spend, budget, where in checks:
+            today, where = ledger.spend_today(), "today (UTC)"
+            checks += [
+                (self.per_day_usd, today, "per_day", where, _hint("per_day_usd")),
+                (self.per_day_tokens, today, "per_day_tokens", where, _hint("per_day_tokens")),
+            ]
+        mine = self._user_budget()
+        if mine is not None:
+            user, limits = mine
+            spent_by_user, where = ledger.spend_today(user), f"by user {user} today (UTC)"
+            checks += [
+                (limits.day_usd, spent_by_user, "per_user_day", where, f"{limits.setting}.day_usd"),
+                (
+                    limits.day_tokens,
+                    spent_by_user,
+                    "per_user_day_tokens",
+                    where,
+                    f"{limits.setting}.day_tokens",
+                ),
+            ]
+        for limit, spend, budget, where, setting in checks:
             tokens = budget.endswith("_tokens")
             spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
             if limit is None or not _over(limit, spent, estimate):
                 continue
-            name = ("run" if budget.startswith("per_run") else "daily") + (" token" if tokens else "")
+            name = _BATCH_NAMES[budget]
 
             def amount(value: float, tokens: bool = tokens) -> str:
                 return f"{int(value):,} tokens" if tokens else _usd(value)
 
-            field = budget if tokens else f"{budget}_usd"
             raise BudgetExceeded(
                 f"{what} refused: the {name} budget of {amount(limit)} would be passed by "
                 f"{amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
-                f"{amount(estimate)} for {what}); raise {CONFIG_HINT.format(field=field)}",
+                f"{amount(estimate)} for {what}); raise {setting}",
                 budget=budget,
             )
 
 
+def _hint(field_name: str) -> str:
+    return CONFIG_HINT.format(field=field_name)
+
+
+_BATCH_NAMES = {
+    "per_run": "run",
+    "per_run_tokens": "run token",
+    "per_day": "daily",
+    "per_day_tokens": "daily token",
+    "per_user_day": "user's daily",
+    "per_user_day_tokens": "user's daily token",
+}
+
+
 def _refuse_past(
-    limit: float | None, spent: float, estimate: float, budget: str, what: str, where: str
+    limit: float | None,
+    spent: float,
+    estimate: float,
+    budget: str,
+    what: str,
+    where: str,
+    *,
+    setting: str | None = None,
 ) -> None:
     """BudgetExceeded when ``spent`` plus this call's ``estimate`` passes ``limit`` (USD, or tokens for
-    the ``*_tokens`` budgets), saying how much, by whom, and which setting to raise."""
+    the ``*_tokens`` budgets), saying how much, by whom, and which setting to raise (default: the
+    ``llm_router.limits.budgets`` field named after ``budget``)."""
     if not _over(limit, spent, estimate):
         return
     if budget.endswith("_tokens"):
-        field = budget
+        field_name = budget
         amount = f"of {limit:,} reached: {spent:,} tokens used {where} + ~{estimate:,} for this call"
     else:
-        field = f"{budget}_usd"
+        field_name = f"{budget}_usd"
         amount = (
             f"of {_usd(limit or 0)} reached: {_usd(spent)} spent {where} + ~{_usd(estimate)} for this call"
         )
-    raise BudgetExceeded(f"{what} {amount}; raise {CONFIG_HINT.format(field=field)}", budget=budget)
+    raise BudgetExceeded(f"{what} {amount}; raise {setting or _hint(field_name)}", budget=budget)
 
 
 def _over(limit: float | None, spent: float, estimate: float) -> bool:
@@ -558,8 +680,12 @@ def _usd(amount: float) -> str:
 # --- reports ---------------------------------------------------------------------------------------------
 
 
-def usage_report(ledger: Ledger, days: int = 30) -> dict:
-    """The `betty-mcp usage --json` document: totals, then per day and per model."""
+USAGE_VIEWS = ("day", "model", "caller", "user")
+
+
+def usage_report(ledger: Ledger, days: int = 30, by: str | None = None) -> dict:
+    """The `betty-mcp usage --json` document: totals, then per day, model, caller and user (or only
+    the one view ``by`` names)."""
     since = _first_day(days)
     total = ledger.spend(since=since)
     return {
@@ -571,48 +697,56 @@ def usage_report(ledger: Ledger, days: int = 30) -> dict:
             "cost_usd": total.cost_usd,
             "unpriced": total.unpriced,
         },
-        "by_day": ledger.by_day(days),
-        "by_model": ledger.by_model(days),
-        "by_caller": ledger.by_caller(days),
+        **{f"by_{view}": getattr(ledger, f"by_{view}")(days) for view in USAGE_VIEWS if by in (None, view)},
     }
 
 
-def format_usage(ledger: Ledger, days: int = 30) -> str:
-    """The `betty-mcp usage` text: a table per day, then a table per model, columns aligned."""
-    report = usage_report(ledger, days)
+def format_usage(ledger: Ledger, days: int = 30, by: str | None = None) -> str:
+    """The `betty-mcp usage` text: a table per day, per model, per caller and per user, columns aligned
+    (or the one table ``by`` names)."""
+    report = usage_report(ledger, days, by)
     span = "today" if days == 1 else f"the last {days} days"
     if not report["total"]["calls"]:
         return f"No LLM calls recorded in {span} (UTC), in {ledger.path}.\n"
     total = report["total"]
-    day_rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
-    day_rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])
-    model_rows = [
-        [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
-        for m in report["by_model"]
-    ]
-    caller_rows = [
-        [
-            c["caller"],
-            f"{c['calls']:,}",
-            f"{c['share']:.0%}",
-            f"{c['tokens']:,}",
-            _usd(c["cost_usd"]),
-            f"{c['errors']:,}",
+    tables = []
+    if "by_day" in report:
+        rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
+        rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])
+        tables.append(_table(["day", "calls", "tokens", "cost", "errors"], rows))
+    if "by_model" in report:
+        rows = [
+            [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
+            for m in report["by_model"]
         ]
-        for c in report["by_caller"]
-    ]
-    parts = [
-        f"LLM usage in {span} (UTC days since {report['since']})",
-        "",
-        _table(["day", "calls", "tokens", "cost", "errors"], day_rows),
-        "",
-        _table(["model", "provider", "calls", "tokens", "cost", "errors"], model_rows, left=2),
-        "",
-        _table(["caller", "calls", "share", "tokens", "cost", "errors"], caller_rows),
-    ]
+        tables.append(_table(["model", "provider", "calls", "tokens", "cost", "errors"], rows, left=2))
+    for view in ("caller", "user"):
+        if f"by_{view}" not in report:
+            continue
+        shares = _shares(report[f"by_{view}"])
+        rows = [
+            [
+                r[view],
+                f"{r['calls']:,}",
+                f"{share:.0%}",
+                f"{r['tokens']:,}",
+                _usd(r["cost_usd"]),
+                f"{r['errors']:,}",
+            ]
+            for r, share in zip(report[f"by_{view}"], shares, strict=True)
+        ]
+        tables.append(_table([view, "calls", "share", "tokens", "cost", "errors"], rows))
+    parts = [f"LLM usage in {span} (UTC days since {report['since']})"]
+    for table in tables:
+        parts += ["", table]
     if total["unpriced"]:
         parts += ["", f"{total['unpriced']:,} call(s) had no known price and count as $0."]
     return "\n".join(parts) + "\n"
+
+
+def _shares(rows: list[dict]) -> list[float]:
+    total = sum(r["calls"] for r in rows) or 1
+    return [r["calls"] / total for r in rows]
 
 
 def _counts(row: dict) -> list[str]:

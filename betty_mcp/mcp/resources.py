@@ -4,6 +4,8 @@ betty://skills/api.validate           the manifest (YAML)
 betty://skills/api.validate/SKILL.md  its documentation
 betty://agents/api.designer           an agent's manifest
 betty://outputs/<id>                  the full result of a call whose result was cut
+
+Each caller sees the skills and agents of their role and their own runs (an admin, every run).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import mcp_types as types
 
+from betty_mcp.agent.trace import trace_user
 from betty_mcp.core.errors import PathOutsideWorkspace
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.rules import OUTPUT_ID, confined, run_id_problem
 from betty_mcp.services import Services
 
@@ -26,9 +30,8 @@ class Resources:
         self.services = services
 
     def list(self) -> list[types.Resource]:
-        catalog = self.services.catalog
         found: list[types.Resource] = []
-        for skill in catalog.skills.values():
+        for skill in self.services.skills().values():
             found.append(_manifest("skill", skill.name, skill.manifest.description))
             if skill.docs is not None:
                 found.append(
@@ -39,8 +42,10 @@ class Resources:
                         mime_type="text/markdown",
                     )
                 )
-        found += [_manifest("agent", a.name, a.manifest.description) for a in catalog.agents.values()]
+        found += [_manifest("agent", a.name, a.manifest.description) for a in self.services.agents().values()]
+        caller = current_caller()
         runs = sorted(self.services.settings.runs_dir.glob("*.jsonl"), key=_mtime, reverse=True)
+        runs = [run for run in runs if caller.is_admin or caller.may_see(trace_user(run))]
         found += [
             types.Resource(
                 uri=f"betty://runs/{run.stem}",
@@ -82,7 +87,7 @@ class Resources:
         kind, _, rest = uri.removeprefix("betty://").partition("/")
         if kind == "skills":
             name, _, doc = rest.partition("/")
-            skill = self.services.catalog.skills.get(name)
+            skill = self.services.skills().get(name)
             if skill is None:
                 return None
             if not doc:
@@ -91,14 +96,16 @@ class Resources:
                 return _text(uri, skill.docs.read_text(encoding="utf-8"), "text/markdown")
             return None
         if kind == "agents":
-            agent = self.services.catalog.agents.get(rest)
+            agent = self.services.agents().get(rest)
             return (
                 _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml")
                 if agent
                 else None
             )
         if kind == "runs" and run_id_problem(rest) is None:
-            return self._state_file(uri, Path(f"{rest}.jsonl"), "application/jsonl")
+            found = self._state_file(uri, Path(f"{rest}.jsonl"), "application/jsonl")
+            path = self.services.settings.runs_dir / f"{rest}.jsonl"
+            return found if found is not None and current_caller().may_see(trace_user(path)) else None
         if kind == "outputs" and OUTPUT_ID.match(rest):
             return self._state_file(uri, Path("outputs") / f"{rest}.json", "application/json")
         return None
