@@ -106,6 +106,10 @@ class BearerGate:
             log.info("HTTP request refused (401): %s", exc)
             await self._refuse(send, 401, exc.error, str(exc))
             return
+        except Exception:  # a bug while checking: refuse (fail closed), keep the traceback in the log
+            log.exception("HTTP request refused (401): the token could not be checked")
+            await self._refuse(send, 401, "invalid_token", "the token could not be checked")
+            return
         access = AccessToken(
             token=hashlib.sha256(given).hexdigest()[:16],  # a fingerprint: the token stays here
             client_id=caller.user,
