@@ -41,6 +41,7 @@ class Team:
     workspace: Path
     log: Path
     tokens: dict[str, str]
+    llm: ScriptedLLM
 
 
 def write_config(workspace: Path, llm: ScriptedLLM) -> None:
@@ -100,7 +101,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         log = workspace / "server.log"
         flags = ("--agents-dir", str(workspace / "agents"), "--token", SHARED_TOKEN, "--log-level", "info")
         with http_server(workspace, *flags, stderr=log) as url:
-            yield Team(url, workspace, log, {**tokens, "default": SHARED_TOKEN})
+            yield Team(url, workspace, log, {**tokens, "default": SHARED_TOKEN}, llm)
 
 
 @asynccontextmanager
@@ -252,7 +253,10 @@ async def test_another_users_run_answers_like_a_run_that_does_not_exist(team: Te
         )
 
 
-def test_tokens_never_reach_the_log_or_the_workspace(team: Team) -> None:
+def test_tokens_never_reach_the_log_the_workspace_or_the_provider(team: Team) -> None:
     files = [p for p in team.workspace.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".log")]
+    upstream = json.dumps([r.to_json() for r in team.llm.requests])
+    assert team.llm.requests, "the provider was asked"
     for token in team.tokens.values():
         assert all(token not in p.read_text(errors="replace") for p in files)
+        assert token not in upstream

@@ -176,21 +176,22 @@ async def test_a_request_without_a_token_is_told_where_the_metadata_is(idp: Idp)
     assert refused.headers["www-authenticate"] == f'Bearer scope="betty", resource_metadata="{METADATA_URL}"'
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "wrong audience",
-        "wrong issuer",
-        "expired",
-        "not yet valid",
-        "bad signature",
-        "alg none",
-        "HS256 with the public key",
-        "kid not in the JWKS",
-        "no exp",
-        "not a JWT",
-    ],
-)
+# Each bad token, and the reason its 401 gives (error_description).
+BAD_TOKENS = {
+    "wrong audience": "is not for this server",
+    "wrong issuer": "issuer is not the one",
+    "expired": "has expired",
+    "not yet valid": "not valid yet",
+    "bad signature": "signature does not verify",
+    "alg none": "'none' are not accepted",
+    "HS256 with the public key": "'HS256' are not accepted",
+    "kid not in the JWKS": "not in the issuer's JWKS",
+    "no exp": "has no exp claim",
+    "not a JWT": "is not a JWT",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
 async def test_each_bad_token_is_a_401_naming_the_metadata(idp: Idp, case: str) -> None:
     now = int(time.time())
     forger = rsa.generate_private_key(public_exponent=65537, key_size=2048) if "signature" in case else None
@@ -212,6 +213,7 @@ async def test_each_bad_token_is_a_401_naming_the_metadata(idp: Idp, case: str) 
     assert refused.status_code == 401, refused.text
     challenge = refused.headers["www-authenticate"]
     assert challenge.startswith('Bearer error="invalid_token", error_description="'), challenge
+    assert BAD_TOKENS[case] in challenge and refused.json()["error_description"] in challenge
     assert challenge.endswith(f'resource_metadata="{METADATA_URL}"'), challenge
     assert token not in challenge and token not in refused.text
 
@@ -226,10 +228,11 @@ async def test_a_token_without_the_required_scope_is_a_403(idp: Idp) -> None:
 
 async def test_made_up_kids_refetch_the_jwks_at_most_once_per_interval(idp: Idp) -> None:
     await anyio.sleep(REFETCH_SECONDS)
-    before = idp.jwks.fetches
-    for _ in range(8):
+    before, started = idp.jwks.fetches, time.monotonic()
+    for _ in range(20):
         assert (await post(idp, idp.token(kid=uuid.uuid4().hex))).status_code == 401
-    assert idp.jwks.fetches - before <= 1
+    allowed = 1 + (time.monotonic() - started) / REFETCH_SECONDS
+    assert 1 <= idp.jwks.fetches - before <= min(allowed, 10)
 
 
 async def test_keys_rotated_mid_test_are_picked_up(idp: Idp) -> None:
