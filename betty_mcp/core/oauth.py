@@ -52,7 +52,7 @@ class SigningKey:
     alg: str | None
 
     def fits(self, alg: str) -> bool:
-        return KEY_TYPES[alg[:2]] == self.kty and self.alg in (None, alg)
+        return KEY_TYPES.get(alg[:2]) == self.kty and self.alg in (None, alg)
 
 
 class JwksCache:
