@@ -1,8 +1,9 @@
 """What a caller may use: the tools and agents of their role (``roles:`` in betty.yaml).
 
-A caller without a role (the shared ``--token`` user, a token naming no role) and the admin role, unless
-``roles.admin`` says otherwise, may use everything. A configured role may use what its globs allow. A
-role that is not configured may use nothing: a typo in a role name never grants the whole server.
+The local user (stdio, the CLI) and a caller without a role (the shared ``--token`` user, a token naming
+no role) may use everything; so may the admin role, unless ``roles.admin`` says otherwise. A configured
+role may use what its globs allow. A role that is not configured may use nothing: a typo in a role name
+never grants the whole server.
 
     access = Access(settings.roles)
     access.tool(caller, "api_validate", "api.validate")   # the tool name, and the skill's Betty name
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
 from betty_mcp.core.config import RoleConfig
-from betty_mcp.core.identity import ADMIN_ROLE, Caller
+from betty_mcp.core.identity import ADMIN_ROLE, LOCAL, Caller
 
 log = logging.getLogger(__name__)
 EVERYTHING = RoleConfig()
@@ -30,7 +31,7 @@ class Access:
     def role(self, caller: Caller) -> RoleConfig | None:
         """The caller's role settings: everything for no role or an unconfigured admin, None for a role
         betty.yaml does not define (nothing is allowed)."""
-        if caller.role is None:
+        if caller.role is None or caller == LOCAL:  # stdio is as it always was
             return EVERYTHING
         found = self.roles.get(caller.role)
         if found is not None:
