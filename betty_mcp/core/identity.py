@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["ADMIN_ROLE", "LOCAL", "Caller", "acting_as", "current_caller"]
+__all__ = ["ADMIN_ROLE", "LOCAL", "SCOPE_KEY", "Caller", "acting_as", "current_caller"]
 
 ADMIN_ROLE = "admin"
+# Where the HTTP front end puts a request's caller in its ASGI scope, for handlers to find it there.
+SCOPE_KEY = "betty_mcp.caller"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ A bearer token is one of: the shared ``--token`` (user ``default``, no role), a 
 a token without a required scope gets 403 ``insufficient_scope``.
 
 Once a token passes, the request goes on with ``Authorization`` removed from it (nothing behind the gate
-can read, log or forward the token), the caller in the ASGI scope (``CALLER_KEY``: tool handlers read it
+can read, log or forward the token), the caller in the ASGI scope (``SCOPE_KEY``: tool handlers read it
 from ``ctx.request``, since a streamable-HTTP session's handlers do not run in the request's task) and
 the SDK's ``AuthenticatedUser`` (so the SDK binds each MCP session to the principal that opened it).
 
@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -32,13 +32,14 @@ from starlette.routing import Route
 
 from betty_mcp.core.config import AuthConfig
 from betty_mcp.core.errors import InsufficientScope, Unauthorized
-from betty_mcp.core.identity import Caller, acting_as
-from betty_mcp.core.oauth import JwtVerifier
+from betty_mcp.core.identity import SCOPE_KEY, Caller, acting_as
 from betty_mcp.llm.users import TOKEN_PREFIX, UserStore
+
+if TYPE_CHECKING:
+    from betty_mcp.core.oauth import JwtVerifier
 
 log = logging.getLogger(__name__)
 
-CALLER_KEY = "betty_mcp.caller"
 DEFAULT_USER = "default"  # the shared --token's user
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -119,7 +120,7 @@ class BearerGate:
             "headers": [(name, value) for name, value in headers if name != b"authorization"],
             "user": AuthenticatedUser(access),
             "auth": AuthCredentials(access.scopes),
-            CALLER_KEY: caller,
+            SCOPE_KEY: caller,
         }
         with acting_as(caller):
             await self.app(scope, receive, send)
@@ -163,4 +164,4 @@ def metadata_routes(config: AuthConfig) -> tuple[list[Route], str]:
     return routes, str(build_resource_metadata_url(resource))
 
 
-__all__ = ["CALLER_KEY", "DEFAULT_USER", "Authenticator", "BearerGate", "metadata_routes"]
+__all__ = ["DEFAULT_USER", "Authenticator", "BearerGate", "metadata_routes"]

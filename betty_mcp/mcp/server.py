@@ -33,9 +33,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from betty_mcp import __version__
-from betty_mcp.core.identity import Caller, acting_as, current_caller
+from betty_mcp.core.identity import SCOPE_KEY, Caller, acting_as, current_caller
 from betty_mcp.core.secrets import known_secrets, scrub, scrub_data
-from betty_mcp.mcp.auth import CALLER_KEY
 from betty_mcp.mcp.resources import Resources
 from betty_mcp.mcp.tools import CallContext, Tool, ToolResult
 from betty_mcp.mcp.tools.registry import ToolRegistry
@@ -185,7 +184,7 @@ def request_caller(ctx: ServerRequestContext[Any]) -> Caller:
     """The caller the HTTP gate found for this request (``ctx.request`` is its Starlette request), else
     the context's (stdio: the local user)."""
     scope = getattr(ctx.request, "scope", None)
-    found = scope.get(CALLER_KEY) if isinstance(scope, dict) else None
+    found = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
     return found if isinstance(found, Caller) else current_caller()
 
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from betty_mcp.core.http_policy import HttpPolicy, require_token_off_loopback, uvicorn_server
-from betty_mcp.mcp.auth import Authenticator, BearerGate, metadata_routes
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import claim_stdio
 from betty_mcp.mcp.tools.registry import ToolRegistry
 from betty_mcp.services import Services
+
+if TYPE_CHECKING:
+    from betty_mcp.mcp.auth import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ def authenticator(services: Services, token: str | None) -> Authenticator | None
     the shared token, the users of the state database, and OAuth tokens when betty.yaml has ``auth:``.
     Decided at start-up: users added to a server started open count from its next start."""
     from betty_mcp.llm.users import UserStore
+    from betty_mcp.mcp.auth import Authenticator
 
     settings = services.settings
     users = UserStore(settings.ledger_path)
@@ -150,6 +153,8 @@ def authenticator(services: Services, token: str | None) -> Authenticator | None
 def http_app(
     server: BettyServer, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> Any:
+    from betty_mcp.mcp.auth import BearerGate, metadata_routes
+
     gate = authenticator(server.services, token)
     if gate is None:
         require_token_off_loopback(host, None, "the server")
