@@ -82,7 +82,6 @@ class JwksCache:
         self.max_age, self.refetch_after, self.clock = max_age, refetch_after, clock
         self.keys: dict[str | None, SigningKey] = {}
         self.fetched_at = -math.inf
-        self.fetches = 0
         self._lock = anyio.Lock()
 
     async def key(self, kid: str | None) -> SigningKey | None:
@@ -104,7 +103,6 @@ class JwksCache:
             if self.clock() - self.fetched_at < unless_younger_than:
                 return
             self.fetched_at = self.clock()
-            self.fetches += 1
             try:
                 document = await anyio.to_thread.run_sync(self._read)
                 self.keys = signing_keys(document)
