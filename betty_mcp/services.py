@@ -1,6 +1,9 @@
 """The use cases both front ends call (the MCP tools and the CLI): find and run a skill, ask an LLM,
 run an agent, describe an agent. Nothing here knows about MCP.
 
+Each use case serves the current caller (``core.identity``): skills and agents outside their role's set
+are answered like ones that do not exist, and their LLM calls and runs are theirs.
+
 Parts are built on first use, so a one-shot CLI ``query`` builds no catalog, runner or zygote, and
 start-up does no LLM work.
 
@@ -18,10 +21,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from betty_mcp.core.access import Access
 from betty_mcp.core.arguments import ArgumentValidator
 from betty_mcp.core.catalog import Agent, Catalog, Skill, load_catalog
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import AgentError, ArgumentsError, BettyError, UnknownAgent
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.secrets import key_env_names, register_secret_names
 
 if TYPE_CHECKING:
@@ -57,6 +62,7 @@ class Services:
         # skill declares it), scrubbed from logs, traces and results. Before any part is built.
         register_secret_names(key_env_names(settings.llm_router))
         self.validator = ArgumentValidator()
+        self.access = Access(settings.roles)
         # Names a skill's tool may not take (the front end's own tools); reported by the catalog.
         self.reserved_tool_names = reserved_tool_names
         self._catalog: Catalog | None = None
@@ -121,7 +127,10 @@ class Services:
             from betty_mcp.llm.service import LlmService
 
             settings, store = self.settings, self.store
-            self._llm = await anyio.to_thread.run_sync(lambda: LlmService(settings.router, store))
+            roles = {name: role.budgets for name, role in settings.roles.items()}
+            self._llm = await anyio.to_thread.run_sync(
+                lambda: LlmService(settings.router, store, role_budgets=roles)
+            )
         return self._llm
 
     async def warm_up(self) -> None:
@@ -189,11 +198,30 @@ class Services:
         if problems:
             raise ArgumentsError(f"invalid arguments for {subject}: {problems}")
 
+    def may_use_tool(self, name: str) -> bool:
+        """Whether the current caller's role includes the tool ``name`` (a front end's own tool)."""
+        return self.access.tool(current_caller(), name)
+
+    def may_use_skill(self, skill: Skill) -> bool:
+        """Whether the current caller's role includes ``skill``, by its tool name or its Betty name."""
+        return self.access.tool(current_caller(), skill.tool_name, skill.name)
+
+    def skills(self) -> dict[str, Skill]:
+        """The catalog's skills the current caller may use, by Betty name."""
+        return {name: s for name, s in self.catalog.skills.items() if self.may_use_skill(s)}
+
+    def agents(self) -> dict[str, Agent]:
+        """The catalog's agents the current caller may run, by name."""
+        caller = current_caller()
+        return {name: a for name, a in self.catalog.agents.items() if self.access.agent(caller, name)}
+
     def skill(self, name: str) -> Skill:
-        """A skill that may be run by name (``skill_run``, the CLI), or why not."""
-        skill = self.catalog.skills.get(name)
+        """A skill that may be run by name (``skill_run``, the CLI), or why not. A skill outside the
+        caller's role is unknown to them."""
+        skills = self.skills()
+        skill = skills.get(name)
         if skill is None:
-            close = [s for s in self.catalog.skills if name.split(".")[0] in s][:5]
+            close = [s for s in skills if name.split(".")[0] in s][:5]
             hint = f"; similar: {', '.join(close)}" if close else "; list skills with skills_list"
             raise ArgumentsError(f"unknown skill '{name}'{hint}")
         if skill.manifest.status not in self.settings.tools.statuses:
@@ -210,7 +238,7 @@ class Services:
         words = query.lower().split()
         found = [
             s
-            for s in self.catalog.skills.values()
+            for s in self.skills().values()
             if s.manifest.status in statuses and (tag is None or tag in s.manifest.tags)
         ]
         if not words:
@@ -381,6 +409,7 @@ class Services:
         trace.event(
             "run_started",
             run_id=consensus.id,
+            user=current_caller().user,
             agent=KIND,
             task=summarise(request.prompt),
             models=list(request.models),
@@ -466,9 +495,11 @@ class Services:
     # -- agents ---------------------------------------------------------------------------------
 
     def agent(self, name: str) -> Agent:
-        agent = self.catalog.agents.get(name)
+        """An agent the current caller may run; one outside their role is unknown to them."""
+        agents = self.agents()
+        agent = agents.get(name)
         if agent is None:
-            known = ", ".join(sorted(self.catalog.agents)) or "none"
+            known = ", ".join(sorted(agents)) or "none"
             raise UnknownAgent(f"unknown agent '{name}'; known agents: {known}")
         return agent
 

@@ -82,9 +82,12 @@ def http_server(
     host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
     fixtures: bool = True,
+    stderr: Path | None = None,
 ) -> Iterator[str]:
-    """``betty-mcp serve --http`` in a subprocess; yields its MCP URL once it accepts connections."""
+    """``betty-mcp serve --http`` in a subprocess; yields its MCP URL once it accepts connections.
+    ``stderr``: a file that gets the server's log (else it is piped and dropped)."""
     port = free_port()
+    log = stderr.open("wb") if stderr is not None else subprocess.PIPE
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # tests only ever connect over loopback
     proc = subprocess.Popen(
         [
@@ -94,13 +97,14 @@ def http_server(
         cwd=workspace,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                told = stderr.read_text() if stderr is not None else proc.stderr.read().decode()  # type: ignore[union-attr]
+                raise RuntimeError(f"server exited: {told}")
             try:
                 with socket.create_connection((local, port), timeout=0.2):
                     break
@@ -115,6 +119,8 @@ def http_server(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if stderr is not None:
+            log.close()  # type: ignore[union-attr]
 
 
 def alive(pid: int) -> bool:

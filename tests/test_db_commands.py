@@ -86,3 +86,24 @@ def test_the_default_sqlite_file_has_the_same_commands(workspace: Path) -> None:
     shown = json.loads(up.stdout)
     assert shown["backend"] == "sqlite" and shown["where"].endswith(".betty-mcp/usage.sqlite")
     assert shown["pending"] == [] and "m008_runs" in shown["applied_now"]
+
+
+def test_users_and_usage_by_user_work_on_postgresql(workspace: Path, pg_url: str) -> None:
+    """``betty-mcp users`` keeps its tokens in the shared database (any instance checks them there),
+    never in the workspace's file; ``usage --by user`` reads the shared ledger."""
+    url = with_password(pg_url)
+    added = betty(workspace, "users", "add", "ada", "--role", "admin", "--json", database_url=url)
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    taken = betty(workspace, "users", "add", "ada", database_url=url)
+    assert taken.returncode == 2 and "user 'ada' exists" in taken.stderr
+    assert betty(workspace, "users", "revoke", "ada", database_url=url).returncode == 0
+    listed = betty(workspace, "users", "list", "--json", database_url=url)
+    (ada,) = json.loads(listed.stdout)
+    assert ada["name"] == "ada" and ada["role"] == "admin" and ada["revoked_at"] is not None
+    assert token not in listed.stdout and not (workspace / ".betty-mcp" / "usage.sqlite").exists()
+    usage = betty(workspace, "usage", "--by", "user", "--json", database_url=url)
+    assert usage.returncode == 0, usage.stderr
+    assert json.loads(usage.stdout)["by_user"] == []
+    for run in (added, taken, listed, usage):
+        assert PASSWORD not in run.stdout + run.stderr

@@ -103,6 +103,7 @@ def test_fallbacks_and_every_field_round_trip(ledger: Ledger) -> None:
         fallbacks=tried,
         error=None,
         created_at=datetime(2025, 3, 1, 8, 0, 0, 123456, tzinfo=UTC),
+        user="ada",
     )
     ledger.record(sent)
     assert ledger.records(run_id="r9") == [sent]
@@ -259,6 +260,51 @@ def test_a_ledger_of_the_previous_version_keeps_todays_spend_for_its_budgets(tmp
         counted = ledger.counted([f"day:{NOW.date().isoformat()}", "run:r1", "day:2025-01-01"])
     found = [(s.calls, s.tokens, s.cost_usd) for s in counted.values()]
     assert found == [(2, 20, 1.0), (2, 20, 1.0), (1, 10, 0.5)]
+    assert applied(path) == [m.__name__ for m in MIGRATIONS]
+
+
+def test_a_ledger_with_the_budget_counters_but_not_users_gains_them(tmp_path: Path) -> None:
+    """A file of the version before users (m007 and m008 applied, m006 not) gets m006 and m009 on its
+    next open: its calls become the local user's, in that user's day too."""
+    path = tmp_path / "usage.db"
+    db = connect(path)
+    names = [m.__name__ for m in MIGRATIONS]
+    migrate(db, [m for m in MIGRATIONS if m.__name__ not in ("m006_users", "m009_user_budget_counters")])
+    db.execute(
+        "INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd) "
+        "VALUES (?, 'cli', 'gpt-4', 'openai', 10, 0.5)",
+        (NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),),
+    )
+    db.close()
+    with Ledger(path) as ledger:
+        ledger.record(call(cost_usd=0.25, user="ada"))
+        assert [r.user for r in ledger.records()] == ["ada", None]
+        assert {r["user"]: r["calls"] for r in ledger.by_user()} == {"local": 1, "ada": 1}
+        day = NOW.date().isoformat()
+        counted = ledger.counted([f"user:{day}:local", f"user:{day}:ada"])
+    assert [(s.calls, s.cost_usd) for s in counted.values()] == [(1, 0.5), (1, 0.25)]
+    assert sorted(applied(path)) == sorted(names)
+    assert applied(path)[-2:] == ["m006_users", "m009_user_budget_counters"]
+
+
+def test_a_ledger_with_users_but_not_the_budget_counters_counts_each_users_day(tmp_path: Path) -> None:
+    """A file of the identity branch's version (m001 to m006): m007 fills the day and run counters, m009
+    each user's day, from the calls recorded."""
+    path = tmp_path / "usage.db"
+    db = connect(path)
+    migrate(db, MIGRATIONS[:6])
+    today = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for user, cost in (("ada", 0.5), ("ada", 0.25), ("bob", 1.0)):
+        db.execute(
+            "INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd, user) "
+            "VALUES (?, 'llm_query', 'gpt-4', 'openai', 10, ?, ?)",
+            (today, cost, user),
+        )
+    db.close()
+    day = NOW.date().isoformat()
+    with Ledger(path) as ledger:
+        counted = ledger.counted([f"day:{day}", f"user:{day}:ada", f"user:{day}:bob"])
+    assert [(s.calls, s.cost_usd) for s in counted.values()] == [(3, 1.75), (2, 0.75), (1, 1.0)]
     assert applied(path) == [m.__name__ for m in MIGRATIONS]
 
 

@@ -1,6 +1,7 @@
 """The storage contract: the same behaviour from the SQLite store (the default) and the PostgreSQL store.
 
-Every test runs on both: the ledger, budgets by reservation, runs, and run events (traces).
+Every test runs on both: the ledger, budgets by reservation (per-user and per-role ones too), runs, run
+events (traces) and whose they are, and the users of the HTTP front end.
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from betty_mcp.core.errors import BettyError, BudgetExceeded
-from betty_mcp.llm.ledger import Budgets, Spend, UsageRecord, check_batch, format_usage, reserve, tagged
+from betty_mcp.core.errors import BettyError, BudgetExceeded, ConfigError
+from betty_mcp.core.identity import Caller, acting_as
+from betty_mcp.llm.ledger import (
+    Budgets,
+    Spend,
+    UsageRecord,
+    UserBudget,
+    check_batch,
+    format_usage,
+    reserve,
+    tagged,
+)
+from betty_mcp.llm.users import Users, token_sha256
 from betty_mcp.store import RunRecord, SqliteStore, Store
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +123,29 @@ async def test_the_usage_report_groups_by_day_model_and_caller(store: Store) -> 
     ]
     text = format_usage(report, store.where)
     assert text.startswith("LLM usage in the last 7 days") and "1 call(s) had no known price" in text
+
+
+async def test_every_call_is_someones_and_the_report_groups_by_user(store: Store) -> None:
+    store.settle(call(cost_usd=1.0, user="ada"), None)
+    with acting_as(Caller("bob", "ops")):  # no user on the record: the current caller's
+        store.settle(call(cost_usd=0.25, prompt_tokens=10), None)
+    store.settle(call(cost_usd=0.5, outcome="timeout"), None)  # stdio and the CLI: the local user
+    assert [r.user for r in await store.records()] == ["local", "bob", "ada"]
+    assert [r.user for r in await store.records(user="bob")] == ["bob"]
+    assert (await store.spend(user="ada")).cost_usd == 1.0
+    assert (await store.spend(user="bob")).tokens == 10
+    report = await store.usage(7)
+    assert [(u["user"], u["calls"], u["cost_usd"], u["errors"]) for u in report["by_user"]] == [
+        ("ada", 1, 1.0, 0),
+        ("local", 1, 0.5, 1),
+        ("bob", 1, 0.25, 0),
+    ]
+    only = await store.usage(7, by="user")
+    assert set(only) == {"days", "since", "total", "by_user"} and only["by_user"] == report["by_user"]
+    text = format_usage(only, store.where)
+    assert "user" in text and "ada" in text and "model" not in text and "caller" not in text
+    with pytest.raises(ValueError, match="by must be one of"):
+        await store.usage(7, by="nobody")
 
 
 # --- budgets, by reservation ---------------------------------------------------------------------------
@@ -240,6 +275,82 @@ async def test_a_fan_out_is_checked_against_spent_plus_reserved(store: Store) ->
         await check_batch(store, budgets, call_costs=[0.6])
 
 
+# --- per-user and per-role budgets -----------------------------------------------------------------
+
+
+PER_USER = Budgets(
+    per_user=UserBudget(day_usd=1.0, day_tokens=1000),
+    per_role={"ops": UserBudget(day_usd=5.0, setting="roles.ops.budgets")},
+)
+
+
+async def test_a_users_budget_counts_only_their_own_calls_today(store: Store) -> None:
+    await recorded(
+        store,
+        call(cost_usd=0.95, user="ada"),
+        call(cost_usd=100.0, user="ada", created_at=YESTERDAY),
+        call(cost_usd=50.0, user="cy"),
+    )
+    with acting_as(Caller("ada")):
+        await reserve(store, PER_USER, cost_usd=0.05)  # 0.95 + 0.05: exactly the limit
+        with pytest.raises(BudgetExceeded) as caught:
+            await reserve(store, PER_USER, cost_usd=0.01)
+    assert caught.value.budget == "per_user_day"
+    assert str(caught.value) == (
+        "user's daily budget of $1.00 reached: $1.00 spent by user ada today (UTC) + ~$0.01 for this "
+        "call; raise llm_router.limits.budgets.per_user.day_usd"
+    )
+    with acting_as(Caller("dan")):  # another user's day is untouched
+        held = await reserve(store, PER_USER, cost_usd=0.5, tokens=10)
+    assert held.claimed == (f"user:{NOW.date().isoformat()}:dan",)
+
+
+async def test_a_roles_budget_replaces_the_per_user_one_and_names_its_setting(store: Store) -> None:
+    await recorded(store, call(cost_usd=4.5, user="bob"), call(prompt_tokens=990, user="ann"))
+    with acting_as(Caller("bob", "ops")):
+        await reserve(store, PER_USER, cost_usd=0.4)
+        with pytest.raises(BudgetExceeded, match=r"raise roles\.ops\.budgets\.day_usd$"):
+            await reserve(store, PER_USER, cost_usd=0.2)
+        with pytest.raises(BudgetExceeded) as batch:
+            await check_batch(store, PER_USER, call_costs=[0.1, 0.1], what="this consensus (2 calls)")
+    assert batch.value.budget == "per_user_day"
+    assert "the user's daily budget of $5.00 would be passed by $0.10 ($4.90 used by user bob" in str(
+        batch.value
+    )
+    with acting_as(Caller("ann", "analyst")), pytest.raises(BudgetExceeded) as tokens:
+        await reserve(store, PER_USER, tokens=20)  # no budgets for analyst: per_user's tokens
+    assert tokens.value.budget == "per_user_day_tokens"
+    assert "user's daily token budget of 1,000 reached: 990 tokens used by user ann" in str(tokens.value)
+    assert str(tokens.value).endswith("raise llm_router.limits.budgets.per_user.day_tokens")
+
+
+async def test_a_settled_call_counts_in_its_users_day_whoever_settles_it(store: Store) -> None:
+    with acting_as(Caller("eve")):
+        held = await reserve(store, PER_USER, cost_usd=0.9)
+    store.settle(call(cost_usd=0.3, user="eve"), held)  # written later, outside eve's context
+    await store.flush()
+    with acting_as(Caller("eve")):
+        await reserve(store, PER_USER, cost_usd=0.7)
+        with pytest.raises(BudgetExceeded):
+            await reserve(store, PER_USER, cost_usd=0.01)
+
+
+async def test_concurrent_reservations_never_pass_a_users_limit(store: Store) -> None:
+    budgets, granted, refused = Budgets(per_user=UserBudget(day_usd=0.5)), [], []
+
+    async def one(user: str) -> None:
+        with acting_as(Caller(user)):
+            try:
+                granted.append((user, await reserve(store, budgets, cost_usd=0.1)))
+            except BudgetExceeded:
+                refused.append(user)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, "ada" if i % 2 else "bob")
+    assert sorted(u for u, _ in granted) == ["ada"] * 5 + ["bob"] * 5 and len(refused) == 10
+
+
 def test_budget_exceeded_is_a_betty_error() -> None:
     assert issubclass(BudgetExceeded, BettyError)
 
@@ -272,3 +383,45 @@ async def test_run_events_come_back_in_order(store: Store) -> None:
     assert [e["i"] for e in events or []] == [0, 1, 2, 3, 4] and events[0]["text"] == "é"  # type: ignore[index]
     assert set(await store.traced_runs()) == {"r1", "r2"}
     assert "r1" in store.trace_location("r1")
+
+
+async def test_a_traces_user_is_its_first_events_and_lists_filter_by_it(store: Store) -> None:
+    store.append_event("r-ada", {"event": "run_started", "user": "ada"})
+    store.append_event("r-ada", {"event": "run_finished", "user": "bob"})
+    store.append_event("r-bob", {"event": "run_started", "user": "bob"})
+    store.append_event("r-old", {"event": "run_started"})  # before runs had users
+    assert await store.trace_user("r-ada") == "ada"
+    assert await store.trace_user("r-old") == "local"
+    assert await store.trace_user("r-none") is None
+    assert await store.traced_runs(user="ada") == ["r-ada"]
+    assert await store.traced_runs(user="local") == ["r-old"]
+    assert set(await store.traced_runs()) == {"r-ada", "r-bob", "r-old"}
+
+
+# --- users ---------------------------------------------------------------------------------------------
+
+
+async def test_users_are_added_found_by_token_revoked_and_added_again(store: Store) -> None:
+    users = Users(store)
+    assert not await users.any_active() and await users.list() == []
+    token = await users.add("ada", "analyst")
+    assert token.startswith("bmcp_") and await users.any_active()
+    found = await users.find(token)
+    assert found is not None and (found.name, found.role, found.active) == ("ada", "analyst", True)
+    assert await users.find(token + "x") is None
+    with pytest.raises(ConfigError, match="user 'ada' exists; revoke it first"):
+        await users.add("ada")
+    for name in ("local", "default", "a b", ""):
+        with pytest.raises(ConfigError):
+            await users.add(name)
+    assert await users.revoke("ada") and not await users.revoke("ada") and not await users.revoke("zed")
+    assert await users.find(token) is None and not await users.any_active()
+    (listed,) = await users.list()
+    assert listed.name == "ada" and not listed.active and listed.revoked_at is not None
+    assert listed.created_at.endswith("Z") and listed.revoked_at.endswith("Z")  # type: ignore[union-attr]
+    again = await users.add("ada", "ops")  # a revoked name gets a new life and a new token
+    assert again != token and await users.find(token) is None
+    assert (await users.find(again)).role == "ops"  # type: ignore[union-attr]
+    await store.add_user("bob", None, token_sha256("bob-token"))
+    assert [u.name for u in await users.list()] == ["ada", "bob"]
+    assert (await users.find("bob-token")).role is None  # type: ignore[union-attr]

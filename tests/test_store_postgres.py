@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -53,6 +54,25 @@ async def test_a_database_of_the_previous_version_upgrades_and_keeps_its_rows(pg
         assert await store.upgrade() == [pg_schema.NAMES[-1]]
         assert (await store.spend()).tokens == 42
         assert await store.get_run("r1") is None  # the runs table is there, empty
+    finally:
+        await store.aclose()
+
+
+async def test_the_users_migration_counts_each_users_day_from_the_calls_recorded(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await pg_schema.upgrade(conn, upto=pg_schema.NAMES.index("005_users"))
+        for user in ("ada", "ada", None):
+            await conn.execute(
+                'INSERT INTO calls (created_at, caller, model, provider, total_tokens, cost_usd, "user") '
+                "VALUES (now(), 'llm_query', 'gpt-4', 'openai', 10, 0.5, %s)",
+                (user,),
+            )
+    store = PostgresStore(pg_url)
+    try:
+        day = datetime.now(UTC).date().isoformat()
+        counted = await store.counted([f"user:{day}:ada", f"user:{day}:local"])
+        assert [(s.calls, s.cost_usd) for s in counted.values()] == [(2, 1.0), (1, 0.5)]
+        assert await store.list_users() == []
     finally:
         await store.aclose()
 

@@ -7,6 +7,10 @@ gets the partial result (status ``running``) and polls with the run id. A run is
 reports its own lines and shows its own result so far); ``run_status``, ``run_result`` and
 ``run_cancel`` treat both alike.
 
+A run belongs to the caller who started it (``core.identity``) and runs as them to its end, whoever
+waits for it. Another user's run is, to anyone but an admin, exactly like a run that does not exist,
+whichever instance holds it (the store keeps its ``owner``).
+
     manager = RunManager(task_group, store)   # the serving process's task group
     handle = manager.start("api.analyzer", "Review openapi.yaml", run)   # run(run_id, on_step)
     handle = manager.start_job("llm.consensus", "Tabs or spaces?", consensus, work)  # work(run_id, note)
@@ -29,8 +33,9 @@ import anyio
 
 from betty_mcp.agent.runtime import OnStep
 from betty_mcp.agent.state import RunResult, RunState, Step
+from betty_mcp.agent.trace import LEGACY_USER
 from betty_mcp.core.errors import BettyError, UnknownRun
-from betty_mcp.core.identity import current_caller
+from betty_mcp.core.identity import Caller, acting_as, current_caller
 from betty_mcp.core.rules import new_run_id
 from betty_mcp.store import RunRecord, Store
 from betty_mcp.store.base import CANCEL_CHANNEL, SharedRuns
@@ -70,7 +75,7 @@ class RunHandle:
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
     job: Job | None = None  # a run other than an agent's
-    owner: str | None = None
+    owner: Caller = field(default_factory=current_caller)  # who started it; the run acts as them
     cancelled: bool = False  # before its first step (after it, the result says so)
 
     def record(self) -> RunRecord:
@@ -82,7 +87,7 @@ class RunHandle:
             agent=self.agent,
             task=self.task,
             status=shown["status"],
-            owner=self.owner,
+            owner=self.owner.user,
             error=shown.get("error"),
             status_doc=shown,
             result_doc=self.snapshot(),
@@ -200,7 +205,7 @@ class RunManager:
         return self._launch(RunHandle(job.snapshot()["run_id"], name, task, job=job), self._run_job, work)
 
     def _launch(self, handle: RunHandle, runner: Callable[..., Awaitable[None]], work: Any) -> RunHandle:
-        handle.owner = current_caller().user
+        handle.owner = current_caller()
         self.runs[handle.run_id] = handle
         self.task_group.start_soon(runner, handle, work)
         return handle
@@ -219,7 +224,7 @@ class RunManager:
 
         try:
             await self._save(handle)
-            with handle.scope:
+            with handle.scope, acting_as(handle.owner):
                 await work(handle.run_id, note)
         except BettyError as exc:
             handle.error = str(exc)
@@ -237,7 +242,7 @@ class RunManager:
 
         try:
             await self._save(handle)
-            with handle.scope:
+            with handle.scope, acting_as(handle.owner):
                 handle.result = await run(handle.run_id, on_step)
             if handle.result is None:  # cancelled: the runtime marked the state before re-raising
                 if handle.state is not None:
@@ -257,30 +262,42 @@ class RunManager:
             await self._save(handle)
 
     def get(self, run_id: str) -> RunHandle:
-        """A run this process holds."""
-        handle = self.runs.get(run_id)
+        """A run this process holds that the current caller may see; UnknownRun otherwise, the same
+        either way."""
+        handle = self._held(run_id)
         if handle is None:
-            raise UnknownRun(f"unknown run '{run_id}'; runs of this server: {', '.join(self.runs) or 'none'}")
+            raise self._unknown(run_id)
+        return handle
+
+    def _unknown(self, run_id: str) -> UnknownRun:
+        """The answer for a run that does not exist and for another user's: the same, so nothing leaks."""
+        return UnknownRun(f"unknown run '{run_id}'; no run of that id in {self.store.where}")
+
+    def _held(self, run_id: str) -> RunHandle | None:
+        """The run if this process holds it, None if not; UnknownRun if the caller may not see it."""
+        handle = self.runs.get(run_id)
+        if handle is not None and not current_caller().may_see(handle.owner.user):
+            raise self._unknown(run_id)
         return handle
 
     async def _stored(self, run_id: str) -> RunRecord:
         found = await self.store.get_run(run_id)
-        if found is None:
-            raise UnknownRun(f"unknown run '{run_id}'; no run of that id in {self.store.where}")
+        if found is None or not current_caller().may_see(found.owner or LEGACY_USER):
+            raise self._unknown(run_id)
         return found
 
     async def status(self, run_id: str) -> dict[str, Any]:
         """``run_status``: from this process if it holds the run, else from the store."""
-        if run_id in self.runs:
-            return self.runs[run_id].status()
+        if (handle := self._held(run_id)) is not None:
+            return handle.status()
         return (await self._stored(run_id)).status_doc
 
     async def result(
         self, run_id: str, seconds: float, on_progress: Progress | None = None
     ) -> dict[str, Any]:
         """``run_result``: waits up to ``seconds`` for the run to end, wherever it runs."""
-        if run_id in self.runs:
-            return await self.wait(self.runs[run_id], seconds, on_progress)
+        if (handle := self._held(run_id)) is not None:
+            return await self.wait(handle, seconds, on_progress)
         stored = await self._stored(run_id)
         deadline = time.monotonic() + seconds
         reported = stored.status_doc.get("last_step")
@@ -315,7 +332,8 @@ class RunManager:
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run here, or ask the instance holding it (shared database) and wait up to 10 s."""
-        if run_id not in self.runs:
+        handle = self._held(run_id)
+        if handle is None:
             stored = await self._stored(run_id)
             if stored.finished:
                 return stored.status_doc
@@ -330,7 +348,6 @@ class RunManager:
                     await anyio.sleep(POLL_SECONDS)
                     stored = await self._stored(run_id)
             return stored.status_doc
-        handle = self.runs[run_id]
         handle.scope.cancel()
         with anyio.move_on_after(10):
             await handle.done.wait()

@@ -45,6 +45,7 @@ from betty_mcp.core.errors import (
     RunLimitReached,
     UnknownAgent,
 )
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.manifests import AgentManifest
 from betty_mcp.core.rules import failure_envelope, new_run_id, run_id_problem, tool_name_for
 from betty_mcp.core.secrets import scrub, secret_values
@@ -169,6 +170,7 @@ class AgentRuntime:
         trace.event(
             "run_started",
             run_id=state.run_id,
+            user=current_caller().user,
             agent=agent.name,
             task=summarise(task),
             context=summarise(json.dumps(context, ensure_ascii=False)) if context else None,

@@ -1,7 +1,7 @@
 """Run traces: the events of each run, kept by the store (``<runs_dir>/<run_id>.jsonl`` with SQLite,
 ``run_events`` with PostgreSQL), readable as ``betty://runs/<id>``.
 
-Events, in order: ``run_started`` (agent, task, model override, limits, skills offered and
+Events, in order: ``run_started`` (user, agent, task, model override, limits, skills offered and
 missing), then per model call ``llm_request`` (message count, tool names) and
 ``llm_response`` (model, text summary, tool calls, tokens, cost, ms, fallbacks) or
 ``llm_error``, per skill call ``skill_call`` and ``skill_result`` (ok, summary, ms) or
@@ -11,7 +11,8 @@ is handed to the store at once, without awaiting (a cancelled run can still reco
 
     trace = TraceWriter(store, run_id)
     trace.event("run_started", agent="api.analyzer")
-    await list_runs(store)  # [{"run_id", "agent", "status", "started", "steps", ...}]
+    await list_runs(store)  # [{"run_id", "user", "agent", "status", "started", "steps", ...}]
+    await store.trace_user(run_id)  # who started the run ("local" for traces older than users)
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from betty_mcp.agent.state import now_iso
+from betty_mcp.core.identity import LOCAL
 from betty_mcp.core.secrets import scrub_data, secret_values
 
 if TYPE_CHECKING:
     from betty_mcp.store import Store
 
 SUMMARY_CHARS = 500
+LEGACY_USER = LOCAL.user  # traces written before runs had users were the local user's
 
 
 def summarise(text: str | None, limit: int = SUMMARY_CHARS) -> str:
@@ -53,7 +56,7 @@ class TraceWriter:
 
 
 def summarise_trace(run_id: str, events: list[dict[str, Any]], location: str) -> dict[str, Any]:
-    """run id, agent, status ("running" until run_finished is written), start time, steps, answer."""
+    """run id, user, agent, status ("running" until run_finished is written), start time, steps, answer."""
     started = next((e for e in events if e.get("event") == "run_started"), {})
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
     steps = (
@@ -63,6 +66,7 @@ def summarise_trace(run_id: str, events: list[dict[str, Any]], location: str) ->
     )
     return {
         "run_id": started.get("run_id", run_id),
+        "user": started.get("user") or LEGACY_USER,
         "agent": started.get("agent"),
         "task": started.get("task"),
         "status": finished.get("status") if finished else "running",
@@ -74,10 +78,11 @@ def summarise_trace(run_id: str, events: list[dict[str, Any]], location: str) ->
     }
 
 
-async def list_runs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
-    """A summary of every traced run (the most recent ``limit``), newest first."""
+async def list_runs(store: Store, limit: int = 200, user: str | None = None) -> list[dict[str, Any]]:
+    """A summary of every traced run (the most recent ``limit``; only ``user``'s, if given), newest
+    first."""
     runs = []
-    for run_id in await store.traced_runs(limit):
+    for run_id in await store.traced_runs(limit, user=user):
         events = await store.events(run_id)
         if events is not None:
             runs.append(summarise_trace(run_id, events, store.trace_location(run_id)))

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from betty_mcp.cli.serve import SOURCE_HELP, Sources
+from betty_mcp.cli.users import users_app
 from betty_mcp.core.config import Settings, load_settings
 from betty_mcp.core.errors import BettyError
 from betty_mcp.services import Services
@@ -34,6 +35,7 @@ skills_app = typer.Typer(help="List, show and run skills.", no_args_is_help=True
 agents_app = typer.Typer(help="List and show agents.", no_args_is_help=True)
 app.add_typer(skills_app, name="skills")
 app.add_typer(agents_app, name="agents")
+app.add_typer(users_app, name="users")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help=SOURCE_HELP["config"])]
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help=SOURCE_HELP["workspace"])]
@@ -654,15 +656,18 @@ def models(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: Js
 @app.command()
 def usage(
     days: Annotated[int, typer.Option(help="How many days back.")] = 30,
+    by: Annotated[str | None, typer.Option("--by", help="Only one view: day, model, caller or user.")] = None,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show LLM spend by day, by model and by caller, from the usage ledger."""
-    from betty_mcp.llm.ledger import format_usage
+    """Show LLM spend by day, model, caller and user, from the usage ledger."""
+    from betty_mcp.llm.ledger import USAGE_VIEWS, format_usage
 
+    if by is not None and by not in USAGE_VIEWS:
+        _fail(f"--by takes one of {', '.join(USAGE_VIEWS)}, not {by!r}")
     services = _llm_services(config, workspace, False)
-    report = _read_store(services, lambda: services.store.usage(days))
+    report = _read_store(services, lambda: services.store.usage(days, by))
     if as_json:
         _print_json(report)
     else:
@@ -835,19 +840,25 @@ def _nothing() -> Any:
 
 
 @runs_app.command("list")
-def runs_list(workspace: WorkspaceOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Runs traced in the workspace (or the shared database), newest first."""
+def runs_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's runs.")] = None,
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs traced in the workspace or the shared database (every user's: the CLI is the local admin),
+    newest first."""
     from betty_mcp.agent import list_runs
 
     services = _llm_services(config, workspace, False)
-    runs = _read_store(services, lambda: list_runs(services.store))
+    runs = _read_store(services, lambda: list_runs(services.store, user=user))
     if as_json:
         _print_json(runs)
         return
     for r in runs:
         typer.echo(
-            f"{r['run_id']}  {r['status']:<15} {r['agent'] or '?':<16} {r['steps'] or 0:>3} steps  "
-            f"{(r['task'] or '')[:50]}"
+            f"{r['run_id']}  {r['user']:<12} {r['status']:<15} {r['agent'] or '?':<16} "
+            f"{r['steps'] or 0:>3} steps  {(r['task'] or '')[:50]}"
         )
     if not runs:
         typer.echo("no runs yet")

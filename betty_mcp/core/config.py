@@ -8,13 +8,15 @@ Flags override the file. API keys never live here: only environment variable nam
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from betty_mcp.core.errors import ConfigError
+from betty_mcp.core.llm_config import UserBudgetConfig
 from betty_mcp.core.manifests import describe_validation_error, read_yaml
 from betty_mcp.core.rules import SkillStatus
 
@@ -64,6 +66,77 @@ class Limits(BaseModel):
     run_lost_after_seconds: float = Field(default=15, gt=0, le=3600)
 
 
+# JWS algorithms an OAuth access token may be signed with: asymmetric only. ``none`` and the HMAC family
+# (HS*) are never accepted: with HS*, the IdP's public key would become a shared secret anyone can sign with.
+ASYMMETRIC_ALGORITHMS = (
+    *("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    *("ES256", "ES384", "ES512", "EdDSA"),
+)
+ROLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ToolPatterns(BaseModel):
+    """Globs over tool names (``api_validate``, ``llm_query``) and skills' Betty names (``api.*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+
+
+class RoleConfig(BaseModel):
+    """What the users of one role may use, and what each of them may spend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: ToolPatterns = ToolPatterns()
+    agents: list[str] = ["*"]  # globs over agent names that agent_run may run for them
+    budgets: UserBudgetConfig | None = None  # replaces budgets.per_user for this role's users
+
+
+class AuthConfig(BaseModel):
+    """OAuth resource-server mode: accept JWT access tokens an outside authorization server issued."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(min_length=1, description="The token's expected iss, exactly.")
+    audience: str = Field(description="This server's public MCP URL: the tokens' aud and the resource.")
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    required_scopes: list[str] = []
+    user_claim: str = "sub"
+    role_claim: str | None = None  # a claim (string or list) naming a configured role
+    default_role: str | None = None  # the role of a token whose role_claim names none
+    algorithms: list[str] = ["RS256", "ES256", "PS256", "EdDSA"]
+    leeway_seconds: float = Field(default=30, ge=0, le=300)  # clock skew allowed on exp and nbf
+    jwks_max_age_seconds: float = Field(default=300, gt=0, le=86_400)  # keys are re-read this often
+    # An unknown kid makes the keys be fetched again (a rotation), but not more often than this.
+    jwks_refetch_seconds: float = Field(default=30, gt=0, le=3_600)
+
+    @field_validator("audience", "jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, value: list[str]) -> list[str]:
+        wrong = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if wrong or not value:
+            raise ValueError(
+                f"algorithms must be among {', '.join(ASYMMETRIC_ALGORITHMS)} (never none or HS*): {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("auth needs exactly one of jwks_url or jwks_file")
+        return self
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,9 +157,19 @@ class Settings(BaseModel):
     # postgresql://user:pass@host/db: the ledger, budgets, runs and traces shared by every instance.
     # Unset: the workspace's SQLite file (usage_db) and in-process runs. $BETTY_MCP_DATABASE_URL wins.
     database_url: str | None = None
+    auth: AuthConfig | None = None
+    roles: dict[str, RoleConfig] = {}
     # Kept as written and validated on first use (``router``), so start-up does no LLM work;
     # load_settings validates it at once when a file has the block, to report errors early.
     llm_router: dict[str, Any] | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, value: dict[str, RoleConfig]) -> dict[str, RoleConfig]:
+        wrong = [name for name in value if not re.match(ROLE_NAME, name)]
+        if wrong:
+            raise ValueError(f"role names are letters, digits, '_', '.', '-' (at most 64): {wrong}")
+        return value
 
     @cached_property
     def router(self) -> LlmRouterConfig:
@@ -166,6 +249,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             data[key] = resolve(data[key])
     if "betty_home_python" in data:
         data["betty_home_python"] = interpreter(data["betty_home_python"])
+    if isinstance(data.get("auth"), dict) and isinstance(data["auth"].get("jwks_file"), str):
+        data["auth"] = {**data["auth"], "jwks_file": resolve(data["auth"]["jwks_file"])}
     if isinstance(data.get("interpreters"), dict):
         data["interpreters"] = {resolve(k): interpreter(v) for k, v in data["interpreters"].items()}
     for key in ("skills_dirs", "agents_dirs", "allowed_roots"):

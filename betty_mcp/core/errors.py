@@ -11,6 +11,8 @@
     ├── StorageError                the database (database_url) cannot be reached, or is not migrated
     ├── BudgetExceeded              a call would exceed a ledger budget (``budget`` names it)
     ├── RunLimitReached             an agent run reached one of its own limits (``limit`` names it)
+    ├── Unauthorized                an HTTP caller's bearer token is refused (``error`` is RFC 6750's)
+    │   └── InsufficientScope       a valid token without the scopes the server requires
     ├── AgentError                  an agent run cannot start
     │   ├── UnknownAgent
     │   └── UnknownRun
@@ -111,6 +113,27 @@ class RunLimitReached(BettyError):
 
     def details(self) -> dict[str, Any]:
         return {"limit": self.limit}
+
+
+class Unauthorized(BettyError):
+    """A bearer token is missing, unknown, revoked, expired or otherwise invalid; the message says why
+    (never the token)."""
+
+    code = "unauthorized"
+    error = "invalid_token"
+
+
+class InsufficientScope(Unauthorized):
+    """A valid access token that lacks a scope the server requires (``scopes`` names them all)."""
+
+    error = "insufficient_scope"
+
+    def __init__(self, message: str, *, scopes: list[str]) -> None:
+        super().__init__(message)
+        self.scopes = scopes
+
+    def details(self) -> dict[str, Any]:
+        return {"scopes": self.scopes}
 
 
 class AgentError(BettyError):

@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["ADMIN_ROLE", "LOCAL", "Caller", "acting_as", "current_caller"]
+__all__ = ["ADMIN_ROLE", "LOCAL", "SCOPE_KEY", "Caller", "acting_as", "current_caller"]
 
 ADMIN_ROLE = "admin"
+# Where the HTTP front end puts a request's caller in its ASGI scope, for handlers to find it there.
+SCOPE_KEY = "betty_mcp.caller"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN_ROLE
+
+    def may_see(self, owner: str) -> bool:
+        """Whether this caller may see what ``owner`` started (their runs, traces): their own, or as admin."""
+        return self.is_admin or owner == self.user
 
 
 # stdio and the CLI: the person at the keyboard, who may see everything (the spec's advice for stdio).

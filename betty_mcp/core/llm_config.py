@@ -123,6 +123,15 @@ class RoutingRule(BaseModel):
         return self
 
 
+class UserBudgetConfig(BaseModel):
+    """What one user may spend in a UTC day (``budgets.per_user``, or their role's ``roles.<r>.budgets``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    day_usd: float | None = Field(default=None, ge=0)
+    day_tokens: int | None = Field(default=None, ge=0)
+
+
 class BudgetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,6 +140,7 @@ class BudgetConfig(BaseModel):
     per_day_usd: float | None = Field(default=None, ge=0)
     per_run_tokens: int | None = Field(default=None, ge=0)
     per_day_tokens: int | None = Field(default=None, ge=0)
+    per_user: UserBudgetConfig | None = None  # each user's own day, unless their role has budgets
 
 
 class LlmLimits(BaseModel):

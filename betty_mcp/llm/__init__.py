@@ -2,6 +2,6 @@
 (service), backends (the LiteLLM adapter, the only module importing litellm; the embedded model)
 and the usage ledger with budgets.
 
-    service = LlmService(settings.router, settings.ledger_path)
+    service = LlmService(settings.router, open_store(settings))
     result = await service.chat(ChatRequest(messages), RouteRequest(prompt=...), caller="llm_query")
 """

@@ -5,10 +5,11 @@
     accounts.settle(UsageRecord(caller="llm_query", model="gpt-4", provider="openai", cost_usd=0.02), held)
 
 Budgets are enforced by reservation: before a call is sent, its estimate is added to the ``reserved``
-counter of every scope it draws on (the UTC day, its run) in one atomic step that refuses when
-``spent + reserved + estimate`` would pass a limit; when the call ends, its row is written and the
-estimate released in favour of what it really cost. ``Accounts`` is what a storage backend provides for
-this (``betty_mcp.store``: this SQLite file, or PostgreSQL shared by several instances).
+counter of every scope it draws on (the UTC day, its run, its user's UTC day) in one atomic step
+that refuses when ``spent + reserved + estimate`` would pass a limit; when the call ends, its row is
+written and the estimate released in favour of what it really cost. ``Accounts`` is what a storage
+backend provides for this (``betty_mcp.store``: this SQLite file, or PostgreSQL shared by several
+instances).
 
 Rows written inside ``tagged(consensus_id=...)`` carry that id (every call of one ``llm_consensus`` fan-out,
 whoever makes them: the context is inherited by the tasks started within it):
@@ -29,18 +30,20 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from betty_mcp.core.errors import BudgetExceeded
+from betty_mcp.core.identity import Caller, current_caller
 
 __all__ = [
     "MIGRATIONS",
+    "USAGE_VIEWS",
     "Accounts",
     "Budgets",
     "Claim",
@@ -49,6 +52,8 @@ __all__ = [
     "Shortfall",
     "Spend",
     "UsageRecord",
+    "UserBudget",
+    "check_batch",
     "connect",
     "current_consensus_id",
     "day_scope",
@@ -57,6 +62,7 @@ __all__ = [
     "reserve",
     "tagged",
     "usage_report",
+    "user_scope",
 ]
 
 BUSY_TIMEOUT_S = 10.0
@@ -85,7 +91,7 @@ class UsageRecord:
     session_id: str | None = None  # the client's session (the gateway: X-Claude-Code-Session-Id)
     request_class: str | None = None  # the gateway's class: default, background, think, long_context
     consensus_id: str | None = None  # the llm_consensus fan-out this call belongs to (see ``tagged``)
-    user: str | None = None  # who asked (core.identity's current caller); stored where the schema has it
+    user: str | None = None  # who asked; None means the current caller (``core.identity``)
 
     @property
     def total_tokens(self) -> int:
@@ -149,6 +155,23 @@ def m005_consensus_id(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX calls_consensus_id ON calls (consensus_id)")
 
 
+def m006_users(db: sqlite3.Connection) -> None:
+    """Who made each call, and the per-user tokens (only their SHA-256; ``llm/users.py``)."""
+    db.execute("ALTER TABLE calls ADD COLUMN user TEXT")
+    db.execute("CREATE INDEX calls_user ON calls (user, created_at)")
+    db.execute(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """
+    )
+
+
 def m007_budget_counters(db: sqlite3.Connection) -> None:
     """Per-scope counters the budgets reserve against (``day:YYYY-MM-DD``, ``run:<id>``), filled from
     the calls already recorded so an upgraded ledger keeps today's spend."""
@@ -194,16 +217,30 @@ def m008_runs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_created_at ON runs (created_at)")
 
 
+def m009_user_budget_counters(db: sqlite3.Connection) -> None:
+    """Each user's UTC day as a budget scope (``user:YYYY-MM-DD:<name>``), filled from the calls already
+    recorded (a call from before users were counts as ``local``'s) so per-user budgets keep today's spend."""
+    key = "'user:' || substr(created_at, 1, 10) || ':' || COALESCE(user, 'local')"
+    db.execute(
+        "INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens) "
+        f"SELECT {key}, COUNT(*), TOTAL(cost_usd), COALESCE(SUM(total_tokens), 0) FROM calls GROUP BY 1 "
+        "ON CONFLICT (scope) DO NOTHING"
+    )
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
-# (m006 is the identity branch's: users and a user per call.)
+# m006 (users) sits before m007 as it shipped on its own branch first; a file that has m007 and m008
+# but not m006 gets it (and m009) on its next open.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_calls,
     m002_call_fallbacks,
     m003_run_and_agent_indexes,
     m004_gateway_session_and_class,
     m005_consensus_id,
+    m006_users,
     m007_budget_counters,
     m008_runs,
+    m009_user_budget_counters,
 )
 
 
@@ -299,7 +336,7 @@ def _first_day(days: int) -> datetime:
 _SPEND = "COUNT(*), COALESCE(SUM(total_tokens), 0), TOTAL(cost_usd), COUNT(*) - COUNT(cost_usd)"
 _COLUMNS = (
     "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
-    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id"
+    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id, user"
 )
 # The consensus id rows written in the current context carry unless their record names one (``tagged``).
 _CONSENSUS_ID: ContextVar[str | None] = ContextVar("betty_mcp_consensus_id", default=None)
@@ -373,11 +410,12 @@ class Ledger:
             rec.session_id,
             rec.request_class,
             rec.consensus_id or _CONSENSUS_ID.get(),
+            rec.user or current_caller().user,
         )
         sql = (
             "INSERT INTO calls (created_at, caller, agent, run_id, model, provider, prompt_tokens, "
             "completion_tokens, total_tokens, cost_usd, latency_ms, outcome, error, fallbacks, session_id, "
-            "request_class, consensus_id) "
+            "request_class, consensus_id, user) "
             f"VALUES ({', '.join('?' * len(values))})"
         )
         counts = settlement(rec, reservation)
@@ -456,15 +494,16 @@ class Ledger:
         run_id: str | None = None,
         agent: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
     ) -> Spend:
         """Totals over the calls matching every filter given (all calls if none)."""
-        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
+        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id, user=user)
         calls, tokens, cost, unpriced = self.rows(f"SELECT {_SPEND} FROM calls{where}", params)[0]
         return Spend(calls=calls, tokens=tokens, cost_usd=cost, unpriced=unpriced)
 
-    def spend_today(self) -> Spend:
-        """Totals since midnight UTC."""
-        return self.spend(since=_start_of_day(_now()))
+    def spend_today(self, user: str | None = None) -> Spend:
+        """Totals since midnight UTC (of one user's calls, if given)."""
+        return self.spend(since=_start_of_day(_now()), user=user)
 
     def by_day(self, days: int = 30) -> list[dict]:
         """One row per UTC day with calls, newest first: {day, calls, tokens, cost_usd, unpriced, errors}."""
@@ -502,16 +541,28 @@ class Ledger:
             r["share"] = r["calls"] / total
         return found
 
+    def by_user(self, days: int = 30) -> list[dict]:
+        """One row per user, costliest first: {user, calls, tokens, cost_usd, unpriced, errors}. Calls
+        recorded before users were (schema m006) count as user ``local``."""
+        rows = self.rows(
+            f"SELECT COALESCE(user, 'local') AS who, {_SPEND}, SUM(outcome != 'ok') FROM calls "
+            "WHERE created_at >= ? GROUP BY who ORDER BY TOTAL(cost_usd) DESC, COUNT(*) DESC, who",
+            (_iso(_first_day(days)),),
+        )
+        keys = ("user", "calls", "tokens", "cost_usd", "unpriced", "errors")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     def records(
         self,
         *,
         run_id: str | None = None,
         session_id: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        """The most recent calls (of one run, session or consensus, if given), newest first."""
-        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
+        """The most recent calls (of one run, session, consensus or user, if given), newest first."""
+        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id, user=user)
         rows = self.rows(
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
@@ -538,8 +589,12 @@ def _where(
     agent: str | None = None,
     session_id: str | None = None,
     consensus_id: str | None = None,
+    user: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses, params = [], []
+    if user is not None:
+        clauses.append("user = ?")
+        params.append(user)
     if consensus_id is not None:
         clauses.append("consensus_id = ?")
         params.append(consensus_id)
@@ -577,19 +632,29 @@ def run_scope(run_id: str) -> str:
     return "run:" + run_id
 
 
+def user_scope(day: str, user: str) -> str:
+    """The budget scope of one user's UTC day (``day`` a ``day_scope``): ``user:2026-11-30:ada``."""
+    return f"user:{day.removeprefix('day:')}:{user}"
+
+
+def _scopes(day: str, run_id: str | None, user: str) -> tuple[str, ...]:
+    return (day, run_scope(run_id), user_scope(day, user)) if run_id else (day, user_scope(day, user))
+
+
 def scopes_of(rec: UsageRecord) -> tuple[str, ...]:
-    """The scopes a call counts in: its UTC day, and its run if it has one."""
-    day = day_scope(rec.created_at or _now())
-    return (day, run_scope(rec.run_id)) if rec.run_id else (day,)
+    """The scopes a call counts in: its UTC day, its run if it has one, and its user's day."""
+    return _scopes(day_scope(rec.created_at or _now()), rec.run_id, rec.user or current_caller().user)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One scope's limits a call must fit in (None: no limit of that kind)."""
+    """One scope's limits a call must fit in (None: no limit of that kind). ``setting`` is where
+    betty.yaml sets a user's limits (``llm_router.limits.budgets.per_user``, ``roles.<r>.budgets``)."""
 
     scope: str
     limit_usd: float | None
     limit_tokens: int | None
+    setting: str | None = None
 
     def refuses(self, counted: Spend, reservation: Reservation) -> bool:
         """True when ``counted`` (spent plus reserved) and this call's estimate pass a limit."""
@@ -597,11 +662,27 @@ class Claim:
             self.limit_tokens, counted.tokens, reservation.tokens
         )
 
+    def names(self) -> tuple[str, str, str]:
+        """(the budget's name in errors, whose spending it counts, its name for people)."""
+        if self.scope.startswith("run:"):
+            return "per_run", f"by run {self.scope.removeprefix('run:')}", "run"
+        if self.scope.startswith("user:"):
+            user = self.scope.split(":", 2)[2]
+            return "per_user_day", f"by user {user} today (UTC)", "user's daily"
+        return "per_day", "today (UTC)", "daily"
+
+    def hint(self, tokens: bool) -> str:
+        """Where betty.yaml sets the limit (of tokens, or of USD) this claim was refused by."""
+        if self.setting is not None:
+            return f"{self.setting}.{'day_tokens' if tokens else 'day_usd'}"
+        budget = self.names()[0]
+        return _hint(f"{budget}_tokens" if tokens else f"{budget}_usd")
+
 
 @dataclass(frozen=True)
 class Reservation:
     """A call's estimate, set aside in the ``claimed`` scopes before it is sent; ``scopes`` are all the
-    scopes its row will count in (its day, its run), chosen when it started."""
+    scopes its row will count in (its day, its run, its user's day), chosen when it started."""
 
     scopes: tuple[str, ...]
     cost_usd: float
@@ -675,27 +756,53 @@ class Accounts(Protocol):
         run_id: str | None = None,
         agent: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
     ) -> Spend: ...
+
+
+@dataclass(frozen=True)
+class UserBudget:
+    """What one user may spend in a UTC day; ``setting`` is where betty.yaml sets it (for messages)."""
+
+    day_usd: float | None = None
+    day_tokens: int | None = None
+    setting: str = "llm_router.limits.budgets.per_user"
 
 
 @dataclass(frozen=True)
 class Budgets:
     """Spending limits; None means no limit. A limit already reached refuses every further call, even a
-    free one, so a limit of 0 refuses all calls. Run budgets apply only to calls that carry a run id."""
+    free one, so a limit of 0 refuses all calls. Run budgets apply only to calls that carry a run id.
+    The user budget is the current caller's (``core.identity``): their role's if it has one, else
+    ``per_user``; it counts only that user's calls (their own day scope, ``user_scope``)."""
 
     per_call_usd: float | None = None
     per_run_usd: float | None = None
     per_day_usd: float | None = None
     per_run_tokens: int | None = None
     per_day_tokens: int | None = None
+    per_user: UserBudget | None = None
+    per_role: Mapping[str, UserBudget] = field(default_factory=dict)
 
-    def claims(self, run_id: str | None, day: str) -> list[Claim]:
-        """The scopes with a limit that a call of ``run_id`` on ``day`` draws on (day first)."""
+    def user_budget(self, caller: Caller) -> UserBudget | None:
+        """``caller``'s daily budget: their role's if it sets one, else ``per_user`` (None: no limit)."""
+        budget = (self.per_role.get(caller.role) if caller.role else None) or self.per_user
+        if budget is None or (budget.day_usd is None and budget.day_tokens is None):
+            return None
+        return budget
+
+    def claims(self, run_id: str | None, day: str, caller: Caller | None = None) -> list[Claim]:
+        """The scopes with a limit that a call of ``run_id`` on ``day`` (a ``day_scope``) draws on, for
+        ``caller`` (default: the current one): the day, the run, the user's day."""
+        caller = caller or current_caller()
         found = []
         if self.per_day_usd is not None or self.per_day_tokens is not None:
             found.append(Claim(day, self.per_day_usd, self.per_day_tokens))
         if run_id is not None and (self.per_run_usd is not None or self.per_run_tokens is not None):
             found.append(Claim(run_scope(run_id), self.per_run_usd, self.per_run_tokens))
+        mine = self.user_budget(caller)
+        if mine is not None:
+            found.append(Claim(user_scope(day, caller.user), mine.day_usd, mine.day_tokens, mine.setting))
         return found
 
     def check_call(self, estimated_cost_usd: float) -> None:
@@ -703,7 +810,7 @@ class Budgets:
         if self.per_call_usd is not None and estimated_cost_usd > self.per_call_usd + _EPSILON:
             raise BudgetExceeded(
                 f"per-call budget of {_usd(self.per_call_usd)} exceeded: this call is estimated at "
-                f"{_usd(estimated_cost_usd)}; raise {CONFIG_HINT.format(field='per_call_usd')}",
+                f"{_usd(estimated_cost_usd)}; raise {_hint('per_call_usd')}",
                 budget="per_call",
             )
 
@@ -716,21 +823,37 @@ async def reserve(
     tokens: int = 0,
     run_id: str | None = None,
 ) -> Reservation:
-    """Set a call's estimate aside in every budget it draws on, or raise BudgetExceeded naming the budget,
-    the amounts and the setting to raise. No limits configured: no storage round trip at all."""
+    """Set a call's estimate aside in every budget it draws on (the day, its run, the current caller's
+    day), or raise BudgetExceeded naming the budget, the amounts and the setting to raise. No limits
+    configured: no storage round trip at all."""
     budgets.check_call(cost_usd)
+    caller = current_caller()
     day = day_scope(_now())
-    scopes = (day, run_scope(run_id)) if run_id else (day,)
-    claims = budgets.claims(run_id, day)
-    reservation = Reservation(scopes, cost_usd, tokens, tuple(c.scope for c in claims))
+    claims = budgets.claims(run_id, day, caller)
+    reservation = Reservation(
+        _scopes(day, run_id, caller.user), cost_usd, tokens, tuple(c.scope for c in claims)
+    )
     if claims and (short := await accounts.reserve(claims, reservation)) is not None:
         claim, counted = short.claim, short.counted
-        if claim.scope.startswith("run:"):
-            where, names = f"by run {run_id}", ("per_run", "run budget", "per_run_tokens", "run token budget")
-        else:
-            where, names = "today (UTC)", ("per_day", "daily budget", "per_day_tokens", "daily token budget")
-        _refuse_past(claim.limit_usd, counted.cost_usd, cost_usd, names[0], names[1], where)
-        _refuse_past(claim.limit_tokens, counted.tokens, tokens, names[2], names[3], where)
+        budget, where, name = claim.names()
+        _refuse_past(
+            claim.limit_usd,
+            counted.cost_usd,
+            cost_usd,
+            budget,
+            f"{name} budget",
+            where,
+            setting=claim.hint(tokens=False),
+        )
+        _refuse_past(
+            claim.limit_tokens,
+            counted.tokens,
+            tokens,
+            f"{budget}_tokens",
+            f"{name} token budget",
+            where,
+            setting=claim.hint(tokens=True),
+        )
     return reservation
 
 
@@ -744,65 +867,67 @@ async def check_batch(
     what: str = "these calls",
 ) -> None:
     """Raise BudgetExceeded if calls made together (a fan-out), each at its worst case, could pass a
-    limit: the per-call budget against the costliest call, the run and day budgets against their sum
-    (spent plus reserved by calls in flight). The message names the budget and by how much it would be
-    passed. Each call still reserves its own estimate when it is sent."""
+    limit: the per-call budget against the costliest call, the run, day and user budgets against their
+    sum (spent plus reserved by calls in flight). The message names the budget, by how much it would be
+    passed, and the setting to raise. Each call still reserves its own estimate when it is sent."""
     total = sum(call_costs)
     worst = max(call_costs, default=0.0)
     if budgets.per_call_usd is not None and worst > budgets.per_call_usd + _EPSILON:
         raise BudgetExceeded(
             f"{what} refused: the per-call budget of {_usd(budgets.per_call_usd)} would be passed by "
             f"{_usd(worst - budgets.per_call_usd)} (its costliest call may cost up to {_usd(worst)}); "
-            f"raise {CONFIG_HINT.format(field='per_call_usd')}",
+            f"raise {_hint('per_call_usd')}",
             budget="per_call",
         )
     claims = budgets.claims(run_id, day_scope(_now()))
     counted = await accounts.counted([c.scope for c in claims]) if claims else {}
-    checks: list[tuple[float | None, Spend, str, str]] = []
     for claim in claims:
         spend = counted[claim.scope]
-        run = claim.scope.startswith("run:")
-        where = f"by run {run_id}" if run else "today (UTC)"
-        budget = "per_run" if run else "per_day"
-        checks += [
-            (claim.limit_usd, spend, budget, where),
-            (claim.limit_tokens, spend, f"{budget}_tokens", where),
-        ]
-    for limit, spend, budget, where in checks:
-        tokens = budget.endswith("_tokens")
-        spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
-        if limit is None or not _over(limit, spent, estimate):
-            continue
-        name = ("run" if budget.startswith("per_run") else "daily") + (" token" if tokens else "")
+        budget, where, name = claim.names()
+        for tokens, limit in ((False, claim.limit_usd), (True, claim.limit_tokens)):
+            spent, estimate = (spend.tokens, estimated_tokens) if tokens else (spend.cost_usd, total)
+            if limit is None or not _over(limit, spent, estimate):
+                continue
 
-        def amount(value: float, tokens: bool = tokens) -> str:
-            return f"{int(value):,} tokens" if tokens else _usd(value)
+            def amount(value: float, tokens: bool = tokens) -> str:
+                return f"{int(value):,} tokens" if tokens else _usd(value)
 
-        field = budget if tokens else f"{budget}_usd"
-        raise BudgetExceeded(
-            f"{what} refused: the {name} budget of {amount(limit)} would be passed by "
-            f"{amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
-            f"{amount(estimate)} for {what}); raise {CONFIG_HINT.format(field=field)}",
-            budget=budget,
-        )
+            raise BudgetExceeded(
+                f"{what} refused: the {name}{' token' if tokens else ''} budget of {amount(limit)} would "
+                f"be passed by {amount(spent + estimate - limit)} ({amount(spent)} used {where} + up to "
+                f"{amount(estimate)} for {what}); raise {claim.hint(tokens)}",
+                budget=f"{budget}_tokens" if tokens else budget,
+            )
+
+
+def _hint(field_name: str) -> str:
+    return CONFIG_HINT.format(field=field_name)
 
 
 def _refuse_past(
-    limit: float | None, spent: float, estimate: float, budget: str, what: str, where: str
+    limit: float | None,
+    spent: float,
+    estimate: float,
+    budget: str,
+    what: str,
+    where: str,
+    *,
+    setting: str | None = None,
 ) -> None:
     """BudgetExceeded when ``spent`` plus this call's ``estimate`` passes ``limit`` (USD, or tokens for
-    the ``*_tokens`` budgets), saying how much, by whom, and which setting to raise."""
+    the ``*_tokens`` budgets), saying how much, by whom, and which setting to raise (default: the
+    ``llm_router.limits.budgets`` field named after ``budget``)."""
     if not _over(limit, spent, estimate):
         return
     if budget.endswith("_tokens"):
-        field = budget
+        field_name = budget
         amount = f"of {limit:,} reached: {spent:,} tokens used {where} + ~{estimate:,} for this call"
     else:
-        field = f"{budget}_usd"
+        field_name = f"{budget}_usd"
         amount = (
             f"of {_usd(limit or 0)} reached: {_usd(spent)} spent {where} + ~{_usd(estimate)} for this call"
         )
-    raise BudgetExceeded(f"{what} {amount}; raise {CONFIG_HINT.format(field=field)}", budget=budget)
+    raise BudgetExceeded(f"{what} {amount}; raise {setting or _hint(field_name)}", budget=budget)
 
 
 def _over(limit: float | None, spent: float, estimate: float) -> bool:
@@ -820,8 +945,14 @@ def _usd(amount: float) -> str:
 # --- reports ---------------------------------------------------------------------------------------------
 
 
-def usage_report(ledger: Ledger, days: int = 30) -> dict:
-    """The `betty-mcp usage --json` document: totals, then per day and per model."""
+USAGE_VIEWS = ("day", "model", "caller", "user")
+
+
+def usage_report(ledger: Ledger, days: int = 30, by: str | None = None) -> dict:
+    """The `betty-mcp usage --json` document: totals, then per day, model, caller and user (or only
+    the one view ``by`` names, one of ``USAGE_VIEWS``)."""
+    if by is not None and by not in USAGE_VIEWS:
+        raise ValueError(f"by must be one of {', '.join(USAGE_VIEWS)}, got {by!r}")
     since = _first_day(days)
     total = ledger.spend(since=since)
     return {
@@ -833,49 +964,56 @@ def usage_report(ledger: Ledger, days: int = 30) -> dict:
             "cost_usd": total.cost_usd,
             "unpriced": total.unpriced,
         },
-        "by_day": ledger.by_day(days),
-        "by_model": ledger.by_model(days),
-        "by_caller": ledger.by_caller(days),
+        **{f"by_{view}": getattr(ledger, f"by_{view}")(days) for view in USAGE_VIEWS if by in (None, view)},
     }
 
 
 def format_usage(report: dict, where: str) -> str:
-    """The `betty-mcp usage` text of a ``usage_report``: a table per day, then per model, then per caller,
-    columns aligned; ``where`` names the database."""
+    """The `betty-mcp usage` text of a ``usage_report``: a table per day, per model, per caller and per
+    user, columns aligned (only those the report has: ``by``); ``where`` names the database."""
     days = report["days"]
     span = "today" if days == 1 else f"the last {days} days"
     if not report["total"]["calls"]:
         return f"No LLM calls recorded in {span} (UTC), in {where}.\n"
     total = report["total"]
-    day_rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
-    day_rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])
-    model_rows = [
-        [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
-        for m in report["by_model"]
-    ]
-    caller_rows = [
-        [
-            c["caller"],
-            f"{c['calls']:,}",
-            f"{c['share']:.0%}",
-            f"{c['tokens']:,}",
-            _usd(c["cost_usd"]),
-            f"{c['errors']:,}",
+    tables = []
+    if "by_day" in report:
+        rows = [[d["day"], *_counts(d), _usd(d["cost_usd"]), f"{d['errors']:,}"] for d in report["by_day"]]
+        rows.append(["total", *_counts(total), _usd(total["cost_usd"]), ""])
+        tables.append(_table(["day", "calls", "tokens", "cost", "errors"], rows))
+    if "by_model" in report:
+        rows = [
+            [m["model"], m["provider"], *_counts(m), _usd(m["cost_usd"]), f"{m['errors']:,}"]
+            for m in report["by_model"]
         ]
-        for c in report["by_caller"]
-    ]
-    parts = [
-        f"LLM usage in {span} (UTC days since {report['since']})",
-        "",
-        _table(["day", "calls", "tokens", "cost", "errors"], day_rows),
-        "",
-        _table(["model", "provider", "calls", "tokens", "cost", "errors"], model_rows, left=2),
-        "",
-        _table(["caller", "calls", "share", "tokens", "cost", "errors"], caller_rows),
-    ]
+        tables.append(_table(["model", "provider", "calls", "tokens", "cost", "errors"], rows, left=2))
+    for view in ("caller", "user"):
+        if f"by_{view}" not in report:
+            continue
+        shares = _shares(report[f"by_{view}"])
+        rows = [
+            [
+                r[view],
+                f"{r['calls']:,}",
+                f"{share:.0%}",
+                f"{r['tokens']:,}",
+                _usd(r["cost_usd"]),
+                f"{r['errors']:,}",
+            ]
+            for r, share in zip(report[f"by_{view}"], shares, strict=True)
+        ]
+        tables.append(_table([view, "calls", "share", "tokens", "cost", "errors"], rows))
+    parts = [f"LLM usage in {span} (UTC days since {report['since']})"]
+    for table in tables:
+        parts += ["", table]
     if total["unpriced"]:
         parts += ["", f"{total['unpriced']:,} call(s) had no known price and count as $0."]
     return "\n".join(parts) + "\n"
+
+
+def _shares(rows: list[dict]) -> list[float]:
+    total = sum(r["calls"] for r in rows) or 1
+    return [r["calls"] / total for r in rows]
 
 
 def _counts(row: dict) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,9 +30,9 @@ from betty_mcp.core.errors import (
     RetryableProviderError,
 )
 from betty_mcp.core.identity import current_caller
-from betty_mcp.core.llm_config import LlmRouterConfig
+from betty_mcp.core.llm_config import BudgetConfig, LlmRouterConfig, UserBudgetConfig
 from betty_mcp.core.secrets import known_secrets_and, register_secret_names, scrub
-from betty_mcp.llm.ledger import Accounts, Budgets, Reservation, UsageRecord, reserve
+from betty_mcp.llm.ledger import Accounts, Budgets, Reservation, UsageRecord, UserBudget, reserve
 from betty_mcp.llm.models import ModelCatalog, ModelSpec
 from betty_mcp.llm.routing import Candidate, RouteRequest, route
 from betty_mcp.llm.types import Backend, ChatRequest, Completion, StreamSink, ToolCall
@@ -66,14 +67,19 @@ class LlmService:
     fallback_on: tuple[type[ProviderError], ...] = (RetryableProviderError,)
 
     def __init__(
-        self, config: LlmRouterConfig, accounts: Accounts, backends: dict[str, Backend] | None = None
+        self,
+        config: LlmRouterConfig,
+        accounts: Accounts,
+        backends: dict[str, Backend] | None = None,
+        *,
+        role_budgets: Mapping[str, UserBudgetConfig | None] | None = None,
     ) -> None:
+        """``role_budgets``: each role's user budget (``roles.<r>.budgets`` in betty.yaml)."""
         self.config = config
         register_secret_names(config.key_env_names())  # a key is a secret whatever its variable's name
         self.models = ModelCatalog(config)
         self.accounts = accounts
-        budgets = config.limits.budgets
-        self.budgets = Budgets(**budgets.model_dump())
+        self.budgets = budgets_of(config.limits.budgets, role_budgets or {})
         self._backends = backends or {}
 
     def backend(self, spec: ModelSpec) -> Backend:
@@ -207,6 +213,20 @@ class LlmService:
         raise AllModelsFailed(
             f"all {len(hops)} candidate model(s) failed; last: {last.message}", last.error_kind, hops
         )
+
+
+def budgets_of(config: BudgetConfig, roles: Mapping[str, UserBudgetConfig | None]) -> Budgets:
+    """The ledger's budgets from betty.yaml's: ``llm_router.limits.budgets`` and ``roles.<r>.budgets``."""
+    per_user = config.per_user
+    return Budgets(
+        **config.model_dump(exclude={"per_user"}),
+        per_user=UserBudget(per_user.day_usd, per_user.day_tokens) if per_user else None,
+        per_role={
+            name: UserBudget(b.day_usd, b.day_tokens, setting=f"roles.{name}.budgets")
+            for name, b in roles.items()
+            if b is not None
+        },
+    )
 
 
 def _scrubbed(completion: Completion, secrets: list[str]) -> Completion:

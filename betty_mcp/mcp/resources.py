@@ -4,6 +4,8 @@ betty://skills/api.validate           the manifest (YAML)
 betty://skills/api.validate/SKILL.md  its documentation
 betty://agents/api.designer           an agent's manifest
 betty://outputs/<id>                  the full result of a call whose result was cut
+
+Each caller sees the skills and agents of their role and their own runs (an admin, every run).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import mcp_types as types
 
+from betty_mcp.agent.trace import LEGACY_USER
 from betty_mcp.core.errors import PathOutsideWorkspace
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.rules import OUTPUT_ID, confined, run_id_problem
 from betty_mcp.services import Services
 
@@ -27,9 +31,8 @@ class Resources:
         self.services = services
 
     async def list(self) -> list[types.Resource]:
-        catalog = self.services.catalog
         found: list[types.Resource] = []
-        for skill in catalog.skills.values():
+        for skill in self.services.skills().values():
             found.append(_manifest("skill", skill.name, skill.manifest.description))
             if skill.docs is not None:
                 found.append(
@@ -40,7 +43,9 @@ class Resources:
                         mime_type="text/markdown",
                     )
                 )
-        found += [_manifest("agent", a.name, a.manifest.description) for a in catalog.agents.values()]
+        found += [_manifest("agent", a.name, a.manifest.description) for a in self.services.agents().values()]
+        caller = current_caller()
+        whose = None if caller.is_admin else caller.user  # an admin sees every run, others their own
         found += [
             types.Resource(
                 uri=f"betty://runs/{run_id}",
@@ -48,7 +53,7 @@ class Resources:
                 title=f"agent run {run_id}",
                 mime_type="application/jsonl",
             )
-            for run_id in await self.services.store.traced_runs(LISTED_RUNS)
+            for run_id in await self.services.store.traced_runs(LISTED_RUNS, user=whose)
         ]
         return found
 
@@ -63,8 +68,11 @@ class Resources:
         return _text(uri, path.read_text(encoding="utf-8"), mime) if path.is_file() else None
 
     async def _trace(self, uri: str, run_id: str) -> types.TextResourceContents | None:
-        """A run's trace as JSON Lines, from whichever instance ran it (the store keeps it)."""
+        """A run's trace as JSON Lines, from whichever instance ran it (the store keeps it); another
+        user's is, to anyone but an admin, like one that does not exist."""
         store = self.services.store
+        if not current_caller().may_see(await store.trace_user(run_id) or LEGACY_USER):
+            return None
         if store.backend == "sqlite":  # a file of the runs folder: never through a symlink out of it
             return self._state_file(uri, Path(f"{run_id}.jsonl"), "application/jsonl")
         events = await store.events(run_id)
@@ -93,7 +101,7 @@ class Resources:
         kind, _, rest = uri.removeprefix("betty://").partition("/")
         if kind == "skills":
             name, _, doc = rest.partition("/")
-            skill = self.services.catalog.skills.get(name)
+            skill = self.services.skills().get(name)
             if skill is None:
                 return None
             if not doc:
@@ -102,7 +110,7 @@ class Resources:
                 return _text(uri, skill.docs.read_text(encoding="utf-8"), "text/markdown")
             return None
         if kind == "agents":
-            agent = self.services.catalog.agents.get(rest)
+            agent = self.services.agents().get(rest)
             return (
                 _text(uri, agent.manifest_path.read_text(encoding="utf-8"), "application/yaml")
                 if agent

@@ -5,6 +5,10 @@ pushed to each connected session) and 2026-07-28 (``subscriptions/listen``). Han
 exceptions never reach the wire as raw text: tool failures become ``isError`` results,
 protocol misuse a JSON-RPC error with a message a person can act on.
 
+Every handler acts as the request's caller (``core.identity``): over HTTP the one the bearer gate
+put in the request's scope (``mcp/auth.py``), over stdio the local user. Each caller sees only the
+tools of their role; a tool outside it is answered exactly like a tool that does not exist.
+
     server = BettyServer(services, ToolRegistry(services))
 """
 
@@ -32,6 +36,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from betty_mcp import __version__
 from betty_mcp.core.config import REQUEST_STATE_KEY_ENV
+from betty_mcp.core.identity import SCOPE_KEY, Caller, acting_as, current_caller
 from betty_mcp.core.secrets import known_secrets, scrub, scrub_data
 from betty_mcp.mcp.bus import SharedSubscriptionBus
 from betty_mcp.mcp.handshake import INSTRUCTIONS, SERVER_NAME, SERVER_TITLE
@@ -111,19 +116,30 @@ class BettyServer(Server[Any]):
     # -- tools ----------------------------------------------------------------------------
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """Called in the HTTP request's own task (2026-07-28), where the gate set the caller."""
         tool = self.tools.get(name)
-        return tool.spec.input_schema if tool else None
+        return tool.spec.input_schema if tool and self.tools.allowed(tool) else None
 
     async def _list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         self._remember(ctx)
-        return types.ListToolsResult(tools=[_mcp_tool(t) for t in self.tools.list()])
+        with acting_as(request_caller(ctx)):
+            return types.ListToolsResult(
+                tools=[_mcp_tool(t) for t in self.tools.list() if self.tools.allowed(t)]
+            )
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         self._remember(ctx)
-        tool = await self.tools.ready(params.name)
-        if tool is None:
+        with acting_as(request_caller(ctx)):
+            return await self._call_tool_as_caller(ctx, params)
+
+    async def _call_tool_as_caller(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        tool = self.tools.get(params.name)
+        tool = await self.tools.ready(params.name) if tool and self.tools.allowed(tool) else None
+        if tool is None:  # outside the caller's role or nonexistent: the same answer, so nothing leaks
             raise MCPError(
                 types.INVALID_PARAMS,
                 f"Unknown tool '{params.name}'. List tools with tools/list, or find skills with skills_list.",
@@ -152,7 +168,8 @@ class BettyServer(Server[Any]):
 
     async def _list_resources(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         self._remember(ctx)
-        return types.ListResourcesResult(resources=await self.resources.list())
+        with acting_as(request_caller(ctx)):
+            return types.ListResourcesResult(resources=await self.resources.list())
 
     async def _list_resource_templates(
         self, ctx: ServerRequestContext[Any], params: Any
@@ -162,7 +179,8 @@ class BettyServer(Server[Any]):
     async def _read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
-        contents = await self.resources.read(str(params.uri))
+        with acting_as(request_caller(ctx)):
+            contents = await self.resources.read(str(params.uri))
         if contents is None:
             raise MCPError(
                 types.INVALID_PARAMS,
@@ -176,6 +194,14 @@ def request_state_security() -> RequestStateSecurity:
     behind a load balancer accept each other's; else under a key of this process's own."""
     key = os.environ.get(REQUEST_STATE_KEY_ENV)
     return RequestStateSecurity(keys=[key]) if key else RequestStateSecurity.ephemeral()
+
+
+def request_caller(ctx: ServerRequestContext[Any]) -> Caller:
+    """The caller the HTTP gate found for this request (``ctx.request`` is its Starlette request), else
+    the context's (stdio: the local user)."""
+    scope = getattr(ctx.request, "scope", None)
+    found = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
+    return found if isinstance(found, Caller) else current_caller()
 
 
 def _mcp_tool(tool: Tool) -> types.Tool:

@@ -1,15 +1,16 @@
 """Serving a ``BettyServer`` over stdio or streamable HTTP, with hot reload alongside.
 
-HTTP binds loopback by default with DNS-rebinding (Host/Origin) protection. Any other bind
-needs a bearer token (``--token`` or ``$BETTY_MCP_TOKEN``); requests without it get 401.
+HTTP binds loopback by default with DNS-rebinding (Host/Origin) protection. Any other bind needs
+callers to be known: a bearer token (``--token`` or ``$BETTY_MCP_TOKEN``), users (``betty-mcp users
+add``) or OAuth (``auth:`` in betty.yaml); with any of them, requests without a valid token get 401
+(``mcp/auth.py``). Over stdio the caller is the local user.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server.stdio import stdio_server
@@ -22,6 +23,9 @@ from betty_mcp.mcp.server import BettyServer
 from betty_mcp.mcp.stdio import EarlyStart, claim_stdio
 from betty_mcp.mcp.tools.registry import ToolRegistry
 from betty_mcp.services import Services
+
+if TYPE_CHECKING:
+    from betty_mcp.mcp.auth import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +77,6 @@ async def serve_stdio(services: Services, early: EarlyStart | None = None) -> No
                 await server.run(read, write, server.create_initialization_options())
 
     await _serve_with_reload(server, serve)
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = {"error": "unauthorized", "error_description": "missing or wrong bearer token"}
-                await _respond(send, 401, body, [(b"www-authenticate", b'Bearer realm="betty-mcp"')])
-                return
-        await self.app(scope, receive, send)
 
 
 def security_settings(host: str, port: int, allowed_hosts: list[str]) -> TransportSecuritySettings:
@@ -152,27 +139,57 @@ def _bad_request_id(body: bytes) -> bool:
     return isinstance(request_id, bool) or not isinstance(request_id, str | int)
 
 
-async def _respond(
-    send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def _respond(send: Any, status: int, body: dict[str, Any]) -> None:
     """A JSON answer made here, before the SDK sees the request."""
     start = {"type": "http.response.start", "status": status}
-    await send({**start, "headers": [(b"content-type", b"application/json"), *(headers or [])]})
+    await send({**start, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
-def http_app(
+async def authenticator(services: Services, token: str | None) -> Authenticator | None:
+    """Who may call over HTTP, or None when anyone who reaches the port may (loopback, nothing set up):
+    the shared token, the users of the state database (the store: SQLite or PostgreSQL), and OAuth
+    tokens when betty.yaml has ``auth:``. Decided at start-up: users added to a server started open
+    count from its next start."""
+    from betty_mcp.llm.users import Users
+    from betty_mcp.mcp.auth import Authenticator
+
+    settings = services.settings
+    users = Users(services.store)
+    has_users = await users.any_active()
+    jwt = None
+    if settings.auth is not None:
+        from betty_mcp.core.oauth import JwtVerifier
+
+        jwt = JwtVerifier(settings.auth, settings.roles)
+    if not (token or has_users or jwt):
+        log.info("HTTP: no token, users or auth: configured; loopback callers act as the local user")
+        return None
+    return Authenticator(token, users, jwt)
+
+
+async def http_app(
     server: BettyServer, *, host: str, port: int, token: str | None, allowed_hosts: list[str]
 ) -> Any:
-    require_token_off_loopback(host, token, "the server")
+    from betty_mcp.mcp.auth import BearerGate, metadata_routes
+
+    gate = await authenticator(server.services, token)
+    if gate is None:
+        require_token_off_loopback(host, None, "the server")
+    auth = server.services.settings.auth
+    routes, metadata_url = metadata_routes(auth) if auth else ([], None)
     asgi = RequestIdCheck(
         server.streamable_http_app(
             streamable_http_path=MCP_PATH,
             transport_security=security_settings(host, port, allowed_hosts),
             host=host,
+            custom_starlette_routes=routes,
         )
     )
-    return BearerAuth(asgi, token) if token else asgi
+    if gate is None:
+        return asgi
+    scopes = auth.required_scopes if auth else []
+    return BearerGate(asgi, gate, metadata_url=metadata_url, scopes=scopes)
 
 
 async def serve_http(
@@ -180,7 +197,7 @@ async def serve_http(
 ) -> None:
 
     server = build_server(services)
-    asgi = http_app(server, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
+    asgi = await http_app(server, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
     head_timeout = services.settings.limits.http_head_timeout_seconds
     http = uvicorn_server(asgi, host=host, port=port, head_timeout=head_timeout)
     log.info("serving MCP on http://%s:%d%s", host, port, MCP_PATH)

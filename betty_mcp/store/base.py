@@ -1,9 +1,10 @@
 """The storage interface: what betty-mcp keeps beyond one call, whichever database keeps it.
 
 One ``Store`` holds the usage ledger (every LLM call, the gateway's and consensus fan-outs' included),
-the budget counters calls reserve against (``Accounts``), the runs the run tools show, and each run's
-events (its trace). Two implementations: ``SqliteStore`` (the workspace's file, the default) and
-``PostgresStore`` (``database_url``: shared by every instance of a team service).
+the budget counters calls reserve against (``Accounts``), the runs the run tools show, each run's
+events (its trace), and the HTTP front end's users (their tokens' hashes). Two implementations:
+``SqliteStore`` (the workspace's file, the default) and ``PostgresStore`` (``database_url``: shared by
+every instance of a team service).
 
     store = open_store(settings)           # betty_mcp.store
     held = await reserve(store, budgets, cost_usd=0.01, tokens=500)
@@ -22,11 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from betty_mcp.core.identity import LOCAL
 from betty_mcp.llm.ledger import Accounts, UsageRecord
+from betty_mcp.llm.users import UserAccounts
 
-__all__ = ["CANCEL_CHANNEL", "MigrationStatus", "RunRecord", "SharedRuns", "Store", "now"]
+__all__ = ["CANCEL_CHANNEL", "LEGACY_USER", "MigrationStatus", "RunRecord", "SharedRuns", "Store", "now"]
 
 CANCEL_CHANNEL = "betty_run_cancel"  # NOTIFY payload: the id of a run to cancel, wherever it runs
+LEGACY_USER = LOCAL.user  # the user of calls, runs and traces from before there were users
 
 
 def now() -> datetime:
@@ -90,8 +94,9 @@ class SharedRuns(Protocol):
         ...
 
 
-class Store(Accounts, Protocol):
-    """Everything betty-mcp keeps; see the module's docstring."""
+class Store(Accounts, UserAccounts, Protocol):
+    """Everything betty-mcp keeps; see the module's docstring. The users (``UserAccounts``) are the HTTP
+    front end's per-user tokens, only their SHA-256 kept (``llm.users``)."""
 
     backend: str  # "sqlite" or "postgresql"
     where: str  # shown to people: a path, or a URL with its password redacted
@@ -118,13 +123,15 @@ class Store(Accounts, Protocol):
         run_id: str | None = None,
         session_id: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        """The most recent calls (of one run, session or consensus, if given), newest first."""
+        """The most recent calls (of one run, session, consensus or user, if given), newest first."""
         ...
 
-    async def usage(self, days: int = 30) -> dict[str, Any]:
-        """The ``betty-mcp usage --json`` document (``llm.ledger.usage_report``'s shape)."""
+    async def usage(self, days: int = 30, by: str | None = None) -> dict[str, Any]:
+        """The ``betty-mcp usage --json`` document (``llm.ledger.usage_report``'s shape): every view of
+        ``USAGE_VIEWS``, or only the one ``by`` names."""
         ...
 
     # -- runs and their events
@@ -146,8 +153,13 @@ class Store(Accounts, Protocol):
         """A run's trace in order, or None when the run has none."""
         ...
 
-    async def traced_runs(self, limit: int = 50) -> Sequence[str]:
-        """Ids of the runs with a trace, most recent first."""
+    async def traced_runs(self, limit: int = 50, *, user: str | None = None) -> Sequence[str]:
+        """Ids of the runs with a trace (only those ``user`` started, if given), most recent first."""
+        ...
+
+    async def trace_user(self, run_id: str) -> str | None:
+        """Who started a traced run (its ``run_started`` event's user; ``local`` for a trace older than
+        users), or None when the run has no trace."""
         ...
 
     def trace_location(self, run_id: str) -> str:

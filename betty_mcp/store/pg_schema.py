@@ -132,11 +132,31 @@ ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMPTZ;
 CREATE INDEX runs_running ON runs (heartbeat_at) WHERE status = 'running';
 """
 
+# The HTTP front end's per-user tokens (only their SHA-256; ``llm.users``), and each user's UTC day as a
+# budget scope (user:YYYY-MM-DD:<name>) filled from the calls already recorded, so per-user budgets
+# keep today's spend (a call without a user counts as ``local``'s, as in the usage report).
+M005_USERS = """
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ
+);
+INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens)
+    SELECT 'user:' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ':'
+               || coalesce("user", 'local'),
+           count(*), coalesce(sum(cost_usd), 0), coalesce(sum(total_tokens), 0)
+    FROM calls GROUP BY 1
+    ON CONFLICT (scope) DO NOTHING;
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("001_calls", M001_CALLS),
     ("002_budget_counters", M002_BUDGETS),
     ("003_runs_and_events", M003_RUNS),
     ("004_run_holders", M004_RUN_HOLDERS),
+    ("005_users", M005_USERS),
 )
 NAMES = tuple(name for name, _ in MIGRATIONS)
 

@@ -18,6 +18,7 @@ under an advisory lock.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -33,8 +34,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from betty_mcp.core.errors import StorageError
+from betty_mcp.core.identity import current_caller
 from betty_mcp.core.secrets import register_secret_value, scrub
 from betty_mcp.llm.ledger import (
+    USAGE_VIEWS,
     Claim,
     Count,
     Reservation,
@@ -44,8 +47,9 @@ from betty_mcp.llm.ledger import (
     current_consensus_id,
     settlement,
 )
+from betty_mcp.llm.users import TIME_FORMAT, StoredUser, already_active
 from betty_mcp.store import pg_schema
-from betty_mcp.store.base import MigrationStatus, RunRecord
+from betty_mcp.store.base import LEGACY_USER, MigrationStatus, RunRecord
 from betty_mcp.store.urls import password, redact
 
 log = logging.getLogger(__name__)
@@ -67,10 +71,12 @@ _COUNT = (
 )
 _RESERVE = "SELECT * FROM betty_reserve(%s::text[], %s::float8[], %s::bigint[], %s, %s)"
 _SPEND = "count(*), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd)"
-_RECORD_COLUMNS = (
-    "caller, model, provider, prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, agent, "
-    "run_id, fallbacks, error, created_at, session_id, request_class, consensus_id"
+_RECORD_FIELDS = (
+    *("caller", "model", "provider", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"),
+    *("outcome", "agent", "run_id", "fallbacks", "error", "created_at", "session_id", "request_class"),
+    *("consensus_id", "user"),
 )
+_RECORD_COLUMNS = ", ".join(f'"{name}"' for name in _RECORD_FIELDS)  # "user" is a keyword: quoted
 _RUN_COLUMNS = (
     "run_id, kind, agent, task, owner, status, error, created_at, updated_at, status_doc, result_doc"
 )
@@ -304,7 +310,7 @@ class PostgresStore:
             record.session_id,
             record.request_class,
             record.consensus_id or current_consensus_id(),
-            record.user,
+            record.user or current_caller().user,
         )
         self._queue(_Write(call=call, counts=tuple(settlement(record, reservation))))
 
@@ -331,8 +337,9 @@ class PostgresStore:
         run_id: str | None = None,
         agent: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
     ) -> Spend:
-        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
+        where, params = _where(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id, user=user)
         calls, tokens, cost, unpriced = (await self._query(f"SELECT {_SPEND} FROM calls{where}", params))[0]
         return Spend(calls=calls, tokens=int(tokens), cost_usd=float(cost), unpriced=unpriced)
 
@@ -342,47 +349,30 @@ class PostgresStore:
         run_id: str | None = None,
         session_id: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id)
+        where, params = _where(run_id=run_id, session_id=session_id, consensus_id=consensus_id, user=user)
         rows = await self._query(
             f"SELECT {_RECORD_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT %s",
             [*params, limit],
         )
         found = []
         for row in rows:
-            fields = dict(zip(_RECORD_COLUMNS.split(", "), row, strict=True))
+            fields = dict(zip(_RECORD_FIELDS, row, strict=True))
             fields["fallbacks"] = tuple(fields["fallbacks"])
             found.append(UsageRecord(**fields))
         return found
 
-    async def usage(self, days: int = 30) -> dict[str, Any]:
+    async def usage(self, days: int = 30, by: str | None = None) -> dict[str, Any]:
         if days < 1:
             raise ValueError(f"days must be at least 1, got {days}")
+        if by is not None and by not in USAGE_VIEWS:
+            raise ValueError(f"by must be one of {', '.join(USAGE_VIEWS)}, got {by!r}")
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         since = today - timedelta(days=days - 1)
         total = await self.spend(since=since)
-        errors = "count(*) FILTER (WHERE outcome <> 'ok')"
-        day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-        by_day = await self._query(
-            f"SELECT {day} AS day, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
-            "GROUP BY day ORDER BY day DESC",
-            (since,),
-        )
-        by_model = await self._query(
-            f"SELECT model, provider, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
-            "GROUP BY model, provider "
-            "ORDER BY coalesce(sum(cost_usd), 0) DESC, count(*) DESC, model, provider",
-            (since,),
-        )
-        by_caller = await self._query(
-            f"SELECT caller, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
-            "GROUP BY caller ORDER BY coalesce(sum(cost_usd), 0) DESC, count(*) DESC, caller",
-            (since,),
-        )
-        callers = [_totals(("caller",), row) for row in by_caller]
-        share = sum(c["calls"] for c in callers) or 1
-        return {
+        report: dict[str, Any] = {
             "days": days,
             "since": since.date().isoformat(),
             "total": {
@@ -391,10 +381,38 @@ class PostgresStore:
                 "cost_usd": total.cost_usd,
                 "unpriced": total.unpriced,
             },
-            "by_day": [_totals(("day",), row) for row in by_day],
-            "by_model": [_totals(("model", "provider"), row) for row in by_model],
-            "by_caller": [{**c, "share": c["calls"] / share} for c in callers],
         }
+        for view in USAGE_VIEWS:
+            if by in (None, view):
+                report[f"by_{view}"] = await self._usage_view(view, since)
+        return report
+
+    async def _usage_view(self, view: str, since: datetime) -> list[dict[str, Any]]:
+        """One table of the usage report: its rows since ``since``, as ``llm.ledger``'s ``by_*`` give."""
+        errors = "count(*) FILTER (WHERE outcome <> 'ok')"
+        costliest = "coalesce(sum(cost_usd), 0) DESC, count(*) DESC"
+        keys: tuple[str, ...]
+        if view == "day":
+            keys, select = ("day",), "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day"
+            group, order = "day", "day DESC"
+        elif view == "model":
+            keys, select = ("model", "provider"), "model, provider"
+            group, order = "model, provider", f"{costliest}, model, provider"
+        elif view == "caller":
+            keys, select, group, order = ("caller",), "caller", "caller", f"{costliest}, caller"
+        else:  # calls recorded without a user count as the local user's
+            keys, select = ("user",), f"coalesce(\"user\", '{LEGACY_USER}') AS who"
+            group, order = "who", f"{costliest}, who"
+        rows = await self._query(
+            f"SELECT {select}, {_SPEND}, {errors} FROM calls WHERE created_at >= %s "
+            f"GROUP BY {group} ORDER BY {order}",
+            (since,),
+        )
+        found = [_totals(keys, row) for row in rows]
+        if view == "caller":
+            share = sum(c["calls"] for c in found) or 1
+            found = [{**c, "share": c["calls"] / share} for c in found]
+        return found
 
     # -- runs and traces
 
@@ -439,14 +457,73 @@ class PostgresStore:
         rows = await self._query("SELECT event FROM run_events WHERE run_id = %s ORDER BY id", (run_id,))
         return [row[0] for row in rows] if rows else None
 
-    async def traced_runs(self, limit: int = 50) -> list[str]:
-        rows = await self._query(
-            "SELECT run_id FROM run_events GROUP BY run_id ORDER BY max(id) DESC LIMIT %s", (limit,)
-        )
+    async def traced_runs(self, limit: int = 50, *, user: str | None = None) -> list[str]:
+        if user is None:
+            rows = await self._query(
+                "SELECT run_id FROM run_events GROUP BY run_id ORDER BY max(id) DESC LIMIT %s", (limit,)
+            )
+        else:  # whose run it is: its first event's user (run_started comes first)
+            rows = await self._query(
+                "SELECT e.run_id FROM run_events e GROUP BY e.run_id HAVING coalesce("
+                "(SELECT f.event ->> 'user' FROM run_events f WHERE f.id = min(e.id)), %s) = %s "
+                "ORDER BY max(e.id) DESC LIMIT %s",
+                (LEGACY_USER, user, limit),
+            )
         return [row[0] for row in rows]
+
+    async def trace_user(self, run_id: str) -> str | None:
+        rows = await self._query(
+            "SELECT event ->> 'user' FROM run_events WHERE run_id = %s ORDER BY id LIMIT 1", (run_id,)
+        )
+        return (rows[0][0] or LEGACY_USER) if rows else None
 
     def trace_location(self, run_id: str) -> str:
         return f"betty://runs/{run_id}"
+
+    # -- users (no flush first: nothing queued writes them)
+
+    async def add_user(self, name: str, role: str | None, token_sha256: str) -> None:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO users AS u (name, role, token_sha256, created_at) VALUES (%s, %s, %s, now()) "
+                "ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
+                "token_sha256 = excluded.token_sha256, created_at = excluded.created_at, revoked_at = NULL "
+                "WHERE u.revoked_at IS NOT NULL RETURNING name",
+                (name, role, token_sha256),
+            )
+            added = await cur.fetchone()
+        if added is None:
+            raise already_active(name)
+
+    async def revoke_user(self, name: str) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "UPDATE users SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL", (name,)
+            )
+            return cur.rowcount == 1
+
+    async def list_users(self) -> list[StoredUser]:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT name, role, created_at, revoked_at FROM users ORDER BY name")
+            rows = await cur.fetchall()
+        return [StoredUser(name, role, _stamp(added), _stamp(revoked)) for name, role, added, revoked in rows]
+
+    async def find_user(self, token_sha256: str) -> StoredUser | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT name, role, created_at, token_sha256 FROM users "
+                "WHERE token_sha256 = %s AND revoked_at IS NULL",
+                (token_sha256,),
+            )
+            row = await cur.fetchone()
+        if row is None or not hmac.compare_digest(row[3], token_sha256):
+            return None
+        return StoredUser(row[0], row[1], _stamp(row[2]))
+
+    async def any_active_user(self) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM users WHERE revoked_at IS NULL LIMIT 1")
+            return await cur.fetchone() is not None
 
     # -- runs shared by instances
 
@@ -505,7 +582,7 @@ def _where(**filters: Any) -> tuple[str, list[Any]]:
     for column, value in filters.items():
         if value is None:
             continue
-        clauses.append("created_at >= %s" if column == "since" else f"{column} = %s")
+        clauses.append("created_at >= %s" if column == "since" else f'"{column}" = %s')
         params.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
@@ -515,6 +592,11 @@ def _totals(keys: tuple[str, ...], row: tuple) -> dict[str, Any]:
     found = dict(zip(names, row, strict=True))
     found["tokens"], found["cost_usd"] = int(found["tokens"]), float(found["cost_usd"])
     return found
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    """A time as ``StoredUser`` shows it (the SQLite table's text: ISO 8601 UTC, to the second)."""
+    return moment.astimezone(UTC).strftime(TIME_FORMAT) if moment is not None else None
 
 
 def _run(row: tuple) -> RunRecord:

@@ -3,7 +3,8 @@
 Each statement is short and runs inline (a WAL write takes well under a millisecond; a worker-thread
 hop would cost more), so writes are done when the call returns and ``flush`` has nothing to wait for.
 The file's migrations are the ledger's (``llm.ledger.MIGRATIONS``); runs live in its ``runs`` table,
-traces stay ``<runs_dir>/<run_id>.jsonl`` as before.
+users in its ``users`` table (``llm.users.UserStore``), traces stay ``<runs_dir>/<run_id>.jsonl`` as
+before (a trace's user is its first line's).
 
     store = SqliteStore(settings.ledger_path, settings.runs_dir)
 """
@@ -27,7 +28,8 @@ from betty_mcp.llm.ledger import (
     connect,
     usage_report,
 )
-from betty_mcp.store.base import MigrationStatus, RunRecord
+from betty_mcp.llm.users import StoredUser, UserStore
+from betty_mcp.store.base import LEGACY_USER, MigrationStatus, RunRecord
 
 _RUN_COLUMNS = (
     "run_id, kind, agent, task, owner, status, error, created_at, updated_at, status_doc, result_doc"
@@ -39,6 +41,7 @@ class SqliteStore:
 
     def __init__(self, path: Path, runs_dir: Path) -> None:
         self.ledger = Ledger(path)
+        self.users = UserStore(path)
         self.runs_dir = runs_dir
         self.where = str(path)
 
@@ -48,6 +51,7 @@ class SqliteStore:
         from betty_mcp.llm.ledger import migrate
 
         self.ledger.close()
+        self.users.close()
         db = connect(self.ledger.path)
         try:
             return migrate(db)
@@ -72,6 +76,7 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         self.ledger.close()
+        self.users.close()
 
     # -- accounts
 
@@ -94,8 +99,11 @@ class SqliteStore:
         run_id: str | None = None,
         agent: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
     ) -> Spend:
-        return self.ledger.spend(since=since, run_id=run_id, agent=agent, consensus_id=consensus_id)
+        return self.ledger.spend(
+            since=since, run_id=run_id, agent=agent, consensus_id=consensus_id, user=user
+        )
 
     async def records(
         self,
@@ -103,14 +111,15 @@ class SqliteStore:
         run_id: str | None = None,
         session_id: str | None = None,
         consensus_id: str | None = None,
+        user: str | None = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
         return self.ledger.records(
-            run_id=run_id, session_id=session_id, consensus_id=consensus_id, limit=limit
+            run_id=run_id, session_id=session_id, consensus_id=consensus_id, user=user, limit=limit
         )
 
-    async def usage(self, days: int = 30) -> dict[str, Any]:
-        return usage_report(self.ledger, days)
+    async def usage(self, days: int = 30, by: str | None = None) -> dict[str, Any]:
+        return usage_report(self.ledger, days, by)
 
     # -- runs
 
@@ -165,11 +174,17 @@ class SqliteStore:
                     found.append(event)
         return found
 
-    async def traced_runs(self, limit: int = 50) -> list[str]:
+    async def traced_runs(self, limit: int = 50, *, user: str | None = None) -> list[str]:
         if not self.runs_dir.is_dir():
             return []
         paths = sorted(self.runs_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if user is not None:
+            paths = [p for p in paths if _first_user(p) == user]
         return [p.stem for p in paths[:limit]]
+
+    async def trace_user(self, run_id: str) -> str | None:
+        path = self._trace(run_id)
+        return _first_user(path) if path.is_file() else None
 
     def trace_location(self, run_id: str) -> str:
         return str(self._trace(run_id))
@@ -177,9 +192,37 @@ class SqliteStore:
     def shared_runs(self) -> None:
         return None  # one process holds its runs; a restart keeps the finished ones
 
+    # -- users: the users table of the same file (``llm.users.UserStore``)
+
+    async def add_user(self, name: str, role: str | None, token_sha256: str) -> None:
+        self.users.insert(name, role, token_sha256)
+
+    async def revoke_user(self, name: str) -> bool:
+        return self.users.revoke(name)
+
+    async def list_users(self) -> list[StoredUser]:
+        return self.users.list()
+
+    async def find_user(self, token_sha256: str) -> StoredUser | None:
+        return self.users.find_digest(token_sha256)
+
+    async def any_active_user(self) -> bool:
+        return self.users.any_active()
+
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _first_user(path: Path) -> str:
+    """The user who started a traced run: its first line's ``user`` (``run_started`` comes first)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return LEGACY_USER
+    user = first.get("user") if isinstance(first, dict) else None
+    return user if isinstance(user, str) and user else LEGACY_USER
 
 
 def _run(row: tuple) -> RunRecord:

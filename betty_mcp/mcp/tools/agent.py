@@ -172,7 +172,7 @@ class AgentsListTool(ServiceTool):
     )
 
     async def run(self, arguments: dict[str, Any], ctx: CallContext) -> ToolResult:
-        agents = sorted(self.services.catalog.agents.values(), key=lambda a: a.name)
+        agents = sorted(self.services.agents().values(), key=lambda a: a.name)
         return ToolResult.of({"agents": [self.services.describe_agent(a) for a in agents]})
 
 

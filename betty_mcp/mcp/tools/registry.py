@@ -2,6 +2,7 @@
 
 tools = ToolRegistry(services)
 tools.get("api_validate"), tools.list()
+tools.allowed(tool)        # may the current caller use it (their role's tool set)?
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class ToolRegistry:
             if skill is not tool.skill:
                 tool = self.tools[name] = SkillTool(self.services, skill)
         return tool
+
+    def allowed(self, tool: Tool) -> bool:
+        """Whether the current caller may use ``tool`` (a skill's by its tool or its Betty name)."""
+        if isinstance(tool, SkillTool):
+            return self.services.may_use_skill(tool.skill)
+        return self.services.may_use_tool(tool.spec.name)
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
