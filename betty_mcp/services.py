@@ -135,11 +135,14 @@ class Services:
 
     async def warm_up(self) -> None:
         """Pay the one-time costs now, so that first calls cost what the next ones do: start the
-        zygote when there are skills, and load the LLM path (LiteLLM's import: seconds) when a model
-        that goes through it is configured. Serving calls this once the client is being served,
-        never before ``initialize`` is answered."""
+        zygote when there are skills, load the argument checker, and load the LLM path (LiteLLM's
+        import: seconds) when a model that goes through it is configured. Serving calls this once
+        the client is being served, never before ``initialize`` is answered."""
+        import anyio.to_thread
+
         if self.catalog.skills:
             self.runner.warm_up()
+        await anyio.to_thread.run_sync(self.validator.warm_up)  # every tool call's argument check
         router = self.settings.router
         if router.enabled and router.providers:
             started = time.monotonic()

@@ -302,3 +302,49 @@ async def test_no_socket_folder_before_the_zygote_starts_and_none_after_close(
     used.close()
     assert process.poll() is not None, "the zygote is stopped"
     assert list(temp_dir.iterdir()) == []
+
+
+LEARNS = """\
+import json, os, sys
+had = {name: name in sys.modules for name in ("jsonschema", "wave")}
+if os.environ.get("LEARN_HOSTILE"):
+    os.write(4, b"wave\\nos\\n" * 10)  # only the zygote's own list is ever learned
+else:
+    import jsonschema  # noqa: F401
+print(json.dumps({"ok": True, "had": had}))
+"""
+
+
+async def test_the_zygote_learns_heavy_imports_from_handlers_and_nothing_else(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A lean zygote: jsonschema is not preloaded; once a handler imported it, later forks have it.
+    A handler writing other names on the learning pipe gets none of them loaded."""
+    skills = tmp_path / "skills"
+    for name in ("learn.uses", "learn.hostile"):
+        folder = skills / name
+        folder.mkdir(parents=True)
+        (folder / "skill.yaml").write_text(f"name: {name}\nentrypoints:\n  - handler: h.py\n")
+        (folder / "h.py").write_text(LEARNS)
+    app = Services(load_settings(None, workspace=workspace, skills_dirs=[skills], bundled=False))
+    app.runner._base_env["LEARN_HOSTILE"] = ""
+    uses, hostile = app.catalog.skills["learn.uses"], app.catalog.skills["learn.hostile"]
+    try:
+        zygote = app.runner._zygote
+        assert zygote is not None
+        zygote.start()
+        with anyio.fail_after(30):
+            while not zygote._ready.is_set():
+                await anyio.sleep(0.05)
+        first = await app.runner.run(uses, {})
+        assert first.structured["had"] == {"jsonschema": False, "wave": False}
+        seen = {}
+        with anyio.fail_after(30):
+            while not seen.get("jsonschema"):
+                seen = (await app.runner.run(uses, {})).structured["had"]
+        app.runner._base_env["LEARN_HOSTILE"] = "1"
+        await app.runner.run(hostile, {})
+        app.runner._base_env["LEARN_HOSTILE"] = ""
+        assert (await app.runner.run(uses, {})).structured["had"] == {"jsonschema": True, "wave": False}
+    finally:
+        app.close()

@@ -32,6 +32,14 @@ class ArgumentValidator:
             cached = self._compiled[id(schema)] = (schema, Draft202012Validator(schema))
         return cached[1]
 
+    @staticmethod
+    def warm_up() -> None:
+        """Import jsonschema and run one validation (its lazy parts load then), ahead of the first call."""
+        from jsonschema import Draft202012Validator
+
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+        list(Draft202012Validator(schema).iter_errors({"a": 1}))
+
     def forget(self) -> None:
         """Drop compiled schemas (after a reload replaced them)."""
         self._compiled = {}

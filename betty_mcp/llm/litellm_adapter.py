@@ -13,6 +13,7 @@ Retries are ours (``max_retries=0``): the fallback walk moves to the next model 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -40,6 +41,12 @@ _lock = threading.Lock()
 _litellm: Any = None
 # Set while the warm-up's mock call runs: LiteLLM's lines about it are dropped (it is not a call).
 _warming_up: ContextVar[bool] = ContextVar("betty_mcp_litellm_warming_up", default=False)
+# Modules LiteLLM imports at its first real call (a mocked one skips them), as of the pinned version.
+FIRST_CALL_IMPORTS = (
+    "litellm._service_logger",
+    "litellm.proxy.spend_tracking.savings",
+    "betty_mcp.llm.embedded",  # llm_query's note on the embedded model
+)
 # Local servers need no key, but the OpenAI client refuses to send a request without one.
 PLACEHOLDER_KEY = "no-key-needed"
 
@@ -164,6 +171,9 @@ class LiteLLMBackend:
                     pass
         finally:
             _warming_up.reset(token)
+        for name in FIRST_CALL_IMPORTS:  # what a real call loads that a mocked one does not
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
 
     async def complete(self, spec: ModelSpec, request: ChatRequest, stream: StreamSink) -> Completion:
         litellm = await load_litellm()

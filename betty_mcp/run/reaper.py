@@ -319,8 +319,10 @@ class CallScope:
             self._owner.disable_cgroups()
             self.cgroup = None
 
-    def kill(self, process: Any = None) -> None:
-        """Kill every process of the call (the handler too, if it runs). Safe from any thread."""
+    def kill(self, process: Any = None, *, scan: bool = True) -> None:
+        """Kill every process of the call (the handler too, if it runs). Safe from any thread.
+        ``scan=False``: the caller knows no other process of the call is left (the handler's group is
+        still killed), so /proc is not searched."""
         with self._lock:
             running = process is not None and process.returncode is None
             outside = getattr(process, "outside_cgroup", False)  # a forked handler's move failed
@@ -334,7 +336,8 @@ class CallScope:
                 kill_cgroup(self.cgroup)
                 if not outside:
                     return
-            kill_processes([process.pid] if running else [], self.id, self.since)
+            if scan:
+                kill_processes([process.pid] if running else [], self.id, self.since)
 
     def release(self) -> None:
         """Remove the call's cgroup (once its processes are gone: retried at the next call and at close)."""

@@ -46,7 +46,7 @@ from betty_mcp.core.secrets import scrub, secret_values
 from betty_mcp.run.envelope import last_json_document, normalise
 from betty_mcp.run.invocation import Invocation, Invocations, check_paths
 from betty_mcp.run.reaper import CALL_ENV, CGROUPS_ENV, CallScope, Containment, cgroups_asked
-from betty_mcp.run.zygote import MAX_JOB, ZYGOTE_ENV, Zygote
+from betty_mcp.run.zygote import MAX_JOB, ZYGOTE_ENV, ForkedHandler, Zygote
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,7 @@ class SkillRunner:
             self._base_env[CGROUPS_ENV] = "1"
         self._containment = Containment(cgroups)  # a cgroup per call or /proc tracking, decided at first use
         self._zygote: Zygote | None = None
+        self._forked: set[int] = set()  # handlers forked by this runner's zygote, running now
         if os.environ.get(ZYGOTE_ENV):  # inside a handler (workflow.run): use the server's zygote
             self._zygote = Zygote.attach(os.environ[ZYGOTE_ENV])
         elif settings.limits.fork_server:
@@ -334,25 +335,33 @@ class SkillRunner:
             process, invocation.stdin, captured, limits.max_output_bytes, limits.stderr_tail_chars
         )
         timed_out = False
+        forked = isinstance(process, ForkedHandler)
+        if forked:
+            self._forked.add(process.pid)
         try:
             with anyio.move_on_after(timeout) as deadline:
                 async with anyio.create_task_group() as tg:
+                    done = anyio.Event()  # ends the heartbeat (cancelling a scope costs more)
                     if progress is not None:
-                        tg.start_soon(self._heartbeat, progress, skill.name)
+                        tg.start_soon(self._heartbeat, progress, skill.name, done)
                     await anyio.to_thread.run_sync(
                         collector.run, lambda: scope.kill(process), abandon_on_cancel=True
                     )
-                    tg.cancel_scope.cancel()
+                    done.set()
             timed_out = deadline.cancelled_caught
         finally:
             with anyio.CancelScope(shield=True):
                 if scope.cgroup is not None:
                     scope.kill(process)  # one write: no need for a thread
+                elif forked and not timed_out and self._no_strays(process):
+                    scope.kill(process, scan=False)
                 else:
                     await anyio.to_thread.run_sync(scope.kill, process)  # a scan of /proc
                 if collector.abandon():
                     await anyio.to_thread.run_sync(collector.release)
             scope.release()
+            if forked:
+                self._forked.discard(process.pid)
         if timed_out or getattr(process, "status_lost", False):
             return captured, None, timed_out
         return captured, process.returncode, False
@@ -418,11 +427,26 @@ class SkillRunner:
         return size < MAX_JOB // 2  # a rough bound: JSON may double what it escapes
 
     @staticmethod
-    async def _heartbeat(progress: Progress, name: str) -> None:
+    async def _heartbeat(progress: Progress, name: str, done: anyio.Event) -> None:
         started = time.monotonic()
         while True:
-            await anyio.sleep(HEARTBEAT_SECONDS)
+            with anyio.move_on_after(HEARTBEAT_SECONDS):
+                await done.wait()
+            if done.is_set():
+                return
             await progress(f"{name}: running for {time.monotonic() - started:.0f}s")
+
+    def _no_strays(self, process: ForkedHandler) -> bool:
+        """Whether a forked handler that ended left no process behind, told without scanning /proc.
+
+        The zygote is the subreaper of everything it forks: a process a handler left running is, once
+        the handler is gone, the zygote's child. So when the zygote's children are only handlers this
+        runner knows are running (the one that ended may still be there, unreaped), none are left.
+        Anything else (an orphan, a nested runner's handler, no way to tell) means a scan."""
+        if process.returncode is None or self._zygote is None:
+            return False
+        children = self._zygote.children()
+        return children is not None and children <= self._forked
 
     def _interpret(
         self, skill: Skill, captured: _Captured, exit_code: int | None, timed_out: bool, timeout: float

@@ -210,6 +210,18 @@ class Zygote:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def children(self) -> set[int] | None:
+        """The zygote's child processes now (handlers, and orphans it adopted as their subreaper), or
+        None when that cannot be told (not started here, or no ``/proc/<pid>/task/<pid>/children``)."""
+        pid = self.pid
+        if pid is None or self._attached:
+            return None
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+                return {int(child) for child in f.read().split()}
+        except (OSError, ValueError):
+            return None
+
     def close(self) -> None:
         """Stop the zygote this side started, and remove its socket and folder."""
         if self._attached:

@@ -15,6 +15,7 @@ its call's processes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import runpy
@@ -29,17 +30,23 @@ from typing import Any
 from betty_mcp.run.reaper import CALL_ENV, kill_cgroup, kill_group, kill_processes, set_child_subreaper
 from betty_mcp.run.zygote import HEADER, MAX_JOB, OUTSIDE_CGROUP
 
-# What bundled handlers import, by name (the server never imports the kit itself); a failed
-# import is skipped (the handler will say what is missing).
+# What most handlers import (bundled ones: argparse and the kit), loaded before the first fork; a
+# failed import is skipped (the handler will say what is missing).
 PRELOAD = (
     "argparse",
     "yaml",
     "betty_mcp.kit.skillkit",
-    "betty_mcp.core.manifests",
     "betty_mcp.kit.registry",
+)
+# Heavy modules only some handlers use (openapi-spec-validator: ~300 ms and ~20 MB): loaded once a
+# handler has imported them, so later calls are forked with them and a zygote whose skills never need
+# them stays small. Only these names are ever learned, whatever a handler writes on its LEARN_FD.
+LEARNED = (
     "jsonschema",
     "openapi_spec_validator",
+    "betty_mcp.core.manifests",
 )
+LEARN_FD = 4  # in a handler: where it names the LEARNED modules it imported (the zygote's pipe)
 FDS = 4  # stdin, stdout, stderr, status
 STATUS_FD = 3  # where the child keeps its status pipe
 
@@ -80,11 +87,13 @@ def _write_status(fd: int, text: bytes) -> None:
         os.write(fd, text)
 
 
-def _become_handler(job: dict, fds: list[int]) -> None:
+def _become_handler(job: dict, fds: list[int], learn: int) -> None:
     """In the forked child: turn into ``python handler.py ARGS``; never returns."""
     code = 1
     status = fds[3]
+    known = {name for name in LEARNED if name in sys.modules}
     try:
+        learn = fcntl.fcntl(learn, fcntl.F_DUPFD_CLOEXEC, 16)  # clear of the descriptors moved below
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if job.get("cgroup"):  # first: everything the handler starts stays in its call's cgroup
@@ -99,7 +108,8 @@ def _become_handler(job: dict, fds: list[int]) -> None:
             os.dup2(status, STATUS_FD, inheritable=False)
             status = STATUS_FD
         os.set_inheritable(STATUS_FD, False)
-        os.closerange(STATUS_FD + 1, 1 << 20)  # the zygote's socket, pipes and other jobs' descriptors
+        os.dup2(learn, LEARN_FD, inheritable=False)
+        os.closerange(LEARN_FD + 1, 1 << 20)  # the zygote's socket, pipes and other jobs' descriptors
         os.environ.clear()
         os.environ.update(job["env"])
         os.chdir(job["cwd"])
@@ -124,6 +134,10 @@ def _become_handler(job: dict, fds: list[int]) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            learned = [name for name in LEARNED if name in sys.modules and name not in known]
+            if learned:
+                os.write(LEARN_FD, "".join(f"{name}\n" for name in learned).encode())
         code &= 0xFF
         _write_status(status, f"{code}\n".encode())  # the status, whatever becomes of the zygote
         os._exit(code)
@@ -145,6 +159,10 @@ class _Zygote:
         signal.set_wakeup_fd(wake_w.fileno())
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.learn_r, self.learn_w = os.pipe()  # children name the LEARNED modules they imported
+        os.set_blocking(self.learn_r, False)
+        os.set_blocking(self.learn_w, False)  # a full pipe drops a child's note, never blocks its exit
+        self.selector.register(self.learn_r, selectors.EVENT_READ, "learn")
         self.incoming: dict[socket.socket, _Incoming] = {}
         self.children: dict[int, _Child] = {}  # running child pid -> who waits for it
 
@@ -159,11 +177,24 @@ class _Zygote:
                     if not os.read(0, 1):
                         self._shut_down()
                         return
+                elif key.data == "learn":
+                    self._learn()
                 elif key.data == "job":
                     self._receive(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._requester_gone(key.data, key.fileobj)  # type: ignore[arg-type]
             self._reap()
+
+    def _learn(self) -> None:
+        """Import the LEARNED modules a handler used, so the next forks have them (one pause, once)."""
+        try:
+            names = os.read(self.learn_r, 4096).decode("utf-8", "replace").split()
+        except BlockingIOError:
+            return
+        for name in LEARNED:
+            if name in names and name not in sys.modules:
+                with contextlib.suppress(Exception):
+                    __import__(name)
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
@@ -227,7 +258,7 @@ class _Zygote:
             conn.close()
             return
         if pid == 0:
-            _become_handler(job, fds)
+            _become_handler(job, fds, self.learn_w)
         for fd in fds[:3]:
             os.close(fd)
         os.set_blocking(fds[3], False)  # a status line never waits, even on a pipe a handler filled
