@@ -140,14 +140,17 @@ class Services:
         the client is being served, never before ``initialize`` is answered."""
         import anyio.to_thread
 
+        started = time.monotonic()
+        done = ["argument checker"]
         if self.catalog.skills:
             self.runner.warm_up()
+            done.append("zygote")
         await anyio.to_thread.run_sync(self.validator.warm_up)  # every tool call's argument check
         router = self.settings.router
         if router.enabled and router.providers:
-            started = time.monotonic()
             await (await self.llm()).warm_up()
-            log.info("LLM path warmed up in %.1fs", time.monotonic() - started)
+            done.append("LLM path")
+        log.info("warmed up (%s) in %.1fs", ", ".join(done), time.monotonic() - started)
 
     @property
     def store(self) -> Store:
