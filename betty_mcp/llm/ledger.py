@@ -357,8 +357,9 @@ def tagged(*, consensus_id: str) -> Iterator[None]:
         _CONSENSUS_ID.reset(token)
 
 
-class Ledger:
-    """The SQLite file of LLM calls. Opened and migrated on first use; safe to share between threads."""
+class StateFile:
+    """The workspace's SQLite state file (calls, budgets, runs, users): opened and migrated on first
+    use, one connection shared by threads under a lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -378,6 +379,17 @@ class Ledger:
                     raise
                 self._db = db
             yield self._db
+
+    def close(self) -> None:
+        """Close the connection; a later call opens it again."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class Ledger(StateFile):
+    """The LLM calls in the state file."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """The rows of one query (other tables of this file: the store's runs)."""
@@ -567,13 +579,6 @@ class Ledger:
             f"SELECT {_COLUMNS} FROM calls{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
         )
         return [_to_record(row) for row in rows]
-
-    def close(self) -> None:
-        """Close the connection; a later call opens it again."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
     def __enter__(self) -> Ledger:
         return self

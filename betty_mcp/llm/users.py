@@ -20,17 +20,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 from betty_mcp.core.errors import ConfigError
-from betty_mcp.llm.ledger import connect, migrate
+from betty_mcp.llm.ledger import StateFile
 
 __all__ = [
     "RESERVED_NAMES",
@@ -133,26 +128,8 @@ class Users:
         return await self.store.find_user(token_sha256(token))
 
 
-class UserStore:
+class UserStore(StateFile):
     """The ``users`` table of the SQLite state file (schema ``m006_users`` in the ledger's migrations)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                db = connect(self.path)
-                try:
-                    migrate(db)
-                except BaseException:
-                    db.close()
-                    raise
-                self._db = db
-            yield self._db
 
     def add(self, name: str, role: str | None = None) -> str:
         """Add ``name`` (or give a revoked name a new life) and return its token: the only time it is seen."""
@@ -211,12 +188,6 @@ class UserStore:
         if row is None or not hmac.compare_digest(row[3], digest):
             return None
         return StoredUser(row[0], row[1], row[2])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
 
 def _now() -> str:
