@@ -1,7 +1,8 @@
 """Throughput: 100 concurrent llm_query calls over streamable HTTP, against a fast local server.
 
 Baseline: the same 100 calls made concurrently with `litellm.acompletion` in one process, in the
-same run. Reports calls/s, errors (target: 0) and latency percentiles.
+same run. Reports calls/s, errors (target: 0) and latency percentiles, and for comparison 100
+concurrent trivial calls (`skills_list`) over the same connection.
 
     .venv/bin/python bench/llm_throughput.py [--concurrency 100]
 """
@@ -27,7 +28,9 @@ from llm_overhead import write_config
 from tests.conftest import free_port
 
 
-async def through_http(url: str, n: int) -> tuple[float, list[float], int]:
+async def through_http(
+    url: str, n: int, tool: str = "llm_query", arguments: dict | None = None
+) -> tuple[float, list[float], int]:
     from mcp.client import Client
 
     latencies: list[float] = []
@@ -37,14 +40,14 @@ async def through_http(url: str, n: int) -> tuple[float, list[float], int]:
         nonlocal errors
         started = time.perf_counter()
         try:
-            result = await client.call_tool("llm_query", {"prompt": "hi"})
+            result = await client.call_tool(tool, {"prompt": "hi"} if arguments is None else arguments)
             errors += bool(result.is_error)
         except Exception:
             errors += 1
         latencies.append(time.perf_counter() - started)
 
     async with Client(url, read_timeout_seconds=120) as client:
-        await client.call_tool("llm_query", {"prompt": "warm up"})
+        await client.call_tool(tool, {"prompt": "warm up"} if arguments is None else arguments)
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(n):
@@ -99,7 +102,9 @@ def main() -> None:
         )
         try:
             time.sleep(3)
-            elapsed, latencies, errors = anyio.run(through_http, f"http://127.0.0.1:{port}/mcp", n)
+            url = f"http://127.0.0.1:{port}/mcp"
+            elapsed, latencies, errors = anyio.run(through_http, url, n)
+            trivial_elapsed, _, trivial_errors = anyio.run(through_http, url, n, "skills_list", {})
         finally:
             server.terminate()
             server.wait()
@@ -116,6 +121,8 @@ def main() -> None:
                 "direct_litellm_calls_per_s": round(n / base_elapsed, 1),
                 "direct_errors": base_errors,
                 "ratio_throughput": round((n / elapsed) / (n / base_elapsed), 3),
+                "trivial_skills_list_calls_per_s": round(n / trivial_elapsed, 1),
+                "trivial_errors": trivial_errors,
                 "target_errors": 0,
                 "met": errors == 0,
             },

@@ -7,20 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from betty_mcp.core.http_policy import require_token_off_loopback, uvicorn_server
+from betty_mcp.core.http_policy import fast_http, require_token_off_loopback, uvicorn_server
 from betty_mcp.gateway.app import GatewayApp
 from betty_mcp.services import Services
 
 log = logging.getLogger(__name__)
-
-
-def _fast_http() -> bool:
-    """httptools' parser when installed: ~0.5 ms less per request than h11."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def gateway_app(
@@ -50,7 +41,7 @@ async def serve_gateway(
     app = gateway_app(services, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
     head_timeout = services.settings.limits.http_head_timeout_seconds
     server = uvicorn_server(
-        app, host=host, port=port, head_timeout=head_timeout, fast=_fast_http(), timeout_keep_alive=30
+        app, host=host, port=port, head_timeout=head_timeout, fast=fast_http(), timeout_keep_alive=30
     )
     log.info("gateway: Anthropic Messages on http://%s:%d/v1/messages", host, port)
     await server.serve()

@@ -16,7 +16,7 @@ import anyio
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from betty_mcp.core.http_policy import HttpPolicy, require_token_off_loopback, uvicorn_server
+from betty_mcp.core.http_policy import HttpPolicy, fast_http, require_token_off_loopback, uvicorn_server
 from betty_mcp.mcp.bus import SharedSubscriptionBus
 from betty_mcp.mcp.reload import keep_current
 from betty_mcp.mcp.server import BettyServer
@@ -199,6 +199,6 @@ async def serve_http(
     server = build_server(services)
     asgi = await http_app(server, host=host, port=port, token=token, allowed_hosts=allowed_hosts)
     head_timeout = services.settings.limits.http_head_timeout_seconds
-    http = uvicorn_server(asgi, host=host, port=port, head_timeout=head_timeout)
+    http = uvicorn_server(asgi, host=host, port=port, head_timeout=head_timeout, fast=fast_http())
     log.info("serving MCP on http://%s:%d%s", host, port, MCP_PATH)
     await _serve_with_reload(server, http.serve)
