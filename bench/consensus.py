@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -31,6 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import INITIALIZE, StdioPeer, betty_command, median, percentile
+from fast_llm_server_proc import served
 
 SLOW_SECONDS = 1.0
 SLOW_MODELS = [f"slow{i}" for i in range(1, 6)]
@@ -76,23 +74,9 @@ def serve(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
-@contextmanager
-def provider() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait()
+def provider() -> contextlib.AbstractContextManager[str]:
+    """This script's own ``--serve`` endpoint, in its own process."""
+    return served(lambda port: [sys.executable, __file__, "--serve", str(port)])
 
 
 # -- the measurements --------------------------------------------------------------------------

@@ -45,7 +45,6 @@ _warming_up: ContextVar[bool] = ContextVar("betty_mcp_litellm_warming_up", defau
 FIRST_CALL_IMPORTS = (
     "litellm._service_logger",
     "litellm.proxy.spend_tracking.savings",
-    "betty_mcp.llm.embedded",  # llm_query's note on the embedded model
 )
 # Local servers need no key, but the OpenAI client refuses to send a request without one.
 PLACEHOLDER_KEY = "no-key-needed"
