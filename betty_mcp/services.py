@@ -26,13 +26,14 @@ from betty_mcp.core.arguments import ArgumentValidator
 from betty_mcp.core.catalog import Agent, Catalog, Skill, load_catalog
 from betty_mcp.core.config import Settings
 from betty_mcp.core.errors import AgentError, ArgumentsError, BettyError, UnknownAgent
-from betty_mcp.core.identity import current_caller
+from betty_mcp.core.identity import acting_as, current_caller
 from betty_mcp.core.secrets import key_env_names, register_secret_names
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from betty_mcp.agent import AgentRuntime, OnStep, RunRequest, RunResult
+    from betty_mcp.agent.queue import QueuedRun, RunQueue
     from betty_mcp.agent.runs import RunHandle, RunManager
     from betty_mcp.core.llm_config import LlmRouterConfig
     from betty_mcp.llm.consensus import Consensus, Observer
@@ -164,6 +165,8 @@ class Services:
 
     async def aclose(self) -> None:
         """Write what is still queued for the store and let go of its connections."""
+        if self._runs is not None and self._runs.queue is not None:
+            await self._runs.queue.aclose()
         if self._store is not None:
             await self._store.aclose()
 
@@ -185,8 +188,66 @@ class Services:
                 self.store,
                 heartbeat=limits.run_heartbeat_seconds,
                 lost_after=limits.run_lost_after_seconds,
+                queue=self._run_queue(),
             )
         return self._runs
+
+    def _run_queue(self) -> RunQueue | None:
+        """The shared database's run queue; None with the workspace's SQLite file."""
+        if self.store.shared_runs() is None or not self.settings.database:
+            return None
+        from betty_mcp.agent.queue import RunQueue
+
+        limits = self.settings.limits
+        return RunQueue(
+            self.settings.database,
+            heartbeat=limits.run_heartbeat_seconds,
+            lost_after=limits.run_lost_after_seconds,
+        )
+
+    async def work_queue(self, concurrency: int) -> None:
+        """Run queued runs, ``concurrency`` at a time, until cancelled (``serve`` on a shared database,
+        and ``betty-mcp worker``). Each runs as the caller who queued it, to its end."""
+        queue = self.runs.queue
+        if queue is None:
+            raise AgentError(
+                "queued runs need a shared database: set database_url in betty.yaml "
+                "(or $BETTY_MCP_DATABASE_URL) to a PostgreSQL URL"
+            )
+        await self.store.upgrade()  # the queue's tables are a migration
+        await queue.work(self.run_queued, concurrency)
+
+    async def run_queued(self, queued: QueuedRun) -> None:
+        """One queued run, on the worker that took it: claimed (never run twice), then run as its owner;
+        the job lasts as long as the run."""
+        runs = self.runs
+        if not await runs.claim(queued.run_id):
+            log.info("run %s: cancelled or taken before this worker got to it", queued.run_id)
+            return
+        with acting_as(queued.owner):
+            try:
+                handle = await self._start_queued(queued)
+            except BettyError as exc:
+                await runs.fail(queued, str(exc))
+                return
+        try:
+            await handle.done.wait()
+        finally:
+            handle.scope.cancel()  # the worker is stopping: so does the run (a no-op once it ended)
+
+    async def _start_queued(self, queued: QueuedRun) -> RunHandle:
+        if queued.kind == "agent":
+            from betty_mcp.agent import RunRequest
+
+            request = RunRequest.of(queued.arguments)
+            self.agent(request.agent)
+            return self.runs.start(
+                request.agent,
+                request.task,
+                lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
+                run_id=queued.run_id,
+            )
+        return await self.start_consensus(queued.arguments, consensus_id=queued.run_id)
 
     def close(self) -> None:
         """End what runs in the background: interface captures, the runner's zygote."""
@@ -354,6 +415,7 @@ class Services:
         *,
         agent: str | None = None,
         run_id: str | None = None,
+        consensus_id: str | None = None,
         cost_limit: float | None = None,
         token_limit: int | None = None,
     ) -> Consensus:
@@ -391,7 +453,7 @@ class Services:
             temperature=arguments.get("temperature"),
             token_limit=token_limit,
         )
-        consensus_id = new_run_id()
+        consensus_id = consensus_id or new_run_id()
         return await Consensus.plan(
             service,
             request,
@@ -453,18 +515,34 @@ class Services:
         """``llm_consensus`` run to its end here (the CLI, the bundled skill, an agent's call)."""
         return await self.run_consensus(await self.plan_consensus(arguments, **plan), observe)
 
-    async def start_consensus(self, arguments: dict[str, Any]) -> RunHandle:
+    async def start_consensus(
+        self, arguments: dict[str, Any], *, consensus_id: str | None = None
+    ) -> RunHandle:
         """``llm_consensus`` as a background run of the serving process (planned, and so refused, first);
         follow it with ``runs.wait``/``runs.get``/``runs.cancel``."""
         from betty_mcp.llm.consensus import KIND
 
         runs = self.runs
-        consensus = await self.plan_consensus(arguments)
+        consensus = await self.plan_consensus(arguments, consensus_id=consensus_id)
 
         async def work(run_id: str, note: Progress) -> None:
             await self.run_consensus(consensus, lambda line, event: note(line))
 
         return runs.start_job(KIND, arguments["prompt"], consensus, work)
+
+    async def submit_consensus(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``llm_consensus`` with ``wait: false``: planned (and so refused) here, then queued for any worker
+        on a shared database, else started here; what the caller sees at once."""
+        if self.runs.queue is None:
+            return (await self.start_consensus(arguments)).snapshot()
+        from betty_mcp.agent.queue import QueuedRun
+        from betty_mcp.llm.consensus import KIND
+
+        consensus = await self.plan_consensus(arguments)
+        shown = {**consensus.snapshot(), "status": "queued"}
+        queued = QueuedRun(consensus.id, "consensus", KIND, arguments["prompt"], current_caller(), arguments)
+        await self.runs.enqueue(queued, shown)
+        return shown
 
     # -- the gateway (Anthropic Messages) -------------------------------------------------------
 
@@ -566,6 +644,23 @@ class Services:
             request.task,
             lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
         )
+
+    async def submit_agent_run(self, request: RunRequest) -> dict[str, Any]:
+        """``agent_run`` with ``wait: false``: queued for any worker on a shared database, else started
+        here; what the caller sees at once (``run_status``'s answer)."""
+        self.agent(request.agent)
+        if self.runs.queue is None:
+            handle = self.start_agent_run(request)
+            return {"run_id": handle.run_id, "agent": handle.agent, "status": "running", "steps": []}
+        from betty_mcp.agent.queue import QueuedRun
+        from betty_mcp.core.rules import new_run_id
+
+        queued = QueuedRun(
+            new_run_id(), "agent", request.agent, request.task, current_caller(), request.as_dict()
+        )
+        shown = {"run_id": queued.run_id, "agent": request.agent, "status": "queued", "steps": []}
+        await self.runs.enqueue(queued, {**shown, "totals": None, "answer": None, "error": None})
+        return shown
 
 
 class _AgentSkills:

@@ -19,6 +19,11 @@ whichever instance holds it (the store keeps its ``owner``).
 Each run's row in the store (``RunRecord``) is written when it starts, at each step and when it ends,
 so ``status``/``result`` answer for runs this process no longer holds: finished before a restart, or
 (with PostgreSQL) run by another instance.
+
+With PostgreSQL, a run nobody waits for is queued instead (``enqueue``; ``agent.queue``): any instance
+or ``betty-mcp worker`` takes it (``claim``, once) and holds it from then on, as if started there.
+
+    shown = await manager.enqueue(QueuedRun(...), shown)   # its row, status "queued"
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from betty_mcp.store.base import CANCEL_CHANNEL, SharedRuns
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
+
+    from betty_mcp.agent.queue import QueuedRun, RunQueue
 
 Progress = Callable[[str], Awaitable[None]]
 StartRun = Callable[[str, OnStep], Awaitable[RunResult]]
@@ -162,7 +169,13 @@ class RunManager:
     seconds as failed (``worker_lost``), and cancels its runs when any instance asks."""
 
     def __init__(
-        self, task_group: TaskGroup, store: Store, *, heartbeat: float = 2.0, lost_after: float = 15.0
+        self,
+        task_group: TaskGroup,
+        store: Store,
+        *,
+        heartbeat: float = 2.0,
+        lost_after: float = 15.0,
+        queue: RunQueue | None = None,
     ) -> None:
         self.task_group = task_group
         self.store = store
@@ -170,6 +183,7 @@ class RunManager:
         self.shared = store.shared_runs()
         self.heartbeat = heartbeat
         self.lost_after = lost_after
+        self.queue = queue if self.shared is not None else None
         if self.shared is not None:
             task_group.start_soon(self._coordinate, self.shared)
 
@@ -194,9 +208,9 @@ class RunManager:
         if handle is not None:
             handle.scope.cancel()
 
-    def start(self, agent: str, task: str, run: StartRun) -> RunHandle:
+    def start(self, agent: str, task: str, run: StartRun, *, run_id: str | None = None) -> RunHandle:
         """Start ``run(run_id, on_step)`` in the background; it ends with its RunResult."""
-        return self._launch(RunHandle(new_run_id(), agent, task), self._run, run)
+        return self._launch(RunHandle(run_id or new_run_id(), agent, task), self._run, run)
 
     def start_job(self, name: str, task: str, job: Job, work: StartJob) -> RunHandle:
         """Start ``work(run_id, note)`` in the background; ``job`` shows its progress and result.
@@ -209,6 +223,51 @@ class RunManager:
         self.runs[handle.run_id] = handle
         self.task_group.start_soon(runner, handle, work)
         return handle
+
+    async def enqueue(self, queued: QueuedRun, shown: dict[str, Any]) -> dict[str, Any]:
+        """Queue a run for whichever worker is free (``queue`` is set); ``shown`` is its result so far.
+        Its row says ``queued`` until a worker claims it; what ``run_status`` shows is returned."""
+        assert self.queue is not None, "runs are queued only on a shared database"
+        status = {
+            "run_id": queued.run_id,
+            "agent": queued.name,
+            "status": "queued",
+            "steps": 0,
+            "last_step": None,
+            "elapsed_s": 0.0,
+            "totals": None,
+            "error": None,
+        }
+        record = RunRecord(
+            run_id=queued.run_id,
+            kind=queued.kind,
+            agent=queued.name,
+            task=queued.task,
+            status="queued",
+            owner=queued.owner.user,
+            status_doc=status,
+            result_doc={**shown, "status": "queued"},
+        )
+        await self.store.save_run(record)
+        try:
+            await self.queue.enqueue(queued)
+        except BettyError as exc:
+            await self.fail(queued, f"the run could not be queued: {exc}")
+            raise
+        return status
+
+    async def claim(self, run_id: str) -> bool:
+        """Take a queued run to run here; False if it was cancelled or taken already (never run twice)."""
+        assert self.shared is not None
+        return await self.shared.claim(run_id)
+
+    async def fail(self, queued: QueuedRun, error: str) -> None:
+        """A queued run that could not start (its agent is gone, a budget refuses it): failed, saying why."""
+        handle = RunHandle(queued.run_id, queued.name, queued.task, owner=queued.owner, error=error)
+        handle.done.set()
+        record = handle.record()
+        record.kind = queued.kind
+        await self.store.save_run(record)
 
     async def _save(self, handle: RunHandle) -> None:
         """Write the run's row; a database that cannot be reached is logged, never ends the run."""
@@ -335,6 +394,10 @@ class RunManager:
         handle = self._held(run_id)
         if handle is None:
             stored = await self._stored(run_id)
+            if stored.status == "queued" and self.shared is not None:
+                if (cancelled := await self.shared.cancel_queued(run_id)) is not None:
+                    return cancelled.status_doc
+                stored = await self._stored(run_id)  # a worker took it meanwhile: cancel it there
             if stored.finished:
                 return stored.status_doc
             if self.shared is None:

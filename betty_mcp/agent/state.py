@@ -77,6 +77,14 @@ class RunRequest:
     model: str | None = None
     limits: RunLimits = field(default_factory=RunLimits)
 
+    def as_dict(self) -> dict[str, Any]:
+        """As JSON (a queued run's job carries it)."""
+        return asdict(self)
+
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> RunRequest:
+        return cls(**{**fields, "limits": RunLimits(**(fields.get("limits") or {}))})
+
 
 @dataclass
 class Step:

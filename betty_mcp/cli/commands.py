@@ -727,6 +727,64 @@ def local_serve(
 
 # -- agent runs ---------------------------------------------------------------------------------
 
+
+@app.command()
+@with_sources
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Runs taken at once (default: limits.run_workers, or 4 if 0)."),
+    ] = None,
+    log_level: LogLevelOpt = "info",
+    sources: Sources = DEFAULT_SOURCES,
+) -> None:
+    """Run queued runs (agent_run and llm_consensus with wait=false) from the shared database, until
+    stopped (SIGTERM or Ctrl-C: the runs it holds end as cancelled)."""
+    import anyio
+
+    _setup_logging(log_level)
+    try:
+        services = Services(sources.settings())
+        services.reload()
+    except BettyError as exc:
+        _fail(str(exc))
+    if not services.settings.database:
+        _fail(
+            "betty-mcp worker takes runs from a shared database: set database_url in betty.yaml "
+            "(or $BETTY_MCP_DATABASE_URL) to a PostgreSQL URL"
+        )
+    taken = concurrency or services.settings.limits.run_workers or 4
+    try:
+        anyio.run(_work, services, taken)
+    except BettyError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _work(services: Services, concurrency: int) -> None:
+    import signal
+
+    import anyio
+
+    async def stop_on_signal(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+
+    try:
+        async with anyio.create_task_group() as tg:
+            services.serve_runs(tg)
+            tg.start_soon(stop_on_signal, tg.cancel_scope)
+            await services.work_queue(concurrency)
+            tg.cancel_scope.cancel()
+    finally:
+        services.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await services.aclose()
+
+
 db_app = typer.Typer(help="The database: its migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

@@ -64,6 +64,9 @@ class Limits(BaseModel):
     # without a word any instance marks them failed (worker_lost). Never run again.
     run_heartbeat_seconds: float = Field(default=2, gt=0, le=60)
     run_lost_after_seconds: float = Field(default=15, gt=0, le=3600)
+    # With a shared database: how many queued runs (wait=false) ``serve`` takes at once; 0 leaves them to
+    # ``betty-mcp worker`` processes.
+    run_workers: int = Field(default=4, ge=0, le=256)
 
 
 # JWS algorithms an OAuth access token may be signed with: asymmetric only. ``none`` and the HMAC family

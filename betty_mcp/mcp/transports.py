@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 WARM_UP_IDLE_SECONDS = 2.0
+QUEUE_RETRY_SECONDS = 5.0
 
 
 def build_server(services: Services) -> BettyServer:
@@ -47,6 +48,8 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
                 tg.start_soon(server.bus.run)  # change notifications from every instance
             tg.start_soon(keep_current, server.tools, server.notify_changed, stop, server.first_request)
             tg.start_soon(_warm_up_when_served, services, server.first_request)
+            if services.settings.database and services.settings.limits.run_workers:
+                tg.start_soon(_work_queue_when_served, services, server.first_request)
             await serve()
             stop.set()  # the watcher's thread ends within a step
             services.close()  # captures and the zygote end now, not after the task group's wait
@@ -66,6 +69,18 @@ async def _warm_up_when_served(services: Services, started: anyio.Event) -> None
         await services.warm_up()
     except Exception:  # only first calls are slower for it
         log.exception("warming up failed; the first calls will pay the start-up costs")
+
+
+async def _work_queue_when_served(services: Services, started: anyio.Event) -> None:
+    """Take queued runs (shared database) once the client is being served, like the warm-up."""
+    with anyio.move_on_after(WARM_UP_IDLE_SECONDS):
+        await started.wait()
+    while True:
+        try:
+            await services.work_queue(services.settings.limits.run_workers)
+        except Exception as exc:  # the database went away, say: serving goes on, and so does the queue
+            log.error("taking queued runs stopped (%s); again in %gs", exc, QUEUE_RETRY_SECONDS)
+        await anyio.sleep(QUEUE_RETRY_SECONDS)
 
 
 async def serve_stdio(services: Services, early: EarlyStart | None = None) -> None:

@@ -48,7 +48,9 @@ class RunRecord:
     kind: str  # "agent" or "consensus"
     agent: str
     task: str
-    status: str = "running"
+    status: str = (
+        "running"  # "queued" until a worker takes it (PostgreSQL), then "running", then how it ended
+    )
     owner: str | None = None  # who started it (core.identity's current caller)
     error: str | None = None
     created_at: datetime = field(default_factory=now)
@@ -58,7 +60,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status != "running"
+        return self.status not in ("queued", "running")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,14 @@ class SharedRuns(Protocol):
 
     async def heartbeat(self, run_ids: Sequence[str]) -> None:
         """These runs are still held here."""
+        ...
+
+    async def claim(self, run_id: str) -> bool:
+        """Take a queued run (status ``queued``) to run it here; True for exactly one taker."""
+        ...
+
+    async def cancel_queued(self, run_id: str) -> RunRecord | None:
+        """Cancel a run still queued; its row, or None if someone took it (or it ended) first."""
         ...
 
     async def reap(self, lost_after: float) -> list[str]:

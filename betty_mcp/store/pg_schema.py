@@ -11,6 +11,7 @@ edit or reorder a migration that has shipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -151,12 +152,22 @@ INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens)
     ON CONFLICT (scope) DO NOTHING;
 """
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (
+
+def m006_run_queue() -> str:
+    """The run queue's tables and functions: procrastinate's own schema, at the version pinned in the
+    ``postgres`` extra (read from its package only when this migration is applied)."""
+    from importlib import resources
+
+    return (resources.files("procrastinate.sql") / "schema.sql").read_text(encoding="utf-8")
+
+
+MIGRATIONS: tuple[tuple[str, str | Callable[[], str]], ...] = (
     ("001_calls", M001_CALLS),
     ("002_budget_counters", M002_BUDGETS),
     ("003_runs_and_events", M003_RUNS),
     ("004_run_holders", M004_RUN_HOLDERS),
     ("005_users", M005_USERS),
+    ("006_run_queue", m006_run_queue),
 )
 NAMES = tuple(name for name, _ in MIGRATIONS)
 
@@ -193,7 +204,7 @@ async def upgrade(conn: AsyncConnection, upto: int | None = None) -> list[str]:
         for name, sql in wanted:
             if name in done:
                 continue
-            await conn.execute(sql)  # no parameters: several statements in one go
+            await conn.execute(sql() if callable(sql) else sql)  # no parameters: several statements at once
             await conn.execute("INSERT INTO betty_migrations (name) VALUES (%s)", (name,))
             names.append(name)
     return names

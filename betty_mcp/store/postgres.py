@@ -436,7 +436,7 @@ class PostgresStore:
                 f"INSERT INTO runs ({_RUN_COLUMNS}, holder, heartbeat_at) "
                 f"VALUES ({', '.join(['%s'] * 12)}, now()) "
                 f"ON CONFLICT (run_id) DO UPDATE SET {updates}, heartbeat_at = now() "
-                "WHERE runs.status = 'running'",  # a run marked lost stays lost
+                "WHERE runs.status IN ('queued', 'running')",  # lost, or cancelled while queued: stays so
                 (*values, self.holder),
             )
 
@@ -536,6 +536,33 @@ class PostgresStore:
                 "UPDATE runs SET heartbeat_at = now() WHERE run_id = ANY (%s) AND status = 'running'",
                 (list(run_ids),),
             )
+
+    async def claim(self, run_id: str) -> bool:
+        """Take a queued run to run it here: True once, for one taker; False if it was cancelled or
+        taken (a run is never run twice)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET status = 'running', holder = %s, heartbeat_at = now(), updated_at = now(), "
+                'status_doc = status_doc || \'{"status": "running"}\', '
+                'result_doc = result_doc || \'{"status": "running"}\' '
+                "WHERE run_id = %s AND status = 'queued' RETURNING run_id",
+                (self.holder, run_id),
+            )
+            return await cur.fetchone() is not None
+
+    async def cancel_queued(self, run_id: str) -> RunRecord | None:
+        """Cancel a run nobody has taken yet; its row, or None if it is no longer queued."""
+        why = "the run was cancelled before it started"
+        cancelled = Jsonb({"status": "cancelled", "error": why})
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET status = 'cancelled', error = %s, updated_at = now(), "
+                "status_doc = status_doc || %s, result_doc = result_doc || %s "
+                f"WHERE run_id = %s AND status = 'queued' RETURNING {_RUN_COLUMNS}",
+                (why, cancelled, cancelled, run_id),
+            )
+            row = await cur.fetchone()
+            return _run(row) if row else None
 
     async def reap(self, lost_after: float) -> list[str]:
         why = (

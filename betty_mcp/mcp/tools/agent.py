@@ -30,7 +30,7 @@ RUN_OUTPUT = {
         "agent": {"type": "string"},
         "status": {
             "type": "string",
-            "enum": ["running", "completed", "failed", "budget_exceeded", "timed_out", "cancelled"],
+            "enum": ["queued", "running", "completed", "failed", "budget_exceeded", "timed_out", "cancelled"],
         },
         "answer": {"type": ["string", "null"]},
         "steps": {"type": "array", "items": {"type": "object"}},
@@ -90,11 +90,9 @@ class AgentRunTool(ServiceTool):
             arguments.get("model"),
             RunLimits(**arguments.get("limits", {})),
         )
-        handle = self.services.start_agent_run(request)
         if not arguments.get("wait", True):
-            return ToolResult.of(
-                {"run_id": handle.run_id, "agent": handle.agent, "status": "running", "steps": []}
-            )
+            return ToolResult.of(await self.services.submit_agent_run(request))
+        handle = self.services.start_agent_run(request)
         try:
             result = await self.services.runs.wait(
                 handle, arguments.get("wait_seconds", DEFAULT_WAIT_SECONDS), ctx.progress

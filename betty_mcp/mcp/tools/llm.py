@@ -205,7 +205,7 @@ CONSENSUS_OUTPUT = {
     "properties": {
         "run_id": {"type": "string"},
         "consensus_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["running", "completed", "failed", "cancelled"]},
+        "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
         "answers": {"type": "array", "items": CONSENSUS_ANSWER},
         "judge": {
             "type": ["object", "null"],
@@ -244,9 +244,9 @@ class LlmConsensusTool(ServiceTool):
         from betty_mcp.mcp.tools.agent import run_result
 
         asked = {k: v for k, v in arguments.items() if k not in ("wait", "wait_seconds")}
+        if not arguments.get("wait", True):  # refused at once too, before anything is sent
+            return ToolResult.of(await self.services.submit_consensus(asked))
         handle = await self.services.start_consensus(asked)  # refused here, before anything is sent
-        if not arguments.get("wait", True):
-            return ToolResult.of(handle.snapshot())
         seconds = arguments.get("wait_seconds", DEFAULT_WAIT_SECONDS)
         try:
             result = await self.services.runs.wait(handle, seconds, ctx.progress)
