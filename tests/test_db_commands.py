@@ -107,3 +107,13 @@ def test_users_and_usage_by_user_work_on_postgresql(workspace: Path, pg_url: str
     assert json.loads(usage.stdout)["by_user"] == []
     for run in (added, taken, listed, usage):
         assert PASSWORD not in run.stdout + run.stderr
+
+
+def test_a_worker_needs_a_shared_database_and_says_which(workspace: Path, pg_url: str) -> None:
+    alone = betty(workspace, "worker")
+    assert alone.returncode == 2 and "database_url" in alone.stderr and not alone.stdout
+    unreachable = betty(
+        workspace, "worker", database_url=with_password(pg_url).rsplit("/", 1)[0] + "/nowhere"
+    )
+    assert unreachable.returncode == 2 and "nowhere" in unreachable.stderr
+    assert PASSWORD not in unreachable.stdout + unreachable.stderr

@@ -756,8 +756,11 @@ def worker(
     taken = concurrency or services.settings.limits.run_workers or 4
     try:
         anyio.run(_work, services, taken)
-    except BettyError as exc:
-        _fail(str(exc))
+    except ExceptionGroup as group:  # from the task group: the database does not answer, say
+        failures = [exc for exc in group.exceptions if isinstance(exc, BettyError)]
+        if not failures:
+            raise
+        _fail(str(failures[0]))
     except KeyboardInterrupt:
         pass
 
