@@ -248,6 +248,12 @@ async def test_queued_runs_are_taken_by_workers_once(tmp_path: Path, pg_url: str
                     assert asked_all["status"] == "queued"
                     result = await call(client, "run_result", run_id=asked_all["run_id"], wait_seconds=30)
                     assert result["status"] == "completed" and result["answers"][0]["response"] == "ok"
+                    # The killed worker's job is marked failed by the survivor (never retried); the
+                    # others succeeded (and were deleted: their runs' rows keep what they did).
+                    deadline = time.monotonic() + BOUND
+                    while (jobs := queue_jobs(pg_url)) != {"failed": 1}:
+                        assert time.monotonic() < deadline, jobs
+                        await anyio.sleep(0.2)
         assert sorted(asked(llm, "slow")) == ["one", "three", "two"], "each ran once; the early one never"
 
 
@@ -263,3 +269,9 @@ async def until_asked(llm: ScriptedLLM, *tasks: str, within: float = 30) -> None
     while not set(tasks) <= set(asked(llm, "slow")):
         assert time.monotonic() < deadline, f"{tasks} not all asked: {asked(llm, 'slow')}"
         await anyio.sleep(0.05)
+
+
+def queue_jobs(pg_url: str) -> dict[str, int]:
+    """How many of the queue's jobs are in each state."""
+    with psycopg.connect(pg_url) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM procrastinate_jobs GROUP BY 1").fetchall())

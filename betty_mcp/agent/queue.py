@@ -15,7 +15,7 @@ Its schema is one of the store's migrations (``006_run_queue``), applied under t
 A job only names its run. The run's row in ``runs`` is the truth: status ``queued`` until a worker takes
 it with ``claim``, which succeeds once. A job delivered twice, or a run cancelled while it waited, is
 never run. Jobs are never retried: a worker that dies mid-run leaves its run to the reaper, which marks
-it ``worker_lost`` (``agent.runs``).
+it ``worker_lost`` (``agent.runs``), and its job, stalled, is marked failed by any live worker.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from betty_mcp.core.errors import StorageError
 from betty_mcp.core.identity import Caller
@@ -106,6 +108,12 @@ class RunQueue:
 
         app.task(name=TASK, queue=QUEUE, retry=0)(run)
         log.info("taking queued runs, %d at a time", concurrency)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._fail_stalled_jobs, app)
+            await self._run_worker(app, concurrency)
+            tg.cancel_scope.cancel()
+
+    async def _run_worker(self, app: procrastinate.App, concurrency: int) -> None:
         await app.run_worker_async(
             queues=[QUEUE],
             name=f"betty-mcp {socket.gethostname()}:{os.getpid()}",
@@ -116,6 +124,22 @@ class RunQueue:
             delete_jobs="successful",  # the run's row keeps what it did; the job has nothing more to say
             shutdown_graceful_timeout=5,
         )
+
+    async def _fail_stalled_jobs(self, app: procrastinate.App) -> None:
+        """Jobs of workers silent for ``lost_after`` seconds: failed, never retried (their runs are
+        marked ``worker_lost`` by the runs' own heartbeat)."""
+        from procrastinate.jobs import Status
+
+        manager = app.job_manager
+        while True:
+            await anyio.sleep(self.lost_after)
+            try:
+                stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lost_after)
+                for job in stalled:
+                    await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+                    log.warning("queued job %s: its worker stopped answering; marked failed", job.id)
+            except Exception as exc:  # the database went away for a moment: next round
+                log.warning("looking for stalled jobs: %s", _clean(exc))
 
     async def aclose(self) -> None:
         if self._app is not None:
