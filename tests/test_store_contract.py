@@ -374,6 +374,56 @@ async def test_runs_are_kept_updated_and_listed_newest_first(store: Store) -> No
     assert await store.get_run("nope") is None
 
 
+HOLD_A_RUN = """
+import asyncio, sys
+from pathlib import Path
+from betty_mcp.store import RunRecord, SqliteStore
+
+async def main():
+    store = SqliteStore(Path(sys.argv[1]) / "usage.sqlite", Path(sys.argv[1]) / "runs")
+    run = RunRecord("r-held", "agent", "demo.waiter", "wait", status_doc={"status": "running"})
+    await store.save_run(run)
+    print("saved", flush=True)
+    sys.stdin.readline()  # until the test has looked
+
+asyncio.run(main())
+"""
+
+
+async def test_a_run_whose_sqlite_process_died_is_worker_lost_once_and_for_all(tmp_path: Path) -> None:
+    """Without a shared database, a run held by a process that is gone (kill -9) reads as failed."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"saved\n"
+        store = SqliteStore(tmp_path / "usage.sqlite", tmp_path / "runs")
+        running = await store.get_run("r-held")
+        assert running is not None and running.status == "running", "its process is alive: it runs"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        lost = await store.get_run("r-held")
+        assert lost is not None and lost.status == "failed" and lost.error.startswith("worker_lost")  # type: ignore[union-attr]
+        assert lost.status_doc["status"] == lost.result_doc["status"] == "failed"
+        again = SqliteStore(tmp_path / "usage.sqlite", tmp_path / "runs")
+        assert [r.status for r in await again.list_runs()] == ["failed"], "marked in the file, for everyone"
+        mine = RunRecord("r-mine", "agent", "demo.waiter", "wait")
+        await again.save_run(mine)
+        assert (await again.get_run("r-mine")).status == "running"  # type: ignore[union-attr]
+        reused = f"{socket.gethostname()}:{os.getpid()}:1"  # this pid, but a process that started at boot
+        again.ledger.execute("UPDATE runs SET holder = ? WHERE run_id = 'r-mine'", (reused,))
+        assert (await again.get_run("r-mine")).status == "failed", "a pid reused by another process"  # type: ignore[union-attr]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
 async def test_run_events_come_back_in_order(store: Store) -> None:
     assert await store.events("r1") is None
     for i in range(5):

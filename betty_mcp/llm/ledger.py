@@ -228,6 +228,11 @@ def m009_user_budget_counters(db: sqlite3.Connection) -> None:
     )
 
 
+def m010_run_holders(db: sqlite3.Connection) -> None:
+    """Which process holds a running run, so that another can tell when it died (``store.sqlite``)."""
+    db.execute("ALTER TABLE runs ADD COLUMN holder TEXT")
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
 # m006 (users) sits before m007 as it shipped on its own branch first; a file that has m007 and m008
 # but not m006 gets it (and m009) on its next open.
@@ -241,6 +246,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m007_budget_counters,
     m008_runs,
     m009_user_budget_counters,
+    m010_run_holders,
 )
 
 

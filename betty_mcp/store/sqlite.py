@@ -12,6 +12,8 @@ before (a trace's user is its first line's).
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +126,7 @@ class SqliteStore:
     # -- runs
 
     async def save_run(self, run: RunRecord) -> None:
+        """Written with this process as its holder (``_alive`` tells another process when it died)."""
         values = (
             run.run_id,
             run.kind,
@@ -136,18 +139,41 @@ class SqliteStore:
             _iso(run.updated_at),
             json.dumps(run.status_doc, default=str),
             json.dumps(run.result_doc, default=str),
+            HOLDER,
         )
         self.ledger.execute(
-            f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
+            f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}, holder) VALUES ({', '.join('?' * len(values))})",
+            values,
         )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self.ledger.rows(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
+        rows = self.ledger.rows(f"SELECT {_RUN_COLUMNS}, holder FROM runs WHERE run_id = ?", (run_id,))
+        return self._checked(rows[0]) if rows else None
 
     async def list_runs(self, limit: int = 50) -> list[RunRecord]:
-        rows = self.ledger.rows(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
-        return [_run(row) for row in rows]
+        rows = self.ledger.rows(
+            f"SELECT {_RUN_COLUMNS}, holder FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+        )
+        return [self._checked(row) for row in rows]
+
+    def _checked(self, row: tuple) -> RunRecord:
+        """The run; a running one whose process is gone (killed, crashed) is marked failed
+        (``worker_lost``) now, once, and never run again."""
+        run = _run(row[:-1])
+        if run.status != "running" or _alive(row[-1]):
+            return run
+        why = "worker_lost: the betty-mcp process running it is gone (killed, crashed); it was not run again"
+        lost = {"status": "failed", "error": why, "reason": "worker_lost"}
+        self.ledger.execute(
+            "UPDATE runs SET status = 'failed', error = ?, updated_at = ?, "
+            "status_doc = json_patch(status_doc, ?), result_doc = json_patch(result_doc, ?) "
+            "WHERE run_id = ? AND status = 'running'",
+            (why, _iso(datetime.now(UTC)), json.dumps(lost), json.dumps(lost), run.run_id),
+        )
+        run.status, run.error = "failed", why
+        run.status_doc = {**run.status_doc, **lost}
+        run.result_doc = {**run.result_doc, **lost}
+        return run
 
     # -- traces: JSON Lines files, one per run
 
@@ -208,6 +234,42 @@ class SqliteStore:
 
     async def any_active_user(self) -> bool:
         return self.users.any_active()
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc); None if it does not exist or
+    there is no /proc (then the pid alone names the process)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else ""
+    except (OSError, IndexError):
+        return ""
+
+
+HOLDER = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
+
+
+def _alive(holder: str | None) -> bool:
+    """Whether the process that wrote a run (``host:pid:start``) still runs. A run from another machine
+    (a shared file system) or from before holders were recorded is taken to be alive."""
+    host, _, rest = (holder or "").partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    now = _process_start(int(pid))
+    if now is None:
+        return False
+    if now == "":  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return now == started  # a reused pid started later
 
 
 def _iso(moment: datetime) -> str:
