@@ -196,3 +196,28 @@ async def test_a_key_in_a_plainly_named_variable_is_kept_from_handlers_and_scrub
     assert not declared.is_error and declared.structured_content["sees"] is True, "declared in mcp.env"
     assert declared.structured_content["echo"] == REDACTED, "and what it prints of it is scrubbed"
     assert CREDS not in declared.content[0].text
+
+
+def test_the_database_url_reaches_only_skills_that_call_llms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared database's URL carries its password: a third-party handler never sees it; the bundled
+    LLM skills get it (their calls count in the shared ledger and budgets)."""
+    from betty_mcp.core.config import DATABASE_URL_ENV, SETTINGS_ENV, Settings, load_settings
+    from betty_mcp.run.invocation import Invocations
+    from betty_mcp.services import Services
+    from tests.conftest import FIXTURE_SKILLS
+
+    url = "postgresql://team:pw-db-0123456789@127.0.0.1/betty"
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(workspace=tmp_path, skills_dirs=[FIXTURE_SKILLS])
+    skills = Services(settings).catalog.skills
+    invocations = Invocations(settings)
+    plain = invocations.env(skills["test.env"])
+    assert not [name for name, value in plain.items() if "pw-db" in value]
+    assert Settings.model_validate_json(plain[SETTINGS_ENV]).database_url is None
+    for name in ("llm.query", "llm.consensus"):
+        given = invocations.env(skills[name])
+        assert DATABASE_URL_ENV not in given
+        assert Settings.model_validate_json(given[SETTINGS_ENV]).database == url

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from betty_mcp.core.catalog import Skill
-from betty_mcp.core.config import SETTINGS_ENV, Settings
+from betty_mcp.core.config import DATABASE_URL_ENV, SETTINGS_ENV, Settings
 from betty_mcp.core.errors import ArgumentsError, ArgvError, PathOutsideWorkspace
 from betty_mcp.core.handler_interface import HandlerInterface
 from betty_mcp.core.rules import ALLOWED_ROOTS_ENV, WORKSPACE_ENV
@@ -39,12 +39,22 @@ class Invocation:
 
 
 def base_environment(settings: Settings) -> dict[str, str]:
-    """What every handler gets: this environment minus secrets, plus the workspace and settings."""
-    env = without_secrets(os.environ)
+    """What every handler gets: this environment minus secrets, plus the workspace and settings. The
+    shared database's URL (a password in it) is a secret too: only skills given the LLM keys get it."""
+    env = without_secrets(os.environ, extra_names=[DATABASE_URL_ENV])
     env[WORKSPACE_ENV] = str(settings.workspace)
     env[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in settings.roots()[1:])
-    env[SETTINGS_ENV] = settings.model_dump_json()
+    env[SETTINGS_ENV] = settings.model_copy(update={"database_url": None}).model_dump_json()
     env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
+
+
+def llm_environment(settings: Settings) -> dict[str, str]:
+    """What skills that call LLMs (``mcp.llm_keys``) get on top: the API keys, and the settings with the
+    database in force, so that their calls count in the shared ledger and budgets."""
+    env = {name: os.environ[name] for name in settings.router.key_env_names() if name in os.environ}
+    if settings.database:
+        env[SETTINGS_ENV] = settings.model_copy(update={"database_url": settings.database}).model_dump_json()
     return env
 
 
@@ -131,10 +141,9 @@ class Invocations:
     def env(self, skill: Skill) -> dict[str, str]:
         """The base environment plus what this skill needs (its declared secrets, a checkout's paths)."""
         env = dict(self.base_env)
-        keep = list(skill.manifest.mcp.env)
+        env.update({name: os.environ[name] for name in skill.manifest.mcp.env if name in os.environ})
         if skill.manifest.mcp.llm_keys:
-            keep += self.settings.router.key_env_names()
-        env.update({name: os.environ[name] for name in keep if name in os.environ})
+            env.update(llm_environment(self.settings))
         if skill.source == "betty-home":
             root = str(skill.project_root)
             env["BETTY_HOME"] = root
