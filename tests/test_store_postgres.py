@@ -12,7 +12,7 @@ import anyio
 import psycopg
 import pytest
 
-from betty_mcp.core.errors import StorageError
+from betty_mcp.core.errors import BudgetExceeded, StorageError
 from betty_mcp.store import pg_schema
 from betty_mcp.store.postgres import PostgresStore
 from betty_mcp.store.urls import is_postgres, password, redact
@@ -126,3 +126,57 @@ def test_no_database_driver_is_imported_without_a_database_url(tmp_path: Path) -
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.split("\n")[:2] == ["sqlite", "[]"]
+
+
+HOLD_A_RESERVATION = """
+import asyncio, sys
+from betty_mcp.llm.ledger import Budgets, reserve
+from betty_mcp.store.postgres import PostgresStore
+
+async def main():
+    store = PostgresStore(sys.argv[1], alive_every=0.2, lost_after=1.0)
+    held = await reserve(store, Budgets(per_day_usd=1.0), cost_usd=0.6)
+    print(held.claimed[0], flush=True)
+    await asyncio.sleep(3600)  # a call in flight, until kill -9
+
+asyncio.run(main())
+"""
+
+
+async def test_the_reservations_of_a_killed_instance_are_given_back_once(pg_url: str) -> None:
+    """An instance killed mid-call leaves its reservation; live instances give it back (exactly once)
+    within ``lost_after`` + one heartbeat, and the budget is whole again."""
+    from betty_mcp.llm.ledger import Budgets, reserve
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RESERVATION, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    live = [PostgresStore(pg_url, alive_every=0.2, lost_after=1.0) for _ in range(2)]
+    try:
+        assert holder.stdout is not None
+        scope = holder.stdout.readline().decode().strip()
+        assert scope.startswith("day:"), holder.stderr.read() if holder.stderr else ""  # type: ignore[union-attr]
+        budgets = Budgets(per_day_usd=1.0)
+        with pytest.raises(BudgetExceeded):  # 0.6 is held by the other process
+            await reserve(live[0], budgets, cost_usd=0.6)
+        small = [await reserve(store, budgets, cost_usd=0.1) for store in live]  # both keep saying alive
+        holder.kill()
+        holder.wait(timeout=10)
+        with anyio.fail_after(1.0 + 0.2 + 3.0):
+            while (await live[0].counted([scope]))[scope].cost_usd > 0.2 + 1e-9:
+                await anyio.sleep(0.1)
+        await anyio.sleep(0.5)  # both live stores have swept by now: what was lost is given back once
+        assert (await live[1].counted([scope]))[scope].cost_usd == pytest.approx(0.2)
+        for store, held in zip(live, small, strict=True):
+            store.release(held)
+            await store.flush()
+        assert (await live[0].counted([scope]))[scope].cost_usd == pytest.approx(0.0)
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            rows = await (await conn.execute("SELECT sum(reserved_usd) FROM budget_holds")).fetchone()
+        assert rows is not None and rows[0] == pytest.approx(0.0), "settled: nothing left to give back twice"
+        await reserve(live[1], budgets, cost_usd=1.0)  # the whole budget is there again
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        for store in live:
+            await store.aclose()

@@ -60,8 +60,9 @@ class Limits(BaseModel):
     call_cgroups: bool = False
     # HTTP: a client that has not sent a whole request head by then is disconnected (slow clients).
     http_head_timeout_seconds: float = Field(default=10, gt=0, le=300)
-    # With a shared database: how often an instance says it still holds its runs, and after how long
-    # without a word any instance marks them failed (worker_lost). Never run again.
+    # With a shared database: how often an instance says it still holds its runs (and reservations), and
+    # after how long without a word any instance marks its runs failed (worker_lost; never run again) and
+    # gives its reservations back.
     run_heartbeat_seconds: float = Field(default=2, gt=0, le=60)
     run_lost_after_seconds: float = Field(default=15, gt=0, le=3600)
     # With a shared database: how many queued runs (wait=false) ``serve`` takes at once; 0 leaves them to

@@ -33,4 +33,7 @@ def open_store(settings: Settings) -> Store:
             "database_url names PostgreSQL, but its driver is not installed: "
             "pip install 'betty-mcp[postgres]'"
         ) from None
-    return PostgresStore(url)
+    limits = settings.limits
+    return PostgresStore(
+        url, alive_every=limits.run_heartbeat_seconds, lost_after=limits.run_lost_after_seconds
+    )

@@ -152,6 +152,38 @@ INSERT INTO budget_counters (scope, calls, spent_usd, spent_tokens)
     ON CONFLICT (scope) DO NOTHING;
 """
 
+# Who holds which reservations (``budget_holds``) and whether they are alive (``betty_instances``): the
+# reservations of an instance that fell silent are given back by any live one (``PostgresStore``).
+M007_RESERVATION_HOLDS = """
+CREATE TABLE budget_holds (
+    holder TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+    reserved_tokens BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (holder, scope)
+);
+CREATE TABLE betty_instances (
+    holder TEXT PRIMARY KEY,
+    heartbeat_at TIMESTAMPTZ NOT NULL
+);
+CREATE FUNCTION betty_reserve_held(
+    p_holder TEXT, p_scopes TEXT[], p_limit_usd DOUBLE PRECISION[], p_limit_tokens BIGINT[],
+    p_usd DOUBLE PRECISION, p_tokens BIGINT
+) RETURNS TABLE (refused TEXT, refused_calls BIGINT, counted_tokens BIGINT, counted_usd DOUBLE PRECISION)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM betty_reserve(p_scopes, p_limit_usd, p_limit_tokens, p_usd, p_tokens);
+    IF NOT FOUND THEN  -- reserved: this holder holds it until the call settles or releases it
+        INSERT INTO budget_holds AS h (holder, scope, reserved_usd, reserved_tokens)
+            SELECT p_holder, s, p_usd, p_tokens FROM unnest(p_scopes) AS s ORDER BY s
+            ON CONFLICT (holder, scope) DO UPDATE
+            SET reserved_usd = h.reserved_usd + excluded.reserved_usd,
+                reserved_tokens = h.reserved_tokens + excluded.reserved_tokens;
+    END IF;
+END
+$$;
+"""
+
 
 def m006_run_queue() -> str:
     """The run queue's tables and functions: procrastinate's own schema, at the version pinned in the
@@ -168,6 +200,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[], str]], ...] = (
     ("004_run_holders", M004_RUN_HOLDERS),
     ("005_users", M005_USERS),
     ("006_run_queue", m006_run_queue),
+    ("007_reservation_holds", M007_RESERVATION_HOLDS),
 )
 NAMES = tuple(name for name, _ in MIGRATIONS)
 

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -69,7 +70,11 @@ _COUNT = (
     "spent_usd = c.spent_usd + excluded.spent_usd, spent_tokens = c.spent_tokens + excluded.spent_tokens, "
     "reserved_usd = greatest(0, c.reserved_usd - %s), reserved_tokens = greatest(0, c.reserved_tokens - %s)"
 )
-_RESERVE = "SELECT * FROM betty_reserve(%s::text[], %s::float8[], %s::bigint[], %s, %s)"
+_RESERVE = "SELECT * FROM betty_reserve_held(%s, %s::text[], %s::float8[], %s::bigint[], %s, %s)"
+_UNHOLD = (
+    "UPDATE budget_holds SET reserved_usd = greatest(0, reserved_usd - %s), "
+    "reserved_tokens = greatest(0, reserved_tokens - %s) WHERE holder = %s AND scope = %s"
+)
 _SPEND = "count(*), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd)"
 _RECORD_FIELDS = (
     *("caller", "model", "provider", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"),
@@ -95,13 +100,26 @@ class _Write:
 class PostgresStore:
     backend = "postgresql"
 
-    def __init__(self, url: str, *, pool_max: int = POOL_MAX, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_max: int = POOL_MAX,
+        migrate: bool = True,
+        alive_every: float = 2.0,
+        lost_after: float = 15.0,
+    ) -> None:
         register_secret_value(password(url))  # scrubbed from every log line, error and result
         self.url = url
         self.where = redact(url)
         self.pool_max = pool_max
         self.migrate = migrate
         self.holder = f"{socket.gethostname()}:{os.getpid()}"  # this instance, in the runs it holds
+        # ... and in the reservations it holds (a restarted container may reuse host and pid)
+        self.instance = f"{self.holder}:{secrets.token_hex(4)}"
+        self.alive_every = alive_every
+        self.lost_after = lost_after
+        self._alive: asyncio.Task[None] | None = None
         self._pool: AsyncConnectionPool | None = None
         self._opening: asyncio.Lock | None = None
         self._pending: list[_Write] = []
@@ -205,6 +223,8 @@ class PostgresStore:
             await asyncio.shield(self._writer)
 
     async def aclose(self) -> None:
+        if self._alive is not None:
+            self._alive.cancel()
         try:
             if self._pool is not None or self._pending:
                 await self.flush()
@@ -265,11 +285,18 @@ class PostgresStore:
                 await cur.executemany("INSERT INTO run_events (run_id, event) VALUES (%s, %s)", events)
             if counts:  # last: the counters' row locks (which reservations wait for) held until COMMIT
                 await cur.executemany(_COUNT, counts)
+                unheld = [(c[4], c[5], self.instance, c[0]) for c in counts if c[4] or c[5]]
+                if unheld:  # after the counters, as reservations lock them: no deadlock
+                    await cur.executemany(_UNHOLD, unheld)
 
     # -- accounts
 
     async def reserve(self, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
+        if self._alive is None or self._alive.done():
+            await self._say_alive()  # before the first reservation: it is never held by an unknown holder
+            self._alive = asyncio.get_running_loop().create_task(self._keep_alive())
         args = (
+            self.instance,
             [c.scope for c in claims],
             [c.limit_usd for c in claims],
             [c.limit_tokens for c in claims],
@@ -313,6 +340,70 @@ class PostgresStore:
             record.user or current_caller().user,
         )
         self._queue(_Write(call=call, counts=tuple(settlement(record, reservation))))
+
+    # -- reservations of instances that died
+
+    async def _say_alive(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO betty_instances (holder, heartbeat_at) VALUES (%s, now()) "
+                "ON CONFLICT (holder) DO UPDATE SET heartbeat_at = now()",
+                (self.instance,),
+            )
+
+    async def _keep_alive(self) -> None:
+        """While this process holds reservations: say so every ``alive_every`` seconds, and give back the
+        reservations of instances silent for ``lost_after`` seconds (killed mid-call)."""
+        while True:
+            await asyncio.sleep(self.alive_every)
+            try:
+                await self._say_alive()
+                for scope, usd, tokens in await self.give_back_lost():
+                    log.warning(
+                        "budget %s: gave back $%.6f and %d tokens reserved by an instance that stopped",
+                        scope,
+                        usd,
+                        tokens,
+                    )
+            except StorageError as exc:
+                log.warning("reservations: the database did not answer: %s", exc)
+
+    async def give_back_lost(self) -> list[tuple[str, float, int]]:
+        """Release what instances silent for ``lost_after`` seconds still held, exactly once whoever else
+        does the same; the scopes and amounts given back."""
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM betty_instances WHERE heartbeat_at < now() - make_interval(secs => %s) "
+                "RETURNING holder",
+                (self.lost_after,),
+            )
+            lost = [row[0] for row in await cur.fetchall()]
+            if not lost:
+                return []
+            cur = await conn.execute(
+                "DELETE FROM budget_holds WHERE holder = ANY (%s) "
+                "RETURNING scope, reserved_usd, reserved_tokens",
+                (lost,),
+            )
+            held: dict[str, list[float]] = {}
+            for scope, usd, tokens in await cur.fetchall():
+                row = held.setdefault(scope, [0.0, 0])
+                row[0] += usd
+                row[1] += tokens
+            freed = [
+                (scope, usd, int(tokens)) for scope, (usd, tokens) in sorted(held.items()) if usd or tokens
+            ]
+            if freed:
+                await conn.execute(  # in scope order, as reservations lock them
+                    "SELECT 1 FROM budget_counters WHERE scope = ANY (%s) ORDER BY scope FOR UPDATE",
+                    ([f[0] for f in freed],),
+                )
+                await conn.cursor().executemany(
+                    "UPDATE budget_counters SET reserved_usd = greatest(0, reserved_usd - %s), "
+                    "reserved_tokens = greatest(0, reserved_tokens - %s) WHERE scope = %s",
+                    [(usd, tokens, scope) for scope, usd, tokens in freed],
+                )
+            return freed
 
     async def counted(self, scopes: Sequence[str]) -> dict[str, Spend]:
         await self.flush()
