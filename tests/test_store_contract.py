@@ -475,3 +475,48 @@ async def test_users_are_added_found_by_token_revoked_and_added_again(store: Sto
     await store.add_user("bob", None, token_sha256("bob-token"))
     assert [u.name for u in await users.list()] == ["ada", "bob"]
     assert (await users.find("bob-token")).role is None  # type: ignore[union-attr]
+
+
+HOLD_A_RESERVATION = """
+import asyncio, sys
+from pathlib import Path
+from betty_mcp.llm.ledger import Budgets, reserve
+from betty_mcp.store import SqliteStore
+
+async def main():
+    store = SqliteStore(Path(sys.argv[1]) / "usage.sqlite", Path(sys.argv[1]) / "runs")
+    held = await reserve(store, Budgets(per_day_usd=1.0), cost_usd=0.6)
+    print(held.claimed[0], flush=True)
+    sys.stdin.readline()  # a call in flight, until kill -9
+
+asyncio.run(main())
+"""
+
+
+async def test_what_a_killed_sqlite_process_reserved_is_given_back_when_it_is_needed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RESERVATION, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    store = SqliteStore(tmp_path / "usage.sqlite", tmp_path / "runs")
+    try:
+        assert holder.stdout is not None
+        scope = holder.stdout.readline().decode().strip()
+        budgets = Budgets(per_day_usd=1.0)
+        with pytest.raises(BudgetExceeded):  # its process is alive: its 0.6 is in flight
+            await reserve(store, budgets, cost_usd=0.6)
+        holder.kill()
+        holder.wait(timeout=10)
+        mine = await reserve(store, budgets, cost_usd=0.6)  # the dead process's 0.6 is given back
+        assert (await store.counted([scope]))[scope].cost_usd == pytest.approx(0.6)
+        store.settle(call(cost_usd=0.5), mine)
+        assert (await store.counted([scope]))[scope].cost_usd == pytest.approx(0.5)
+        assert store.ledger.rows("SELECT count(*) FROM budget_holds") == [(0,)], "settled: nothing held"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        await store.aclose()

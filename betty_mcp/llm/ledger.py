@@ -27,6 +27,7 @@ in `_migrations`.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from betty_mcp.core.errors import BudgetExceeded
+from betty_mcp.core.holders import alive, this_process
 from betty_mcp.core.identity import Caller, current_caller
 
 __all__ = [
@@ -64,6 +66,8 @@ __all__ = [
     "usage_report",
     "user_scope",
 ]
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0
 CONFIG_HINT = "llm_router.limits.budgets.{field} in betty.yaml"
@@ -233,6 +237,15 @@ def m010_run_holders(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN holder TEXT")
 
 
+def m011_reservation_holds(db: sqlite3.Connection) -> None:
+    """Which process holds which reservations (``core.holders``): a killed one's are given back."""
+    db.execute(
+        "CREATE TABLE budget_holds (holder TEXT NOT NULL, scope TEXT NOT NULL, "
+        "reserved_usd REAL NOT NULL DEFAULT 0, reserved_tokens INTEGER NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (holder, scope))"
+    )
+
+
 # Applied in this order, each once, recorded by function name. Append only: never rename or reorder.
 # m006 (users) sits before m007 as it shipped on its own branch first; a file that has m007 and m008
 # but not m006 gets it (and m009) on its next open.
@@ -247,6 +260,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m008_runs,
     m009_user_budget_counters,
     m010_run_holders,
+    m011_reservation_holds,
 )
 
 
@@ -447,6 +461,7 @@ class Ledger(StateFile):
                 "reserved_usd = MAX(0, reserved_usd - ?), reserved_tokens = MAX(0, reserved_tokens - ?)",
                 [(c.scope, c.cost_usd, c.tokens, c.release_usd, c.release_tokens) for c in counts],
             )
+            _unhold(db, [(c.scope, c.release_usd, c.release_tokens) for c in counts])
         return row
 
     def reserve(self, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
@@ -454,21 +469,25 @@ class Ledger(StateFile):
         changes and that claim's shortfall is returned). Atomic across processes: the file's write
         lock is held from the first read to the last write."""
         with self._transaction() as db:
-            for claim in claims:
-                row = db.execute(
-                    "SELECT calls, spent_tokens + reserved_tokens, spent_usd + reserved_usd "
-                    "FROM budget_counters WHERE scope = ?",
-                    (claim.scope,),
-                ).fetchone()
-                counted = Spend(*row) if row else Spend(0, 0, 0.0)
-                if claim.refuses(counted, reservation):
-                    return Shortfall(claim, counted)
+            short = _shortfall(db, claims, reservation)
+            if short is not None and _give_back_the_dead(db):  # refused: were the dead holding it?
+                short = _shortfall(db, claims, reservation)
+            if short is not None:
+                return short
             for claim in claims:
                 db.execute(
                     "INSERT INTO budget_counters (scope, reserved_usd, reserved_tokens) VALUES (?, ?, ?) "
                     "ON CONFLICT (scope) DO UPDATE SET reserved_usd = reserved_usd + excluded.reserved_usd, "
                     "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
                     (claim.scope, reservation.cost_usd, reservation.tokens),
+                )
+                db.execute(
+                    "INSERT INTO budget_holds (holder, scope, reserved_usd, reserved_tokens) "
+                    "VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (holder, scope) DO UPDATE SET "
+                    "reserved_usd = reserved_usd + excluded.reserved_usd, "
+                    "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
+                    (this_process(), claim.scope, reservation.cost_usd, reservation.tokens),
                 )
         return None
 
@@ -482,6 +501,7 @@ class Ledger(StateFile):
                 "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?",
                 [(reservation.cost_usd, reservation.tokens, scope) for scope in reservation.claimed],
             )
+            _unhold(db, [(scope, reservation.cost_usd, reservation.tokens) for scope in reservation.claimed])
 
     def counted(self, scopes: Sequence[str]) -> dict[str, Spend]:
         """Each scope's calls, and its tokens and cost spent or reserved by calls in flight."""
@@ -722,6 +742,53 @@ class Count:
     tokens: int
     release_usd: float
     release_tokens: int
+
+
+def _shortfall(db: sqlite3.Connection, claims: Sequence[Claim], reservation: Reservation) -> Shortfall | None:
+    """The first claim ``reservation`` would pass, with what its scope counts now; None if none."""
+    for claim in claims:
+        row = db.execute(
+            "SELECT calls, spent_tokens + reserved_tokens, spent_usd + reserved_usd "
+            "FROM budget_counters WHERE scope = ?",
+            (claim.scope,),
+        ).fetchone()
+        counted = Spend(*row) if row else Spend(0, 0, 0.0)
+        if claim.refuses(counted, reservation):
+            return Shortfall(claim, counted)
+    return None
+
+
+def _unhold(db: sqlite3.Connection, released: Sequence[tuple[str, float, int]]) -> None:
+    """This process no longer holds these (scope, usd, tokens); rows emptied are dropped."""
+    held = [(usd, tokens, this_process(), scope) for scope, usd, tokens in released if usd or tokens]
+    if held:
+        db.executemany(
+            "UPDATE budget_holds SET reserved_usd = MAX(0, reserved_usd - ?), "
+            "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE holder = ? AND scope = ?",
+            held,
+        )
+        db.execute(
+            "DELETE FROM budget_holds WHERE holder = ? AND reserved_usd <= 1e-12 AND reserved_tokens <= 0",
+            (this_process(),),
+        )
+
+
+def _give_back_the_dead(db: sqlite3.Connection) -> bool:
+    """Release what processes that are gone (killed mid-call) still held; whether there was any."""
+    holders = [row[0] for row in db.execute("SELECT DISTINCT holder FROM budget_holds")]
+    dead = [holder for holder in holders if not alive(holder)]
+    for holder in dead:
+        held = db.execute(
+            "SELECT scope, reserved_usd, reserved_tokens FROM budget_holds WHERE holder = ?", (holder,)
+        ).fetchall()
+        db.executemany(
+            "UPDATE budget_counters SET reserved_usd = MAX(0, reserved_usd - ?), "
+            "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?",
+            [(usd, tokens, scope) for scope, usd, tokens in held],
+        )
+        db.execute("DELETE FROM budget_holds WHERE holder = ?", (holder,))
+        log.warning("budgets: gave back what a process that is gone still held (%s)", holder)
+    return bool(dead)
 
 
 def settlement(rec: UsageRecord, reservation: Reservation | None) -> list[Count]:

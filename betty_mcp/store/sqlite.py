@@ -12,13 +12,12 @@ before (a trace's user is its first line's).
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from betty_mcp.core.holders import alive, this_process
 from betty_mcp.llm.ledger import (
     MIGRATIONS,
     Claim,
@@ -126,7 +125,7 @@ class SqliteStore:
     # -- runs
 
     async def save_run(self, run: RunRecord) -> None:
-        """Written with this process as its holder (``_alive`` tells another process when it died)."""
+        """Written with this process as its holder (``core.holders`` tells another when it died)."""
         values = (
             run.run_id,
             run.kind,
@@ -139,7 +138,7 @@ class SqliteStore:
             _iso(run.updated_at),
             json.dumps(run.status_doc, default=str),
             json.dumps(run.result_doc, default=str),
-            HOLDER,
+            this_process(),
         )
         self.ledger.execute(
             f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}, holder) VALUES ({', '.join('?' * len(values))})",
@@ -160,7 +159,7 @@ class SqliteStore:
         """The run; a running one whose process is gone (killed, crashed) is marked failed
         (``worker_lost``) now, once, and never run again."""
         run = _run(row[:-1])
-        if run.status != "running" or _alive(row[-1]):
+        if run.status != "running" or alive(row[-1]):
             return run
         why = "worker_lost: the betty-mcp process running it is gone (killed, crashed); it was not run again"
         lost = {"status": "failed", "error": why, "reason": "worker_lost"}
@@ -234,42 +233,6 @@ class SqliteStore:
 
     async def any_active_user(self) -> bool:
         return self.users.any_active()
-
-
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc); None if it does not exist or
-    there is no /proc (then the pid alone names the process)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[19]
-    except FileNotFoundError:
-        return None if os.path.isdir("/proc/self") else ""
-    except (OSError, IndexError):
-        return ""
-
-
-HOLDER = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
-
-
-def _alive(holder: str | None) -> bool:
-    """Whether the process that wrote a run (``host:pid:start``) still runs. A run from another machine
-    (a shared file system) or from before holders were recorded is taken to be alive."""
-    host, _, rest = (holder or "").partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    now = _process_start(int(pid))
-    if now is None:
-        return False
-    if now == "":  # no /proc: ask the kernel whether the pid exists
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return now == started  # a reused pid started later
 
 
 def _iso(moment: datetime) -> str:
