@@ -15,7 +15,7 @@ import anyio
 import pytest
 import yaml
 
-from tests.conftest import ERAS, server_args, stdio_client
+from tests.conftest import ERAS, ROOT, server_args, stdio_client
 from tests.fakes.scripted_llm import ContextLengthError, Error, Hang, Reply, ScriptedLLM, ToolCalls
 
 pytestmark = pytest.mark.anyio
@@ -540,3 +540,46 @@ def _ledger_rows(workspace: Path) -> int:
 
     with sqlite3.connect(workspace / ".betty-mcp" / "usage.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+
+FIRST_REAL_CALL = """
+import sys
+import anyio
+import pydantic
+from betty_mcp.core.llm_config import LlmRouterConfig
+from betty_mcp.llm.litellm_adapter import LiteLLMBackend
+from betty_mcp.llm.models import ModelCatalog
+from betty_mcp.llm.types import ChatRequest, StreamSink
+from tests.fakes.scripted_llm import ScriptedLLM
+
+def unbuilt(cls=pydantic.BaseModel):
+    found = set()
+    for sub in cls.__subclasses__():
+        if not getattr(sub, "__pydantic_complete__", True):
+            found.add(f"{sub.__module__}.{sub.__qualname__}")
+        found |= unbuilt(sub)
+    return found
+
+async def main(url):
+    config = LlmRouterConfig.model_validate({"providers": {"s": {"endpoint": url, "models": ["m"]}}})
+    spec, backend = ModelCatalog(config).resolve("s/m"), LiteLLMBackend()
+    await backend.warm_up(spec)
+    modules, models = set(sys.modules), unbuilt()
+    await backend.complete(spec, ChatRequest([{"role": "user", "content": "hi"}]), StreamSink())
+    print(sorted(set(sys.modules) - modules), sorted(models - unbuilt()))
+
+with ScriptedLLM() as llm:
+    anyio.run(main, llm.base_url)
+"""
+
+
+def test_the_warm_up_leaves_the_first_real_call_nothing_to_import_or_build() -> None:
+    """What a real call loads and a mocked one does not (LiteLLM's lazy modules, pydantic models built
+    on first use) is loaded by the warm-up: checked in a fresh process, where nothing else warmed it."""
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_REAL_CALL], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    imported, built = out.stdout.strip().splitlines()[-1].split("] [")
+    assert imported == "[", f"imported at the first real call: {imported}]"
+    assert built == "]", f"built at the first real call: [{built}"
