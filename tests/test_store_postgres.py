@@ -134,7 +134,7 @@ from betty_mcp.llm.ledger import Budgets, reserve
 from betty_mcp.store.postgres import PostgresStore
 
 async def main():
-    store = PostgresStore(sys.argv[1], alive_every=0.2, lost_after=1.0)
+    store = PostgresStore(sys.argv[1], alive_every=0.2, lost_after=2.0)
     held = await reserve(store, Budgets(per_day_usd=1.0), cost_usd=0.6)
     print(held.claimed[0], flush=True)
     await asyncio.sleep(3600)  # a call in flight, until kill -9
@@ -151,7 +151,7 @@ async def test_the_reservations_of_a_killed_instance_are_given_back_once(pg_url:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_A_RESERVATION, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    live = [PostgresStore(pg_url, alive_every=0.2, lost_after=1.0) for _ in range(2)]
+    live = [PostgresStore(pg_url, alive_every=0.2, lost_after=2.0) for _ in range(2)]
     try:
         assert holder.stdout is not None
         scope = holder.stdout.readline().decode().strip()
@@ -162,7 +162,7 @@ async def test_the_reservations_of_a_killed_instance_are_given_back_once(pg_url:
         small = [await reserve(store, budgets, cost_usd=0.1) for store in live]  # both keep saying alive
         holder.kill()
         holder.wait(timeout=10)
-        with anyio.fail_after(1.0 + 0.2 + 3.0):
+        with anyio.fail_after(2.0 + 0.2 + 4.0):
             while (await live[0].counted([scope]))[scope].cost_usd > 0.2 + 1e-9:
                 await anyio.sleep(0.1)
         await anyio.sleep(0.5)  # both live stores have swept by now: what was lost is given back once
