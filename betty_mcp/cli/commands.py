@@ -766,6 +766,7 @@ def worker(
 
 
 async def _work(services: Services, concurrency: int) -> None:
+    import logging
     import signal
 
     import anyio
@@ -776,10 +777,17 @@ async def _work(services: Services, concurrency: int) -> None:
                 scope.cancel()
                 return
 
+    async def warm_up() -> None:
+        try:
+            await services.warm_up()
+        except Exception:  # only the first runs are slower for it
+            logging.getLogger(__name__).exception("warming up failed")
+
     try:
         async with anyio.create_task_group() as tg:
             services.serve_runs(tg)
             tg.start_soon(stop_on_signal, tg.cancel_scope)
+            tg.start_soon(warm_up)  # the zygote and LiteLLM's import, while the queue is being joined
             await services.work_queue(concurrency)
             tg.cancel_scope.cancel()
     finally:
