@@ -30,6 +30,13 @@ NOW = datetime.now(UTC)
 YESTERDAY = NOW - timedelta(days=1)
 
 
+@pytest.fixture(autouse=True)
+def ledger_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's "now" is NOW (taken when this file is imported): its "today" and its windows stay the
+    day these tests record on, even when the suite runs past midnight UTC."""
+    monkeypatch.setattr("betty_mcp.llm.ledger._now", lambda: NOW)
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     with Ledger(tmp_path / "state" / "usage.db") as opened:

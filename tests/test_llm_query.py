@@ -8,12 +8,14 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import yaml
+from mcp.client import Client
 
 from tests.conftest import ERAS, ROOT, server_args, stdio_client
 from tests.fakes.scripted_llm import ContextLengthError, Error, Hang, Reply, ScriptedLLM, ToolCalls
@@ -62,6 +64,41 @@ def write_config(workspace: Path, llm: ScriptedLLM, **extra: object) -> None:
 
 
 ENV = {"SCRIPTED_API_KEY": SECRET}
+
+
+# -- one server for the tests that only make calls ----------------------------------------------
+# Each server pays LiteLLM's import (seconds of CPU). Tests that neither change the server's state
+# (no fallback cool-downs, no budgets, no ledger checks) nor depend on a fresh one share this one;
+# each starts with the scripted provider's queues and recorded requests cleared.
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # module-scoped, so that the shared server's client lives across tests
+
+
+@pytest.fixture(scope="module")
+def shared_llm() -> Iterator[ScriptedLLM]:
+    with ScriptedLLM() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def shared_client(
+    tmp_path_factory: pytest.TempPathFactory, shared_llm: ScriptedLLM
+) -> AsyncIterator[Client]:
+    workspace = tmp_path_factory.mktemp("shared") / "workspace"
+    workspace.mkdir()
+    write_config(workspace, shared_llm)
+    async with stdio_client(workspace, env=ENV) as client:
+        yield client
+
+
+@pytest.fixture
+def served(shared_client: Client, shared_llm: ScriptedLLM) -> tuple[Client, ScriptedLLM]:
+    """The shared server's client, and its scripted provider with nothing queued or recorded."""
+    shared_llm.reset()
+    return shared_client, shared_llm
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -146,16 +183,15 @@ async def test_auth_errors_do_not_fall_back_and_the_key_appears_nowhere(
     assert "[REDACTED]" in result.content[0].text
 
 
-async def test_slow_streams_send_progress_with_the_text_so_far(workspace: Path, llm: ScriptedLLM) -> None:
-    write_config(workspace, llm)
+async def test_slow_streams_send_progress_with_the_text_so_far(served: tuple[Client, ScriptedLLM]) -> None:
+    client, llm = served
     llm.script("main", Reply("word " * 40, chunk_delay=0.5))
     messages: list[str] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
-    async with stdio_client(workspace, env=ENV) as client:
-        result = await client.call_tool("llm_query", {"prompt": "slow"}, progress_callback=on_progress)
+    result = await client.call_tool("llm_query", {"prompt": "slow"}, progress_callback=on_progress)
     assert not result.is_error
     assert messages and all(m.startswith("scripted/main: ") for m in messages)
     assert any("characters received" in m and not m.startswith("scripted/main: 0 ") for m in messages)
@@ -180,13 +216,10 @@ async def test_cancelling_a_hanging_call_leaves_the_server_answering(
         assert out["response"] == "after" and time.monotonic() - started < 10
 
 
-async def test_ollama_is_reached_natively(workspace: Path, llm: ScriptedLLM) -> None:
-    write_config(workspace, llm)
+async def test_ollama_is_reached_natively(served: tuple[Client, ScriptedLLM]) -> None:
+    client, llm = served
     llm.script("llama3", Reply("from ollama", prompt_tokens=4, completion_tokens=2))
-    async with stdio_client(workspace, env=ENV) as client:
-        out = (
-            await client.call_tool("llm_query", {"prompt": "hi", "model": "ollama/llama3"})
-        ).structured_content
+    out = (await client.call_tool("llm_query", {"prompt": "hi", "model": "ollama/llama3"})).structured_content
     assert out["response"] == "from ollama" and out["cost_usd"] == 0.0
     assert [r.path for r in llm.requests_for("llama3")] == ["/api/chat"]
 
@@ -201,17 +234,16 @@ async def test_budgets_refuse_calls_and_name_the_budget(workspace: Path, llm: Sc
 
 
 async def test_structured_output_is_parsed_and_invalid_arguments_refused(
-    workspace: Path, llm: ScriptedLLM
+    served: tuple[Client, ScriptedLLM],
 ) -> None:
-    write_config(workspace, llm)
+    client, llm = served
     llm.script("main", Reply('{"city": "Paris"}'))
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
-    async with stdio_client(workspace, env=ENV) as client:
-        out = (
-            await client.call_tool("llm_query", {"prompt": "city?", "response_format": schema})
-        ).structured_content
-        bad = await client.call_tool("llm_query", {"prompt": "x", "temperature": "hot"})
-        unknown = await client.call_tool("llm_query", {"prompt": "x", "model": "nope/nothing"})
+    out = (
+        await client.call_tool("llm_query", {"prompt": "city?", "response_format": schema})
+    ).structured_content
+    bad = await client.call_tool("llm_query", {"prompt": "x", "temperature": "hot"})
+    unknown = await client.call_tool("llm_query", {"prompt": "x", "model": "nope/nothing"})
     assert out["json"] == {"city": "Paris"}
     assert llm.requests_for("main")[0].body["response_format"]["type"] == "json_schema"
     assert bad.is_error and "argument 'temperature'" in bad.content[0].text
@@ -229,7 +261,7 @@ async def test_models_list_shows_readiness_and_prices(workspace: Path, llm: Scri
     assert out["default"] == "scripted/main"
 
 
-def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> None:
+async def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> None:
     """The adapter returns tool calls (agent runs need them), through the real HTTP path."""
     from betty_mcp.core.llm_config import LlmRouterConfig
     from betty_mcp.llm.litellm_adapter import LiteLLMBackend
@@ -242,11 +274,8 @@ def test_tool_calls_reach_litellm_callers(llm: ScriptedLLM, tmp_path: Path) -> N
     )
     spec = ModelCatalog(config).resolve("s/main")
     tools = [{"type": "function", "function": {"name": "api_validate", "parameters": {"type": "object"}}}]
-    completion = anyio.run(
-        LiteLLMBackend().complete,
-        spec,
-        ChatRequest([{"role": "user", "content": "x"}], tools=tools),
-        StreamSink(),
+    completion = await LiteLLMBackend().complete(
+        spec, ChatRequest([{"role": "user", "content": "x"}], tools=tools), StreamSink()
     )
     assert [(c.name, json.loads(c.arguments)) for c in completion.tool_calls] == [
         ("api_validate", {"spec_path": "a.yaml"})
@@ -296,12 +325,11 @@ def test_cli_query_models_usage_and_doctor(workspace: Path, llm: ScriptedLLM) ->
     assert failed.returncode == 1 and "unknown model 'nope'" in failed.stderr
 
 
-async def test_the_llm_query_skill_runs_the_same_code(workspace: Path, llm: ScriptedLLM) -> None:
+async def test_the_llm_query_skill_runs_the_same_code(served: tuple[Client, ScriptedLLM]) -> None:
     """skills/llm.query (a Betty skill, run as a subprocess) reaches the provider with its key."""
-    write_config(workspace, llm)
+    client, llm = served
     llm.script("main", Reply("from the skill", prompt_tokens=2, completion_tokens=3))
-    async with stdio_client(workspace, env=ENV) as client:
-        result = await client.call_tool("skill_run", {"name": "llm.query", "arguments": {"prompt": "hi"}})
+    result = await client.call_tool("skill_run", {"name": "llm.query", "arguments": {"prompt": "hi"}})
     assert not result.is_error, result.content[0].text
     out = result.structured_content
     assert out["response"] == "from the skill" and out["model_used"] == "scripted/main"

@@ -230,7 +230,8 @@ async def test_the_server_answers_promptly_and_exits_despite_a_grandchild_holdin
         started = time.monotonic()
         result = answer(2, 30)["result"]
         assert not result.get("isError"), result
-        assert time.monotonic() - started < 1.5, "the skill's timeout is 2s"
+        # Not the 2 s timeout's kill (that answers with an error): the answer came when the handler exited.
+        assert time.monotonic() - started < 2.0, "the skill's timeout is 2s"
         assert result["structuredContent"]["ok"] is True
         server.stdin.close()
         assert server.wait(timeout=10) == 0, "the server exits when its stdin closes"

@@ -152,8 +152,17 @@ async def test_cancelling_a_call_kills_the_skill_and_its_children(
 ) -> None:
     pidfile = tmp_path / "pids"
     async with stdio_client(workspace, mode=mode, env={"BETTY_TEST_PIDFILE": str(pidfile)}) as client:
-        with anyio.move_on_after(1.0):
-            await client.call_tool("test_sleep", {"seconds": 60})
+        with anyio.move_on_after(30):  # cancelled once the handler runs (it records its pid first)
+
+            async def cancel_once_running(scope: anyio.CancelScope) -> None:
+                while not pidfile.exists() or not pidfile.read_text().strip():
+                    await anyio.sleep(0.02)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_running, tg.cancel_scope)
+                await client.call_tool("test_sleep", {"seconds": 60})
+        assert pidfile.exists(), "the handler started"
         pids = [int(p) for p in pidfile.read_text().split()]
         deadline = time.monotonic() + 5
         while any(alive(p) for p in pids) and time.monotonic() < deadline:
@@ -288,13 +297,14 @@ def test_the_server_exits_promptly_when_stdin_closes(workspace: Path) -> None:
     (best of two runs: a busy 2-core machine adds its own delays)."""
     import glob
 
-    before = set(glob.glob("/tmp/betty-mcp-*"))
-    elapsed = min(_seconds_to_exit_after_eof(workspace) for _ in range(2))
+    tmp = workspace.parent / "tmp"  # the server's own temp folder: other tests' servers may run meanwhile
+    tmp.mkdir()
+    elapsed = min(_seconds_to_exit_after_eof(workspace, tmp) for _ in range(2))
     assert elapsed < 0.3, f"took {elapsed:.2f}s to exit after EOF"
-    assert set(glob.glob("/tmp/betty-mcp-*")) <= before, "the zygote's folder is removed"
+    assert not glob.glob(str(tmp / "betty-mcp-*")), "the zygote's folder is removed"
 
 
-def _seconds_to_exit_after_eof(workspace: Path) -> float:
+def _seconds_to_exit_after_eof(workspace: Path, tmp: Path) -> float:
     import json
     import subprocess
     import sys
@@ -306,6 +316,7 @@ def _seconds_to_exit_after_eof(workspace: Path) -> float:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         cwd=workspace,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
     assert proc.stdin is not None and proc.stdout is not None
 
