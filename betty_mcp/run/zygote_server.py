@@ -33,6 +33,7 @@ from betty_mcp.run.zygote import HEADER, MAX_JOB, OUTSIDE_CGROUP
 # What most handlers import (bundled ones: argparse and the kit), loaded before the first fork; a
 # failed import is skipped (the handler will say what is missing).
 PRELOAD = (
+    "pkgutil",  # runpy.run_path imports it at every call
     "argparse",
     "yaml",
     "betty_mcp.kit.skillkit",
