@@ -348,3 +348,47 @@ async def test_the_zygote_learns_heavy_imports_from_handlers_and_nothing_else(
         assert (await app.runner.run(uses, {})).structured["had"] == {"jsonschema": True, "wave": False}
     finally:
         app.close()
+
+
+HANDLER = """import json, sys
+def shout(text: {annotation}) -> str:
+    return text.upper()
+print(json.dumps({{"ok": True, "status": "success", "said": shout({said!r}), "file": __file__,
+                  "main": __name__}}))
+"""
+
+
+async def test_a_forked_handler_runs_its_script_as_it_is_now_compiled_on_its_own(workspace: Path) -> None:
+    """The zygote keeps each handler script compiled for its children: an edited script runs as edited,
+    a broken one fails as ``python handler.py`` would, and the code is compiled with the script's own
+    flags, none of the zygote's (``from __future__ import annotations`` there leaves annotations
+    lazy; in the script they are evaluated, as Python runs it)."""
+    skills = workspace / "skills"
+    (skills / "t.edit").mkdir(parents=True)
+    manifest = "name: t.edit\nversion: 1.0.0\ndescription: edited\nentrypoints:\n  - handler: h.py\n"
+    (skills / "t.edit" / "skill.yaml").write_text(manifest)
+    script = skills / "t.edit" / "h.py"
+    script.write_text(HANDLER.format(annotation="str", said="one"))
+    app = Services(load_settings(None, workspace=workspace, skills_dirs=[skills], bundled=False))
+    try:
+        skill = app.catalog.skills["t.edit"]
+        zygote = app.runner._zygote
+        assert zygote is not None
+        await app.runner.run(skill, {})
+        with anyio.fail_after(30):
+            while not zygote._ready.is_set():
+                await anyio.sleep(0.05)
+        first = await app.runner.run(skill, {})
+        assert first.structured["said"] == "ONE" and first.structured["main"] == "__main__"
+        assert first.structured["file"] == str(script)
+        assert app.runner._zygote is not None and app.runner._zygote._process is not None  # forked
+        script.write_text(HANDLER.format(annotation="str", said="two, edited"))
+        assert (await app.runner.run(skill, {})).structured["said"] == "TWO, EDITED"
+        script.write_text(HANDLER.format(annotation="Undefined", said="three"))
+        unknown = await app.runner.run(skill, {})
+        assert not unknown.ok and "NameError: name 'Undefined' is not defined" in unknown.text
+        script.write_text("print('unclosed'\n")
+        broken = await app.runner.run(skill, {})
+        assert not broken.ok and "SyntaxError" in broken.text
+    finally:
+        app.close()
