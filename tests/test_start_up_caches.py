@@ -161,3 +161,31 @@ def test_interfaces_read_in_a_batch_are_written_once(tmp_path: Path, monkeypatch
     assert len(writes) == 1  # at the end, not once per handler
     fresh = InterfaceCache(cache.path)
     assert [fresh.get(h, python) for h in handlers] == found
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fails", [False, True])
+async def test_garbage_collection_resumes_after_the_warm_up_with_start_up_frozen(fails: bool) -> None:
+    """``serve`` turns automatic collection off for start-up; once the warm-up is over (done or failed)
+    it is on again, with what start-up made frozen."""
+    import gc
+
+    import anyio
+
+    from betty_mcp.mcp import transports
+
+    class Services:
+        async def warm_up(self) -> None:
+            assert not gc.isenabled(), "still starting up"
+            if fails:
+                raise RuntimeError("the warm-up failed")
+
+    served = anyio.Event()
+    served.set()
+    gc.disable()
+    try:
+        await transports._warm_up_when_served(Services(), served)  # type: ignore[arg-type]
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
