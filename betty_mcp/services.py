@@ -194,7 +194,7 @@ class Services:
 
     def _run_queue(self) -> RunQueue | None:
         """The shared database's run queue; None with the workspace's SQLite file."""
-        if self.store.shared_runs() is None or not self.settings.database:
+        if not self.settings.database:
             return None
         from betty_mcp.agent.queue import RunQueue
 
@@ -239,14 +239,7 @@ class Services:
         if queued.kind == "agent":
             from betty_mcp.agent import RunRequest
 
-            request = RunRequest.of(queued.arguments)
-            self.agent(request.agent)
-            return self.runs.start(
-                request.agent,
-                request.task,
-                lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
-                run_id=queued.run_id,
-            )
+            return self.start_agent_run(RunRequest.of(queued.arguments), run_id=queued.run_id)
         return await self.start_consensus(queued.arguments, consensus_id=queued.run_id)
 
     def close(self) -> None:
@@ -636,22 +629,24 @@ class Services:
             on_step=on_step,
         )
 
-    def start_agent_run(self, request: RunRequest) -> RunHandle:
-        """Start a background run; follow it with ``runs.wait``/``runs.get``/``runs.cancel``."""
+    def start_agent_run(self, request: RunRequest, *, run_id: str | None = None) -> RunHandle:
+        """Start a background run (named ``run_id``: a queued one); follow it with
+        ``runs.wait``/``runs.get``/``runs.cancel``."""
         self.agent(request.agent)
         return self.runs.start(
             request.agent,
             request.task,
             lambda run_id, on_step: self.run_agent(request, run_id=run_id, on_step=on_step),
+            run_id=run_id,
         )
 
     async def submit_agent_run(self, request: RunRequest) -> dict[str, Any]:
         """``agent_run`` with ``wait: false``: queued for any worker on a shared database, else started
         here; what the caller sees at once (``run_status``'s answer)."""
-        self.agent(request.agent)
         if self.runs.queue is None:
             handle = self.start_agent_run(request)
             return {"run_id": handle.run_id, "agent": handle.agent, "status": "running", "steps": []}
+        self.agent(request.agent)  # an unknown agent is refused before anything is queued
         from betty_mcp.agent.queue import QueuedRun
         from betty_mcp.core.rules import new_run_id
 

@@ -183,7 +183,7 @@ class RunManager:
         self.shared = store.shared_runs()
         self.heartbeat = heartbeat
         self.lost_after = lost_after
-        self.queue = queue if self.shared is not None else None
+        self.queue = queue  # a shared database's (``agent.queue``), else None
         if self.shared is not None:
             task_group.start_soon(self._coordinate, self.shared)
 

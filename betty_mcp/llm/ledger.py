@@ -68,6 +68,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# What a reservation gives back to its scope's counters (usd, tokens, scope).
+_RELEASE = (
+    "UPDATE budget_counters SET reserved_usd = MAX(0, reserved_usd - ?), "
+    "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?"
+)
 
 BUSY_TIMEOUT_S = 10.0
 CONFIG_HINT = "llm_router.limits.budgets.{field} in betty.yaml"
@@ -497,9 +502,7 @@ class Ledger(StateFile):
             return
         with self._transaction() as db:
             db.executemany(
-                "UPDATE budget_counters SET reserved_usd = MAX(0, reserved_usd - ?), "
-                "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?",
-                [(reservation.cost_usd, reservation.tokens, scope) for scope in reservation.claimed],
+                _RELEASE, [(reservation.cost_usd, reservation.tokens, scope) for scope in reservation.claimed]
             )
             _unhold(db, [(scope, reservation.cost_usd, reservation.tokens) for scope in reservation.claimed])
 
@@ -781,11 +784,7 @@ def _give_back_the_dead(db: sqlite3.Connection) -> bool:
         held = db.execute(
             "SELECT scope, reserved_usd, reserved_tokens FROM budget_holds WHERE holder = ?", (holder,)
         ).fetchall()
-        db.executemany(
-            "UPDATE budget_counters SET reserved_usd = MAX(0, reserved_usd - ?), "
-            "reserved_tokens = MAX(0, reserved_tokens - ?) WHERE scope = ?",
-            [(usd, tokens, scope) for scope, usd, tokens in held],
-        )
+        db.executemany(_RELEASE, [(usd, tokens, scope) for scope, usd, tokens in held])
         db.execute("DELETE FROM budget_holds WHERE holder = ?", (holder,))
         log.warning("budgets: gave back what a process that is gone still held (%s)", holder)
     return bool(dead)

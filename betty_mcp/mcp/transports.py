@@ -61,11 +61,16 @@ async def _serve_with_reload(server: BettyServer, serve: Any) -> None:
             await services.aclose()  # what the store still has queued (ledger rows, traces)
 
 
+async def _until_served(started: anyio.Event) -> None:
+    """Until the client's first request, or WARM_UP_IDLE_SECONDS without one."""
+    with anyio.move_on_after(WARM_UP_IDLE_SECONDS):
+        await started.wait()
+
+
 async def _warm_up_when_served(services: Services, started: anyio.Event) -> None:
     """The one-time costs of first calls (the zygote, LiteLLM), paid once the client is being served:
     after its first request, or WARM_UP_IDLE_SECONDS without one."""
-    with anyio.move_on_after(WARM_UP_IDLE_SECONDS):
-        await started.wait()
+    await _until_served(started)
     try:
         await services.warm_up()
     except Exception:  # only first calls are slower for it
@@ -76,8 +81,7 @@ async def _warm_up_when_served(services: Services, started: anyio.Event) -> None
 
 async def _work_queue_when_served(services: Services, started: anyio.Event) -> None:
     """Take queued runs (shared database) once the client is being served, like the warm-up."""
-    with anyio.move_on_after(WARM_UP_IDLE_SECONDS):
-        await started.wait()
+    await _until_served(started)
     while True:
         try:
             await services.work_queue(services.settings.limits.run_workers)
