@@ -45,7 +45,14 @@ from betty_mcp.core.errors import (
     ProviderUnreachable,
 )
 from betty_mcp.core.secrets import scrub
-from betty_mcp.llm.litellm_adapter import PLACEHOLDER_KEY, STATUS_ERRORS, _error_class, _load, _short
+from betty_mcp.llm.litellm_adapter import (
+    PLACEHOLDER_KEY,
+    STATUS_ERRORS,
+    _error_class,
+    _load,
+    _short,
+    chunks_of,
+)
 from betty_mcp.llm.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -506,7 +513,7 @@ async def _litellm_chunks(
     response: Any, spec: ModelSpec, secrets: list[str], usage: Usage, litellm: Any
 ) -> AsyncIterator[Any]:
     try:
-        async for chunk in response:
+        async for chunk in chunks_of(response):
             counted = getattr(chunk, "usage", None)
             if counted:
                 usage.prompt_tokens = int(getattr(counted, "prompt_tokens", 0) or 0)

@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -163,6 +164,21 @@ def _kwargs(spec: ModelSpec, request: ChatRequest) -> dict[str, Any]:
     return kwargs
 
 
+async def chunks_of(response_stream: Any) -> AsyncIterator[Any]:
+    """A LiteLLM stream's chunks, up to the usage chunk it makes once the provider's stream is over.
+
+    Reading on from there would only run LiteLLM's end-of-stream work for its callbacks, which we do
+    not use (the ledger is ours): the response built a second time, its cost, its logging payload;
+    about 40% of a streamed call's CPU, as of the pinned version."""
+    try:
+        async for chunk in response_stream:
+            yield chunk
+            if getattr(response_stream, "sent_stream_usage", False):
+                break
+    finally:
+        await response_stream.aclose()
+
+
 class LiteLLMBackend:
     """Streams a chat completion through LiteLLM; errors become ``ProviderError`` with secrets scrubbed."""
 
@@ -193,7 +209,7 @@ class LiteLLMBackend:
         reply = _Reply()
         try:
             response_stream = await litellm.acompletion(**kwargs)
-            async for chunk in response_stream:
+            async for chunk in chunks_of(response_stream):
                 if text := reply.add(chunk):
                     stream.append(text)
             # A provider that sent no usage: LiteLLM's builder counts the tokens itself (slow, rare).
