@@ -150,6 +150,8 @@ class Services:
         router = self.settings.router
         if router.enabled and router.providers:
             await (await self.llm()).warm_up()
+            import betty_mcp.llm.embedded  # noqa: F401 (llm_query's note on the embedded model)
+
             done.append("LLM path")
         log.info("warmed up (%s) in %.1fs", ", ".join(done), time.monotonic() - started)
 

@@ -614,6 +614,10 @@ from betty_mcp.llm.models import ModelCatalog
 from betty_mcp.llm.types import ChatRequest, StreamSink
 from tests.fakes.scripted_llm import ScriptedLLM
 
+adapters = []
+built = pydantic.TypeAdapter.__init__
+pydantic.TypeAdapter.__init__ = lambda self, *a, **k: adapters.append(a) or built(self, *a, **k)
+
 def unbuilt(cls=pydantic.BaseModel):
     found = set()
     for sub in cls.__subclasses__():
@@ -627,7 +631,9 @@ async def main(url):
     spec, backend = ModelCatalog(config).resolve("s/m"), LiteLLMBackend()
     await backend.warm_up(spec)
     modules, models = set(sys.modules), unbuilt()
+    adapters.clear()
     await backend.complete(spec, ChatRequest([{"role": "user", "content": "hi"}]), StreamSink())
+    print(len(adapters))
     print(sorted(set(sys.modules) - modules), sorted(models - unbuilt()))
 
 with ScriptedLLM() as llm:
@@ -637,11 +643,15 @@ with ScriptedLLM() as llm:
 
 def test_the_warm_up_leaves_the_first_real_call_nothing_to_import_or_build() -> None:
     """What a real call loads and a mocked one does not (LiteLLM's lazy modules, pydantic models built
-    on first use) is loaded by the warm-up: checked in a fresh process, where nothing else warmed it."""
+    on first use) is loaded by the warm-up, and the pydantic adapters the OpenAI client's parser builds
+    on its first answer are built by the warm-up's call to itself: checked in a fresh process, where
+    nothing else warmed it."""
     out = subprocess.run(
         [sys.executable, "-c", FIRST_REAL_CALL], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    imported, built = out.stdout.strip().splitlines()[-1].split("] [")
+    adapters, listed = out.stdout.strip().splitlines()[-2:]
+    assert adapters == "0", f"pydantic adapters built at the first real call: {adapters}"
+    imported, built = listed.split("] [")
     assert imported == "[", f"imported at the first real call: {imported}]"
     assert built == "]", f"built at the first real call: [{built}"

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
+import anyio
+import anyio.abc
 import anyio.to_thread
+from anyio.abc import SocketStream
 
 from betty_mcp.core.errors import (
     AuthenticationFailed,
@@ -184,7 +189,8 @@ class LiteLLMBackend:
 
     async def warm_up(self, spec: ModelSpec) -> None:
         """LiteLLM imported, and its first call's own work done (lazy imports, the tokenizer its cost
-        code loads) on a mock answer: nothing is sent anywhere, nothing is recorded."""
+        code loads) on a mock answer, then, for a model spoken to through the OpenAI client, a real call
+        answered by ourselves (``_call_ourselves``): nothing is sent to the provider, nothing is recorded."""
         litellm = await load_litellm()
         request = ChatRequest(messages=[{"role": "user", "content": "warm-up"}])
         token = _warming_up.set(True)
@@ -193,6 +199,9 @@ class LiteLLMBackend:
                 stream = await litellm.acompletion(**_kwargs(spec, request), mock_response="ok")
                 async for _chunk in stream:
                     pass
+            if spec.litellm_model.startswith("openai/") and not urllib.request.getproxies_environment():
+                with contextlib.suppress(Exception):
+                    await _call_ourselves(litellm, _kwargs(spec, request))
         finally:
             _warming_up.reset(token)
         for name in FIRST_CALL_IMPORTS:  # what a real call loads that a mocked one does not
@@ -264,6 +273,84 @@ def _price_list_cost(litellm: Any, model: str, prompt: int, completion: int) -> 
         _unpriced.add(model)
         return None
     return float(prompt_cost + completion_cost)
+
+
+# A one-shot OpenAI-compatible streamed answer, with its usage: what a provider sends.
+_WARM_UP_EVENTS = (
+    b"".join(
+        b"data: " + json.dumps(event).encode() + b"\n\n"
+        for event in (
+            {
+                "id": "warm-up",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "warm-up",
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}
+                ],
+            },
+            {
+                "id": "warm-up",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "warm-up",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            },
+            {
+                "id": "warm-up",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "warm-up",
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
+    )
+    + b"data: [DONE]\n\n"
+)
+_WARM_UP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_WARM_UP_EVENTS), _WARM_UP_EVENTS)
+)
+
+
+async def _call_ourselves(litellm: Any, kwargs: dict[str, Any]) -> None:
+    """One real streamed call through LiteLLM's OpenAI client, to a one-shot server of ours on 127.0.0.1.
+
+    It does what a mock answer skips and a process's first call does once (~10 ms): the proxy
+    settings read from the environment, the OpenAI client's platform headers, the transport, the
+    pydantic adapters its parser builds on first use. The provider receives nothing, and neither
+    does the key: the call carries a placeholder. Not made when the environment names a proxy, which
+    would be sent the call."""
+
+    async def answer(client: SocketStream) -> None:
+        async with client:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await client.receive()
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += await client.receive()
+            await client.send(_WARM_UP_RESPONSE)
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, answer)
+            base = f"http://127.0.0.1:{port}/v1"
+            stream = await litellm.acompletion(**{**kwargs, "api_base": base, "api_key": PLACEHOLDER_KEY})
+            async for _chunk in chunks_of(stream):
+                pass
+            tg.cancel_scope.cancel()
 
 
 class _Reply:
