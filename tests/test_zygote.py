@@ -392,3 +392,29 @@ async def test_a_forked_handler_runs_its_script_as_it_is_now_compiled_on_its_own
         assert not broken.ok and "SyntaxError" in broken.text
     finally:
         app.close()
+
+
+BECOME = """
+import json, os, subprocess
+from betty_mcp.run.zygote_server import _become_environment
+os.environ.update(ZYGOTE_ONLY="x", CHANGED="zygote", SAME="same")
+_become_environment({"CHANGED": "job", "SAME": "same", "NEW": "new", "PATH": os.environ["PATH"]})
+listed = subprocess.run(["env"], capture_output=True, text=True).stdout
+c_level = dict(line.split("=", 1) for line in listed.splitlines())
+print(json.dumps([dict(os.environ), c_level]))
+"""
+
+
+def test_a_forked_handler_gets_exactly_its_calls_environment() -> None:
+    """Only what differs is changed (a cheaper fork), yet the result is the call's environment, in
+    ``os.environ`` and in the C environment a handler's own subprocesses inherit."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", BECOME], capture_output=True, text=True, timeout=30, check=True
+    )
+    python_level, c_level = json.loads(out.stdout)
+    expected = {"CHANGED": "job", "SAME": "same", "NEW": "new", "PATH": os.environ["PATH"]}
+    assert python_level == expected
+    assert c_level == expected

@@ -107,6 +107,17 @@ def _run_main(script: str, code: CodeType | None) -> None:
     exec(code, main.__dict__)
 
 
+def _become_environment(env: dict[str, str]) -> None:
+    """``os.environ`` (and the C environment under it) made ``env``, touching only what differs: most
+    of a handler's environment is the zygote's own, and each change is a ``putenv`` (~0.6 ms for a
+    whole environment, cleared and set again)."""
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 def _become_handler(job: dict, fds: list[int], learn: int, compiled: CodeType | None) -> None:
     """In the forked child: turn into ``python handler.py ARGS``; never returns."""
     code = 1
@@ -130,8 +141,7 @@ def _become_handler(job: dict, fds: list[int], learn: int, compiled: CodeType | 
         os.set_inheritable(STATUS_FD, False)
         os.dup2(learn, LEARN_FD, inheritable=False)
         os.closerange(LEARN_FD + 1, 1 << 20)  # the zygote's socket, pipes and other jobs' descriptors
-        os.environ.clear()
-        os.environ.update(job["env"])
+        _become_environment(job["env"])
         os.chdir(job["cwd"])
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
