@@ -42,7 +42,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -261,7 +260,7 @@ def _cgroup_home() -> tuple[Path, bool] | None:
     if os.environ.get(CALL_ENV) and any(part.startswith("betty-mcp-") for part in own.parts):
         return (own, False) if os.access(own / "cgroup.procs", os.W_OK) else None
     _remove_stale_homes(own)
-    home = own / f"betty-mcp-{os.getpid()}-{secrets.token_hex(4)}"
+    home = own / f"betty-mcp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.mkdir(home)
     except OSError:
@@ -298,7 +297,7 @@ class CallScope:
     and how they are all killed (``kill``)."""
 
     def __init__(self, owner: Containment, cgroup: Path | None) -> None:
-        self.id = secrets.token_hex(8)
+        self.id = os.urandom(8).hex()
         self.cgroup = cgroup
         self.since = _boot_ticks() - 1
         self._owner = owner
@@ -377,7 +376,7 @@ class Containment:
         self._sweep()
         cgroup = None
         if self._home is not None:
-            cgroup = self._home / secrets.token_hex(8)
+            cgroup = self._home / os.urandom(8).hex()
             try:
                 os.mkdir(cgroup)
             except OSError as exc:

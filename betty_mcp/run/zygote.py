@@ -35,24 +35,21 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import select
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from betty_mcp.run.zygote_server import HEADER, MAX_JOB, OUTSIDE_CGROUP
+
 log = logging.getLogger(__name__)
 
 ZYGOTE_ENV = "BETTY_MCP_ZYGOTE"
-MAX_JOB = 64 * 1024 * 1024  # a job's JSON: arguments of a few MB are fine, a runaway one is refused
-HEADER = struct.Struct("!I")
-OUTSIDE_CGROUP = b"!outside-cgroup"
 HANDSHAKE_SECONDS = 10.0  # the zygote answers a job at once; a zygote that does not is not used
 STATUS_GRACE_SECONDS = 2.0  # after the handler exited, how long its status may take to arrive
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
@@ -188,7 +185,7 @@ class Zygote:
         self._env = env
         self._cwd = cwd
         # Chosen now (handlers are told it), created when the zygote starts.
-        folder = os.path.join(tempfile.gettempdir(), f"betty-mcp-{secrets.token_hex(8)}")
+        folder = os.path.join(tempfile.gettempdir(), f"betty-mcp-{os.urandom(8).hex()}")
         self.path = os.path.join(folder, "zygote.sock")
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()

@@ -23,15 +23,18 @@ import runpy
 import selectors
 import signal
 import socket
+import struct
 import sys
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
 from betty_mcp.run.reaper import CALL_ENV, kill_cgroup, kill_group, kill_processes, set_child_subreaper
-from betty_mcp.run.zygote import HEADER, MAX_JOB, OUTSIDE_CGROUP
+
+MAX_JOB = 64 * 1024 * 1024  # a job's JSON: arguments of a few MB are fine, a runaway one is refused
+HEADER = struct.Struct("!I")  # a job's length, before its JSON
+OUTSIDE_CGROUP = b"!outside-cgroup"  # said on the status pipe by a child that could not join its cgroup
 
 # What most handlers import (bundled ones: argparse and the kit), loaded before the first fork; a
 # failed import is skipped (the handler will say what is missing).
@@ -46,6 +49,7 @@ PRELOAD = (
 # handler has imported them, so later calls are forked with them and a zygote whose skills never need
 # them stays small. Only these names are ever learned, whatever a handler writes on its LEARN_FD.
 LEARNED = (
+    "hashlib",  # OpenSSL's libcrypto: ~4.5 MB
     "jsonschema",
     "openapi_spec_validator",
     "betty_mcp.core.manifests",
@@ -56,20 +60,19 @@ FDS = 4  # stdin, stdout, stderr, status
 STATUS_FD = 3  # where the child keeps its status pipe
 
 
-@dataclass
 class _Incoming:
     """A job being received."""
 
-    data: bytearray = field(default_factory=bytearray)
-    fds: list[int] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.fds: list[int] = []
 
 
-@dataclass
 class _Child:
-    conn: socket.socket
-    status_fd: int
-    cgroup: str | None
-    call_id: str | None
+    """A running child, and who waits for it."""
+
+    def __init__(self, conn: socket.socket, status_fd: int, cgroup: str | None, call_id: str | None) -> None:
+        self.conn, self.status_fd, self.cgroup, self.call_id = conn, status_fd, cgroup, call_id
 
 
 def _job(data: bytes) -> dict[str, Any]:
