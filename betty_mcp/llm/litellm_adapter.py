@@ -181,7 +181,8 @@ async def chunks_of(response_stream: Any) -> AsyncIterator[Any]:
             if getattr(response_stream, "sent_stream_usage", False):
                 break
     finally:
-        await response_stream.aclose()
+        if (close := getattr(response_stream, "aclose", None)) is not None:
+            await close()
 
 
 class LiteLLMBackend:
