@@ -24,9 +24,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import anyio
-import anyio.abc
 import anyio.to_thread
-from anyio.abc import SocketStream
+from anyio.abc import SocketAttribute, SocketStream
 
 from betty_mcp.core.errors import (
     AuthenticationFailed,
@@ -193,16 +192,16 @@ class LiteLLMBackend:
         code loads) on a mock answer, then, for a model spoken to through the OpenAI client, a real call
         answered by ourselves (``_call_ourselves``): nothing is sent to the provider, nothing is recorded."""
         litellm = await load_litellm()
-        request = ChatRequest(messages=[{"role": "user", "content": "warm-up"}])
+        kwargs = _kwargs(spec, ChatRequest(messages=[{"role": "user", "content": "warm-up"}]))
         token = _warming_up.set(True)
         try:
             with contextlib.suppress(Exception):  # a warm-up that fails leaves only the first call slower
-                stream = await litellm.acompletion(**_kwargs(spec, request), mock_response="ok")
+                stream = await litellm.acompletion(**kwargs, mock_response="ok")
                 async for _chunk in stream:
                     pass
             if spec.litellm_model.startswith("openai/") and not urllib.request.getproxies_environment():
                 with contextlib.suppress(Exception):
-                    await _call_ourselves(litellm, _kwargs(spec, request))
+                    await _call_ourselves(litellm, kwargs)
         finally:
             _warming_up.reset(token)
         for name in FIRST_CALL_IMPORTS:  # what a real call loads that a mocked one does not
@@ -276,38 +275,19 @@ def _price_list_cost(litellm: Any, model: str, prompt: int, completion: int) -> 
     return float(prompt_cost + completion_cost)
 
 
+def _sse_chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    chunk = {"id": "warm-up", "object": "chat.completion.chunk", "created": 0, "model": "warm-up"}
+    return b"data: " + json.dumps({**chunk, "choices": choices, **extra}).encode() + b"\n\n"
+
+
 # A one-shot OpenAI-compatible streamed answer, with its usage: what a provider sends.
-_WARM_UP_EVENTS = (
-    b"".join(
-        b"data: " + json.dumps(event).encode() + b"\n\n"
-        for event in (
-            {
-                "id": "warm-up",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "warm-up",
-                "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}
-                ],
-            },
-            {
-                "id": "warm-up",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "warm-up",
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            },
-            {
-                "id": "warm-up",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "warm-up",
-                "choices": [],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            },
-        )
+_WARM_UP_EVENTS = b"".join(
+    (
+        _sse_chunk([{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]),
+        _sse_chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        _sse_chunk([], usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
+        b"data: [DONE]\n\n",
     )
-    + b"data: [DONE]\n\n"
 )
 _WARM_UP_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
@@ -344,7 +324,7 @@ async def _call_ourselves(litellm: Any, kwargs: dict[str, Any]) -> None:
 
     with anyio.fail_after(10):
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        port = listener.extra(SocketAttribute.local_port)
         async with listener, anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, answer)
             base = f"http://127.0.0.1:{port}/v1"
