@@ -57,6 +57,7 @@ def claude(
         ANTHROPIC_API_KEY=key,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
+        MCP_CONNECTION_NONBLOCKING="0",  # wait for betty's server before the first turn, as README says
     )
     return subprocess.run(
         [str(CLAUDE), "-p", prompt, "--mcp-config", str(mcp_config(workspace)), "--strict-mcp-config", *args],
@@ -270,10 +271,18 @@ def test_host_origin_and_token_checks_hold_for_claude_code(workspace: Path, llm:
 PROMPT = ["-p", "Validate petstore.yaml", "--allowedTools", "mcp__betty__api_validate"]
 
 
+SLOW_SERVE = """import sys, time
+if "serve" in sys.argv:  # betty's MCP server, not the gateway nor betty-mcp claude
+    time.sleep(4)
+"""
+
+
+@pytest.mark.parametrize("slow_server", [False, True], ids=["server", "slow-starting-server"])
 def test_betty_mcp_claude_runs_claude_code_through_a_session_gateway(
-    workspace_with_spec: Path, llm: ScriptedLLM
+    workspace_with_spec: Path, llm: ScriptedLLM, tmp_path: Path, slow_server: bool
 ) -> None:
-    """(4) one command: the gateway on a free port with a session token, betty's MCP server, claude."""
+    """(4) one command: the gateway on a free port with a session token, betty's MCP server, claude.
+    Claude Code's first turn waits for betty's server, however slowly it starts."""
     ws = workspace_with_spec
     write_gateway_config(ws, llm)
     llm.script(
@@ -285,6 +294,10 @@ def test_betty_mcp_claude_runs_claude_code_through_a_session_gateway(
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
     env.update(ENV, HOME=str(home), CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+    if slow_server:
+        (tmp_path / "slow").mkdir()
+        (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_SERVE)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "slow"), env.get("PYTHONPATH")]))
     out = subprocess.run(
         [
             sys.executable,
@@ -306,7 +319,8 @@ def test_betty_mcp_claude_runs_claude_code_through_a_session_gateway(
     )
     assert out.returncode == 0, out.stderr
     assert "Validated through betty-mcp claude." in out.stdout
-    assert "valid" in tool_results(llm.requests_for("main")[1])[0]
+    result = tool_results(llm.requests_for("main")[1])[0]
+    assert "valid" in result and "error" not in result.lower()[:200], result
     assert SECRET not in out.stdout + out.stderr
     assert all(r.caller == "gateway" for r in rows(ws))
 

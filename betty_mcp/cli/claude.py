@@ -170,6 +170,9 @@ def run_claude(argv: list[str]) -> int:
                 extra = ["--mcp-config", str(mcp)]
             env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_AUTH_TOKEN", TOKEN_ENV)}
             env.update(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=token)
+            # Claude Code 2.1 connects MCP servers in the background unless told otherwise: a
+            # print-mode first turn could then find betty's tools "still connecting".
+            env.setdefault("MCP_CONNECTION_NONBLOCKING", "0")
             return subprocess.call([claude, *extra, *claude_args], env=env, cwd=workspace)
         finally:
             gateway.terminate()
