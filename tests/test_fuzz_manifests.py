@@ -10,13 +10,13 @@ What this fuzz found is pinned at the bottom, each test named after the finding 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import resource
 import string
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ FUZZ = settings(
 )
 MAX_SECONDS = 1.0  # CPU time of one load (the thread's, so other work on the machine does not count)
 MAX_BYTES = 100 * 1024 * 1024
-_rss_baseline_kb: list[int] = []  # the process's peak RSS when the current test started
 
 # -- strategies --------------------------------------------------------------------------------
 
@@ -296,19 +295,21 @@ def peak_bytes(load: Callable[[], Any]) -> int:
     return peak
 
 
-def peak_rss_kb() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-@pytest.fixture(autouse=True)
-def rss_baseline() -> None:
-    """Once per test (not per example): what earlier tests in this process used does not count."""
-    _rss_baseline_kb[:] = [peak_rss_kb()]
-
-
-def check_rss() -> None:
-    """The peak RSS is a high-water mark: one load past the bound since the test started shows here."""
-    grown = (peak_rss_kb() - _rss_baseline_kb[0]) * 1024
+@contextlib.contextmanager
+def rss_bounded() -> Iterator[None]:
+    """The process's RSS may not grow by MAX_BYTES inside the block. Its peak is reset on entry
+    (``clear_refs``), so neither earlier tests nor threads they left running count, only the block."""
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _status_kb("VmRSS")
+    yield
+    grown = (_status_kb("VmHWM") - before) * 1024
     assert grown < MAX_BYTES, f"the process's peak RSS grew by {grown / 2**20:.0f} MB while loading manifests"
 
 
@@ -333,9 +334,9 @@ def test_any_manifest_text_loads_or_is_refused_with_a_manifest_error(text: str, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{kind}.yaml"
         path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
-        manifest, error, seconds = timed_load(loader, path)
+        with rss_bounded():
+            manifest, error, seconds = timed_load(loader, path)
     assert seconds < MAX_SECONDS, f"loading took {seconds:.2f}s of CPU"
-    check_rss()
     if error is not None:
         assert str(path) in str(error), f"the error must name the file: {error}"
         assert len(str(error)) < 100_000
@@ -455,10 +456,10 @@ def test_a_catalog_of_random_folders_never_raises_and_accounts_for_every_skill(
             workspace=root, skills_dirs=[skills_dir], agents_dirs=[agents_dir], bundled=False
         )
         started = time.thread_time()
-        catalog = load_catalog(settings_, frozenset({"skills_list", "skill_run"}))
+        with rss_bounded():
+            catalog = load_catalog(settings_, frozenset({"skills_list", "skill_run"}))
         seconds = time.thread_time() - started
         assert seconds < MAX_SECONDS * len(skills), f"{seconds:.2f}s of CPU for {len(skills)} skills"
-        check_rss()
         loaded = {s.manifest_path for s in catalog.skills.values()}
         reported = {p.path for p in catalog.problems}
         for path in written:
