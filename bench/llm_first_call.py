@@ -3,8 +3,10 @@ background once the client is served, so a first call made 5 s or more after sta
 the next ones do. Target: first / warm p50 <= 1.2, with start-up unchanged.
 
 Each round spawns the server over stdio on a workspace whose provider is bench/fast_llm_server.py,
-initializes, lists tools, waits --wait seconds, then times one llm_query and --calls more. Also
-reported: spawn -> initialize with the provider configured, against the same without it.
+initializes, lists tools, waits --wait seconds, then times one llm_query and --calls more, then
+waits --wait seconds again and times one more: a warm call after the same idle time (by then the
+provider may have closed the idle connection, as uvicorn does after 5 s). Also reported:
+spawn -> initialize with the provider configured, against the same without it.
 
     .venv/bin/python bench/llm_first_call.py [--rounds 5] [--wait 5] [--calls 20]
 """
@@ -38,7 +40,7 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=5.0)
     parser.add_argument("--calls", type=int, default=20)
     args = parser.parse_args()
-    firsts, warms, with_llm, without_llm = [], [], [], []
+    firsts, warms, idles, with_llm, without_llm = [], [], [], [], []
     with fast_llm_server() as base_url, tempfile.TemporaryDirectory() as tmp:
         configured, plain = Path(tmp, "llm"), Path(tmp, "plain")
         for ws in (configured, plain):
@@ -54,6 +56,8 @@ def main() -> None:
             time.sleep(args.wait)
             firsts.append(timed_call(peer))
             warms.extend(timed_call(peer) for _ in range(args.calls))
+            time.sleep(args.wait)
+            idles.append(timed_call(peer))
             peer.close()
     ratio = median(firsts) / median(warms)
     print(
@@ -64,6 +68,8 @@ def main() -> None:
                 "wait_s": args.wait,
                 "first_call_ms_p50": round(median(firsts) * 1000, 1),
                 "warm_call_ms_p50": round(median(warms) * 1000, 1),
+                "idle_warm_call_ms_p50": round(median(idles) * 1000, 1),
+                "idle_warm_ratio": round(median(idles) / median(warms), 3),
                 "ratio": round(ratio, 3),
                 "target": 1.2,
                 "met": ratio <= 1.2,
