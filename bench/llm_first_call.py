@@ -70,6 +70,7 @@ def main() -> None:
                 "warm_call_ms_p50": round(median(warms) * 1000, 1),
                 "idle_warm_call_ms_p50": round(median(idles) * 1000, 1),
                 "idle_warm_ratio": round(median(idles) / median(warms), 3),
+                "first_vs_idle_warm_ratio": round(median(firsts) / median(idles), 3),
                 "ratio": round(ratio, 3),
                 "target": 1.2,
                 "met": ratio <= 1.2,
