@@ -43,20 +43,24 @@ def mcp_config(workspace: Path) -> Path:
     return path
 
 
+def claude_code_env(workspace: Path) -> dict[str, str]:
+    """This environment without Anthropic or Claude settings, a home of its own, offline."""
+    home = workspace.parent / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
+    env.update(HOME=str(home), CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+    return env
+
+
 def claude(
     workspace: Path, url: str, prompt: str, *args: str, key: str = TOKEN, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
     assert CLAUDE.exists(), "Claude Code is installed by scripts/test (npm ci in tests/node)"
-    home = workspace.parent / "home"
-    home.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
+    env = claude_code_env(workspace)
     env.pop("SCRIPTED_API_KEY", None)  # Claude Code never sees an upstream key
     env.update(
-        HOME=str(home),
         ANTHROPIC_BASE_URL=url,
         ANTHROPIC_API_KEY=key,
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_AUTOUPDATER="1",
         MCP_CONNECTION_NONBLOCKING="0",  # wait for betty's server before the first turn, as README says
     )
     return subprocess.run(
@@ -290,10 +294,7 @@ def test_betty_mcp_claude_runs_claude_code_through_a_session_gateway(
         ToolCalls([("mcp__betty__api_validate", {"spec_path": "petstore.yaml"})]),
         Reply("Validated through betty-mcp claude."),
     )
-    home = ws.parent / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-    env.update(ENV, HOME=str(home), CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+    env = {**claude_code_env(ws), **ENV}
     if slow_server:
         (tmp_path / "slow").mkdir()
         (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_SERVE)
